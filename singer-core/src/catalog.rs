@@ -57,7 +57,9 @@ impl Catalog {
     }
 
     pub fn stream(&self, tap_stream_id: &str) -> Option<&CatalogEntry> {
-        self.streams.iter().find(|s| s.tap_stream_id == tap_stream_id)
+        self.streams
+            .iter()
+            .find(|s| s.tap_stream_id == tap_stream_id)
     }
 
     /// The streams whose stream-level metadata selects them.
@@ -77,7 +79,10 @@ fn as_bool(v: &Value) -> Option<bool> {
 
 fn as_string_list(v: &Value) -> Option<Vec<String>> {
     match v {
-        Value::Array(items) => items.iter().map(|i| i.as_str().map(str::to_owned)).collect(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_owned))
+            .collect(),
         Value::String(s) => Some(vec![s.clone()]),
         _ => None,
     }
@@ -89,16 +94,23 @@ impl CatalogEntry {
     pub fn metadata_at(&self, breadcrumb: &[&str]) -> Option<&Map<String, Value>> {
         self.metadata
             .iter()
-            .find(|m| m.breadcrumb.iter().map(String::as_str).eq(breadcrumb.iter().copied()))
+            .find(|m| {
+                m.breadcrumb
+                    .iter()
+                    .map(String::as_str)
+                    .eq(breadcrumb.iter().copied())
+            })
             .map(|m| &m.metadata)
     }
 
     /// Mutable metadata at a breadcrumb, created when missing.
     pub fn metadata_at_mut(&mut self, breadcrumb: &[&str]) -> &mut Map<String, Value> {
-        let pos = self
-            .metadata
-            .iter()
-            .position(|m| m.breadcrumb.iter().map(String::as_str).eq(breadcrumb.iter().copied()));
+        let pos = self.metadata.iter().position(|m| {
+            m.breadcrumb
+                .iter()
+                .map(String::as_str)
+                .eq(breadcrumb.iter().copied())
+        });
         let pos = pos.unwrap_or_else(|| {
             self.metadata.push(MetadataEntry {
                 breadcrumb: breadcrumb.iter().map(|s| s.to_string()).collect(),
@@ -187,7 +199,9 @@ impl CatalogEntry {
         if let Some(b) = m.get("selected").and_then(as_bool) {
             return b;
         }
-        m.get("selected-by-default").and_then(as_bool).unwrap_or(true)
+        m.get("selected-by-default")
+            .and_then(as_bool)
+            .unwrap_or(true)
     }
 
     /// Property names in the schema, in schema order.
@@ -275,6 +289,9 @@ mod tests {
         assert_eq!(c.streams[0].extra["database_name"], json!("db"));
         let back = serde_json::to_value(&c).unwrap();
         assert_eq!(back["streams"][0]["database_name"], json!("db"));
-        assert!(Catalog::from_json("{").unwrap_err().to_string().starts_with("invalid catalog: "));
+        assert!(Catalog::from_json("{")
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid catalog: "));
     }
 }

@@ -242,7 +242,7 @@ impl<W: Write> MessageWriter<W> {
         self.out
             .write_all(b"{\"type\":\"ACTIVATE_VERSION\",\"stream\":")?;
         write_json_string(&mut self.out, stream)?;
-        write!(self.out, ",\"version\":{version}}}\n")?;
+        writeln!(self.out, ",\"version\":{version}}}")?;
         Ok(())
     }
 
@@ -312,7 +312,10 @@ mod tests {
     #[test]
     fn reader_error_names_stream() {
         let input = r#"{"type":"RECORD","stream":"users","record":"x"}"#;
-        let err = MessageReader::new(input.as_bytes()).next().unwrap().unwrap_err();
+        let err = MessageReader::new(input.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "input line 1 (stream `users`): RECORD message: `record` must be a JSON object"
@@ -324,8 +327,13 @@ mod tests {
         let mut buf = Vec::new();
         {
             let mut w = MessageWriter::new(&mut buf);
-            w.write_schema("s", &json!({"type":"object","properties":{}}), &["id".into()], None)
-                .unwrap();
+            w.write_schema(
+                "s",
+                &json!({"type":"object","properties":{}}),
+                &["id".into()],
+                None,
+            )
+            .unwrap();
             w.write_record_raw("s\"q", r#"{"id":1}"#, Some(5), Some("2024-01-01T00:00:00Z"))
                 .unwrap();
             w.write_state(&json!({"a":1})).unwrap();

@@ -15,6 +15,7 @@
 //! ```
 
 mod catalog;
+pub mod config;
 mod io;
 mod message;
 pub mod metrics;
@@ -22,6 +23,7 @@ mod schema;
 mod state;
 
 pub use catalog::{Catalog, CatalogEntry, CatalogError, MetadataEntry};
+pub use config::{About, Config, ConfigError, Setting, SettingKind};
 pub use io::{
     push_json_string, write_json_string, MessageReader, MessageWriter, ReadError, ReadErrorKind,
     WriteError,

@@ -177,12 +177,16 @@ fn parse_raw(raw: RawMessage<'_>) -> Result<Message, MessageError> {
         Ok(Message::State(StateMessage { value }))
     } else if kind.eq_ignore_ascii_case("ACTIVATE_VERSION") {
         let stream = require_stream("ACTIVATE_VERSION", raw.stream)?;
-        let version =
-            optional_version("ACTIVATE_VERSION", raw.version)?.ok_or(MessageError::MissingField {
+        let version = optional_version("ACTIVATE_VERSION", raw.version)?.ok_or(
+            MessageError::MissingField {
                 kind: "ACTIVATE_VERSION",
                 field: "version",
-            })?;
-        Ok(Message::ActivateVersion(ActivateVersionMessage { stream, version }))
+            },
+        )?;
+        Ok(Message::ActivateVersion(ActivateVersionMessage {
+            stream,
+            version,
+        }))
     } else if kind.eq_ignore_ascii_case("BATCH") {
         Err(MessageError::BatchNotSupported)
     } else {
@@ -258,7 +262,9 @@ mod tests {
     #[test]
     fn parses_each_type_case_insensitively() {
         let m = parse_message(r#"{"type":"record","stream":"s","record":{"a":1.50}}"#).unwrap();
-        let Message::Record(r) = m else { panic!("{m:?}") };
+        let Message::Record(r) = m else {
+            panic!("{m:?}")
+        };
         assert_eq!(r.stream, "s");
         assert_eq!(r.record.get(), r#"{"a":1.50}"#);
 
@@ -268,27 +274,67 @@ mod tests {
         assert_eq!(s.schema, json!({"type":"object"}));
 
         let m = parse_message(r#"{"type":"STATE","value":{"bookmarks":{}}}"#).unwrap();
-        assert!(matches!(m, Message::State(StateMessage { value }) if value == json!({"bookmarks":{}})));
+        assert!(
+            matches!(m, Message::State(StateMessage { value }) if value == json!({"bookmarks":{}}))
+        );
 
-        let m = parse_message(r#"{"type":"ACTIVATE_VERSION","stream":"s","version":1700000000000}"#).unwrap();
-        assert!(matches!(m, Message::ActivateVersion(ActivateVersionMessage { version: 1700000000000, .. })));
+        let m =
+            parse_message(r#"{"type":"ACTIVATE_VERSION","stream":"s","version":1700000000000}"#)
+                .unwrap();
+        assert!(matches!(
+            m,
+            Message::ActivateVersion(ActivateVersionMessage {
+                version: 1700000000000,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn errors_name_what_is_wrong() {
         let cases = [
-            ("THIS IS A TEST", "not valid JSON: expected value at line 1 column 1"),
-            (r#"{"stream":"s"}"#, "a message must be a JSON object with a `type`"),
+            (
+                "THIS IS A TEST",
+                "not valid JSON: expected value at line 1 column 1",
+            ),
+            (
+                r#"{"stream":"s"}"#,
+                "a message must be a JSON object with a `type`",
+            ),
             ("[1,2]", "a message must be a JSON object with a `type`"),
-            (r#"{"type":"NOPE"}"#, "unknown message type `NOPE` (expected SCHEMA, RECORD, STATE or ACTIVATE_VERSION)"),
-            (r#"{"type":"BATCH","stream":"s"}"#, "BATCH messages are not supported: configure the tap to send RECORD messages"),
-            (r#"{"type":"RECORD","record":{}}"#, "RECORD message has no `stream`"),
-            (r#"{"type":"RECORD","stream":"s"}"#, "RECORD message has no `record`"),
-            (r#"{"type":"RECORD","stream":"s","record":[1]}"#, "RECORD message: `record` must be a JSON object"),
-            (r#"{"type":"SCHEMA","stream":"s"}"#, "SCHEMA message has no `schema`"),
+            (
+                r#"{"type":"NOPE"}"#,
+                "unknown message type `NOPE` (expected SCHEMA, RECORD, STATE or ACTIVATE_VERSION)",
+            ),
+            (
+                r#"{"type":"BATCH","stream":"s"}"#,
+                "BATCH messages are not supported: configure the tap to send RECORD messages",
+            ),
+            (
+                r#"{"type":"RECORD","record":{}}"#,
+                "RECORD message has no `stream`",
+            ),
+            (
+                r#"{"type":"RECORD","stream":"s"}"#,
+                "RECORD message has no `record`",
+            ),
+            (
+                r#"{"type":"RECORD","stream":"s","record":[1]}"#,
+                "RECORD message: `record` must be a JSON object",
+            ),
+            (
+                r#"{"type":"SCHEMA","stream":"s"}"#,
+                "SCHEMA message has no `schema`",
+            ),
             (r#"{"type":"STATE"}"#, "STATE message has no `value`"),
-            (r#"{"type":"ACTIVATE_VERSION","stream":"s"}"#, "ACTIVATE_VERSION message has no `version`"),
-            (r#"{"type":"RECORD","stream":"s","record":{},"version":"x"}"#, "RECORD message: `version` must be an integer, not \"x\""),
+            (
+                r#"{"type":"ACTIVATE_VERSION","stream":"s"}"#,
+                "ACTIVATE_VERSION message has no `version`",
+            ),
+            (
+                r#"{"type":"RECORD","stream":"s","record":{},"version":"x"}"#,
+                "RECORD message: `version` must be an integer, not \"x\"",
+            ),
         ];
         for (line, want) in cases {
             let (err, _) = parse_message(line).unwrap_err();

@@ -55,10 +55,8 @@ impl Counter {
         self.value += n;
         // Checking the clock on every call is cheap next to encoding a row,
         // but skip it for the hot single-row path most of the time.
-        if self.value % 1024 < n || n > 1 {
-            if self.last.elapsed() >= self.interval {
-                self.report();
-            }
+        if (self.value % 1024 < n || n > 1) && self.last.elapsed() >= self.interval {
+            self.report();
         }
     }
 
@@ -143,7 +141,13 @@ mod tests {
     fn timer_line_has_status() {
         let t = Timer::start("sync_duration", tags([("endpoint", json!("s"))]));
         let line = t.line("succeeded");
-        assert!(line.starts_with(r#"INFO METRIC: {"type":"timer","metric":"sync_duration","value":"#), "{line}");
-        assert!(line.ends_with(r#","tags":{"endpoint":"s","status":"succeeded"}}"#), "{line}");
+        assert!(
+            line.starts_with(r#"INFO METRIC: {"type":"timer","metric":"sync_duration","value":"#),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(r#","tags":{"endpoint":"s","status":"succeeded"}}"#),
+            "{line}"
+        );
     }
 }

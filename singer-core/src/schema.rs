@@ -63,13 +63,17 @@ impl JsonSchema {
             if depth >= MAX_REF_DEPTH {
                 return Ok(JsonSchema::default());
             }
-            let target = resolve_ref(root, r).ok_or_else(|| SchemaError::UnresolvedRef(r.into()))?;
+            let target =
+                resolve_ref(root, r).ok_or_else(|| SchemaError::UnresolvedRef(r.into()))?;
             return Self::read(target, root, path, depth + 1);
         }
         let mut s = JsonSchema {
             types: match obj.get("type") {
                 Some(Value::String(t)) => vec![t.clone()],
-                Some(Value::Array(ts)) => ts.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect(),
+                Some(Value::Array(ts)) => ts
+                    .iter()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect(),
                 _ => Vec::new(),
             },
             format: str_field(obj, "format"),
@@ -92,7 +96,12 @@ impl JsonSchema {
         }
         if let Some(items) = obj.get("items") {
             if items.is_object() {
-                s.items = Some(Box::new(Self::read(items, root, &format!("{path}/items"), depth)?));
+                s.items = Some(Box::new(Self::read(
+                    items,
+                    root,
+                    &format!("{path}/items"),
+                    depth,
+                )?));
             }
         }
         if let Some(Value::Object(props)) = obj.get("properties") {
@@ -149,7 +158,10 @@ impl JsonSchema {
 
     /// A property by name.
     pub fn property(&self, name: &str) -> Option<&JsonSchema> {
-        self.properties.iter().find(|(n, _)| n == name).map(|(_, s)| s)
+        self.properties
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s)
     }
 }
 
@@ -202,8 +214,19 @@ mod tests {
         assert_eq!(at.effective_format(), Some("date-time"));
         assert_eq!(at.non_null_types(), vec!["string"]);
         assert!(at.is_nullable());
-        assert_eq!(s.property("tags").unwrap().items.as_ref().unwrap().max_length, Some(10));
-        assert_eq!(s.property("blob").unwrap().content_encoding.as_deref(), Some("base16"));
+        assert_eq!(
+            s.property("tags")
+                .unwrap()
+                .items
+                .as_ref()
+                .unwrap()
+                .max_length,
+            Some(10)
+        );
+        assert_eq!(
+            s.property("blob").unwrap().content_encoding.as_deref(),
+            Some("base16")
+        );
         assert!(s.property("any").unwrap().is_nullable());
         assert!(!s.property("id").unwrap().is_nullable());
     }
@@ -221,7 +244,8 @@ mod tests {
         .unwrap();
         assert_eq!(s.property("n").unwrap().types, vec!["string"]);
         assert_eq!(s.property("r").unwrap().non_null_types(), vec!["array"]);
-        let err = JsonSchema::from_value(&json!({"properties": {"x": {"$ref": "#/definitions/nope"}}}));
+        let err =
+            JsonSchema::from_value(&json!({"properties": {"x": {"$ref": "#/definitions/nope"}}}));
         assert_eq!(
             err.unwrap_err().to_string(),
             "`$ref` \"#/definitions/nope\" does not point into `definitions` or `$defs`"

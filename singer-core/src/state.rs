@@ -68,7 +68,9 @@ impl State {
         let mut obj = self.extra.clone();
         obj.insert(
             "currently_syncing".into(),
-            self.currently_syncing.clone().map_or(Value::Null, Value::String),
+            self.currently_syncing
+                .clone()
+                .map_or(Value::Null, Value::String),
         );
         obj.insert("bookmarks".into(), Value::Object(self.bookmarks.clone()));
         Value::Object(obj)
@@ -143,7 +145,8 @@ mod tests {
 
     #[test]
     fn accepts_wrapped_empty_and_null() {
-        let s = State::from_json(r#"{"type":"STATE","value":{"bookmarks":{"a":{"x":1}}}}"#).unwrap();
+        let s =
+            State::from_json(r#"{"type":"STATE","value":{"bookmarks":{"a":{"x":1}}}}"#).unwrap();
         assert_eq!(s.get("a", "x"), Some(&json!(1)));
         assert_eq!(State::from_json("").unwrap(), State::default());
         assert_eq!(State::from_json("{}").unwrap(), State::default());

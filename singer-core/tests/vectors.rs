@@ -47,10 +47,14 @@ fn every_vector_parses_except_invalid_json() {
         let file = std::io::BufReader::new(std::fs::File::open(path).unwrap());
         let results: Vec<_> = MessageReader::new(file).collect();
         if name == "invalid-json.json" {
-            let err = results.iter().find_map(|r| r.as_ref().err()).expect("must fail");
+            let err = results
+                .iter()
+                .find_map(|r| r.as_ref().err())
+                .expect("must fail");
             assert_eq!(err.line, 3);
             assert!(
-                err.to_string().starts_with("input line 3: not valid JSON: "),
+                err.to_string()
+                    .starts_with("input line 3: not valid JSON: "),
                 "{err}"
             );
             continue;
@@ -83,7 +87,10 @@ fn countries_vector_activates_each_stream_before_its_records() {
             }
             Message::Record(r) => {
                 records += 1;
-                assert!(activated.contains(&r.stream), "record before ACTIVATE_VERSION");
+                assert!(
+                    activated.contains(&r.stream),
+                    "record before ACTIVATE_VERSION"
+                );
             }
             _ => {}
         }

@@ -1,0 +1,112 @@
+//! libpq's sslmodes over OpenSSL.
+//!
+//! tokio-postgres knows only disable/prefer/require and always verifies when
+//! it verifies; the verification level is set here on the OpenSSL connector:
+//! prefer/require check nothing (unless a CA is given: then as verify-ca, like
+//! libpq), verify-ca checks the chain, verify-full the chain and the host name.
+
+use openssl::pkey::PKey;
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use openssl::x509::X509;
+use postgres::config::SslMode as PgSslMode;
+use postgres::NoTls;
+use postgres_openssl::MakeTlsConnector;
+
+use crate::settings::{ConnectionSettings, SslMode};
+
+/// PEM text as given, or the contents of the file it names.
+fn pem_or_file(value: &str, what: &str) -> Result<Vec<u8>, String> {
+    if value.trim_start().starts_with("-----BEGIN") {
+        return Ok(value.as_bytes().to_vec());
+    }
+    std::fs::read(value).map_err(|e| format!("cannot read {what} file {value:?}: {e}"))
+}
+
+pub(crate) fn connect(
+    config: &postgres::Config,
+    s: &ConnectionSettings,
+) -> Result<postgres::Client, String> {
+    let mut config = config.clone();
+    let pg_mode = match s.ssl_mode {
+        SslMode::Disable => PgSslMode::Disable,
+        // tokio-postgres has no "allow" (try plain first); prefer is the
+        // nearest mode that also works with servers that require TLS.
+        SslMode::Allow | SslMode::Prefer => PgSslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
+    };
+    config.ssl_mode(pg_mode);
+    if s.ssl_mode == SslMode::Disable {
+        return config.connect(NoTls).map_err(|e| crate::describe(&e));
+    }
+    let connector = build_connector(s)?;
+    config.connect(connector).map_err(|e| {
+        let msg = crate::describe(&e);
+        if msg.contains("server does not support TLS") {
+            format!("{msg}: the server does not offer TLS but ssl_mode requires it; enable ssl on the server or use ssl_mode prefer")
+        } else if msg.contains("certificate verify failed") {
+            format!("{msg}: check ssl_certificate_authority, and that the server certificate names the host `{}` (verify-full)", s.host)
+        } else {
+            msg
+        }
+    })
+}
+
+fn build_connector(s: &ConnectionSettings) -> Result<MakeTlsConnector, String> {
+    let tls_err = |e: openssl::error::ErrorStack| format!("TLS set-up failed: {e}");
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(tls_err)?;
+    let verify = match s.ssl_mode {
+        SslMode::VerifyCa | SslMode::VerifyFull => true,
+        SslMode::Require if s.ssl_ca.is_some() => true,
+        _ => false,
+    };
+    if let Some(ca) = &s.ssl_ca {
+        let pem = pem_or_file(ca, "ssl_certificate_authority")?;
+        let certs = X509::stack_from_pem(&pem)
+            .map_err(|e| format!("ssl_certificate_authority is not a PEM certificate: {e}"))?;
+        for cert in certs {
+            builder
+                .cert_store_mut()
+                .add_cert(cert)
+                .map_err(|e| format!("cannot use ssl_certificate_authority: {e}"))?;
+        }
+    } else if verify {
+        builder.set_default_verify_paths().map_err(tls_err)?;
+    }
+    builder.set_verify(if verify {
+        SslVerifyMode::PEER
+    } else {
+        SslVerifyMode::NONE
+    });
+    match (&s.ssl_client_certificate, &s.ssl_client_private_key) {
+        (Some(cert), Some(key)) => {
+            let cert_pem = pem_or_file(cert, "ssl_client_certificate")?;
+            let key_pem = pem_or_file(key, "ssl_client_private_key")?;
+            let cert = X509::from_pem(&cert_pem)
+                .map_err(|_| "ssl_client_certificate is not a PEM certificate".to_string())?;
+            // Never echo key material or its parse error details.
+            let key = PKey::private_key_from_pem(&key_pem).map_err(|_| {
+                "ssl_client_private_key is not a PEM private key (PKCS#1, PKCS#8 or SEC1)"
+                    .to_string()
+            })?;
+            builder.set_certificate(&cert).map_err(tls_err)?;
+            builder.set_private_key(&key).map_err(tls_err)?;
+            builder.check_private_key().map_err(|_| {
+                "ssl_client_private_key does not match ssl_client_certificate".to_string()
+            })?;
+        }
+        (Some(_), None) => {
+            return Err("ssl_client_certificate is set but ssl_client_private_key is not".into())
+        }
+        (None, Some(_)) => {
+            return Err("ssl_client_private_key is set but ssl_client_certificate is not".into())
+        }
+        (None, None) => {}
+    }
+    let mut connector = MakeTlsConnector::new(builder.build());
+    let full = s.ssl_mode == SslMode::VerifyFull;
+    connector.set_callback(move |cfg, _domain| {
+        cfg.set_verify_hostname(full);
+        Ok(())
+    });
+    Ok(connector)
+}
