@@ -6,7 +6,9 @@
 //! use singer_core::Config;
 //! let config = Config::from_files(&["tap.json"])?;
 //! let settings = pg_connect::ConnectionSettings::from_config(&config)?;
-//! let mut client = pg_connect::connect(&settings, "tap-postgres-rs")?;
+//! // One connector per process: it owns the SSH tunnel, when there is one.
+//! let connector = pg_connect::Connector::new(settings, "tap-postgres-rs")?;
+//! let mut client = connector.connect()?;
 //! let n: i64 = client.query_one("SELECT count(*) FROM pg_class", &[])?.get(0);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -38,7 +40,39 @@ pub const SESSION_SETUP: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD
     SET IntervalStyle = 'iso_8601'; SET extra_float_digits = 3; SET bytea_output = 'hex'; \
     SET standard_conforming_strings = on; SET client_encoding = 'UTF8'";
 
+/// Opens connections for one process. Open it once and call
+/// [`Connector::connect`] for every session: a tunnel, when configured, is
+/// shared by all of them and closed when the connector is dropped.
+#[derive(Debug)]
+pub struct Connector {
+    settings: ConnectionSettings,
+    application_name: String,
+}
+
+impl Connector {
+    pub fn new(
+        settings: ConnectionSettings,
+        application_name: &str,
+    ) -> Result<Connector, ConnectError> {
+        Ok(Connector {
+            settings,
+            application_name: application_name.to_owned(),
+        })
+    }
+
+    /// The settings connections use (with `hostaddr` set when tunnelled).
+    pub fn settings(&self) -> &ConnectionSettings {
+        &self.settings
+    }
+
+    /// A new session, pinned (see [`SESSION_SETUP`]).
+    pub fn connect(&self) -> Result<postgres::Client, ConnectError> {
+        connect(&self.settings, &self.application_name)
+    }
+}
+
 /// Opens a connection with the session pinned (see [`SESSION_SETUP`]).
+/// Prefer [`Connector`], which also handles SSH tunnels.
 pub fn connect(
     settings: &ConnectionSettings,
     application_name: &str,
