@@ -1,0 +1,344 @@
+//! The benchmark: in one run on one dataset (`bench_wide` from
+//! `bench/dataset.sql`), measures
+//! - raw `COPY ... TO STDOUT | COPY ... FROM STDIN` between the same two databases (the practical limit),
+//! - `tap | target` full load into an empty database,
+//! - `tap | target` re-load (upsert) into the populated database,
+//! - the tap alone to /dev/null, and the target alone from a saved file,
+//!
+//! and prints rows/s, MB/s (logical: rows x text-COPY bytes per row / wall),
+//! peak RSS of each process, and each figure's ratio to the raw COPY pipe.
+//! Medians over `--repeat` passes. Not a test: timings on shared machines are noisy.
+//!
+//! ```text
+//! cargo run --release --bin bench -- --rows 1000000 --repeat 3
+//! cargo run --release --bin bench -- --rows 100000        # a quick run
+//! ```
+// wait4(2) is the one way to read a child's peak RSS after it exits.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use e2e_tests::{bin, select, write_json};
+use serde_json::json;
+
+struct Args {
+    rows: u64,
+    repeat: usize,
+    table: String,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        rows: 1_000_000,
+        repeat: 3,
+        table: "bench_wide".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().unwrap_or_default();
+        match arg.as_str() {
+            "--rows" => a.rows = value().replace('_', "").parse().expect("--rows N"),
+            "--repeat" => a.repeat = value().parse().expect("--repeat N"),
+            "--table" => a.table = value(),
+            "-h" | "--help" => {
+                println!(
+                    "bench [--rows N (1000000)] [--repeat N (3)] [--table bench_wide|bench_narrow]"
+                );
+                std::process::exit(0);
+            }
+            other => panic!("unknown argument {other:?}"),
+        }
+    }
+    a
+}
+
+/// Waits for a child and returns its peak RSS in MB.
+fn wait_rss(child: &mut Child) -> (std::process::ExitStatus, f64) {
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4 failed");
+    // The child is reaped; std's Child must not wait again, so build the status ourselves.
+    let exit = std::os::unix::process::ExitStatusExt::from_raw(status);
+    (exit, usage.ru_maxrss as f64 / 1024.0)
+}
+
+/// One measured run: wall seconds and the peak RSS of each side.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    wall: f64,
+    left_rss: f64,
+    right_rss: f64,
+}
+
+struct Bench {
+    port: u16,
+    bindir: std::path::PathBuf,
+    table: String,
+    dir: tempfile::TempDir,
+}
+
+impl Bench {
+    fn psql(&self, db: &str) -> Command {
+        let mut c = Command::new(self.bindir.join("psql"));
+        c.args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+        ])
+        .arg(self.port.to_string())
+        .args(["-d", db]);
+        c
+    }
+
+    fn sql(&self, db: &str, sql: &str) {
+        let out = self.psql(db).args(["-c", sql]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn fresh_dst(&self, with_table: bool) {
+        self.sql("postgres", "DROP DATABASE IF EXISTS bench_dst WITH (FORCE)");
+        self.sql("postgres", "CREATE DATABASE bench_dst");
+        if with_table {
+            let dump = Command::new(self.bindir.join("pg_dump"))
+                .args(["-s", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+                .arg(self.port.to_string())
+                .args(["-t", &self.table, "bench_src"])
+                .output()
+                .unwrap();
+            assert!(dump.status.success());
+            let mut p = self
+                .psql("bench_dst")
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            p.stdin.take().unwrap().write_all(&dump.stdout).unwrap();
+            assert!(p.wait().unwrap().success());
+        }
+        self.sql("postgres", "CHECKPOINT");
+    }
+
+    fn count_dst(&self) -> u64 {
+        let out = self
+            .psql("bench_dst")
+            .args([
+                "-At",
+                "-c",
+                &format!("SELECT count(*) FROM public.\"{}\"", self.table),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// `left | right`, both measured.
+    fn pipe(&self, mut left: Command, mut right: Command) -> Sample {
+        let start = Instant::now();
+        let mut l = left
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut r = right
+            .stdin(Stdio::from(l.stdout.take().unwrap()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let (ls, left_rss) = wait_rss(&mut l);
+        let (rs, right_rss) = wait_rss(&mut r);
+        let wall = start.elapsed().as_secs_f64();
+        assert!(ls.success() && rs.success(), "pipe failed: {ls} | {rs}");
+        Sample {
+            wall,
+            left_rss,
+            right_rss,
+        }
+    }
+
+    fn single(&self, mut cmd: Command, stdin: Stdio, stdout: Stdio) -> Sample {
+        let start = Instant::now();
+        let mut c = cmd
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let (s, rss) = wait_rss(&mut c);
+        let wall = start.elapsed().as_secs_f64();
+        assert!(s.success(), "{s}");
+        Sample {
+            wall,
+            left_rss: rss,
+            right_rss: rss,
+        }
+    }
+
+    fn tap(&self) -> Command {
+        let mut c = Command::new(bin("tap-postgres-rs"));
+        c.arg("--config").arg(self.dir.path().join("tap.json"));
+        c.arg("--catalog").arg(self.dir.path().join("catalog.json"));
+        c
+    }
+
+    fn target(&self) -> Command {
+        let mut c = Command::new(bin("target-postgres-rs"));
+        c.arg("--config").arg(self.dir.path().join("target.json"));
+        c
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args = parse_args();
+    let cluster = pg_testkit::cluster();
+    let b = Bench {
+        port: cluster.port(),
+        bindir: cluster.bindir().to_path_buf(),
+        table: args.table.clone(),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    eprintln!(
+        "bench: building the {} dataset ({} rows) ...",
+        args.table, args.rows
+    );
+    b.sql("postgres", "CREATE DATABASE bench_src");
+    let dataset = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/dataset.sql");
+    let out = b
+        .psql("bench_src")
+        .arg("-v")
+        .arg(format!("rows={}", args.rows))
+        .arg("-v")
+        .arg(format!("narrow_rows={}", args.rows))
+        .arg("-f")
+        .arg(&dataset)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dataset: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Bytes per row of the table in text COPY: the unit of the MB/s column.
+    let copy_bytes = {
+        let out = b
+            .psql("bench_src")
+            .args(["-c", &format!("\\copy public.\"{}\" TO STDOUT", args.table)])
+            .output()
+            .unwrap();
+        out.stdout.len() as f64
+    };
+    let bytes_per_row = copy_bytes / args.rows as f64;
+
+    let conn = |db: &str| json!({"host": "127.0.0.1", "port": b.port, "user": "postgres", "password": "", "database": db, "ssl_mode": "disable"});
+    let tap_config = write_json(b.dir.path(), "tap.json", &conn("bench_src"));
+    write_json(b.dir.path(), "target.json", &conn("bench_dst"));
+    let mut catalog = e2e_tests::discover(&tap_config);
+    select(
+        &mut catalog,
+        &[&format!("public-{}", args.table)],
+        "FULL_TABLE",
+        None,
+    );
+    write_json(b.dir.path(), "catalog.json", &catalog);
+    let saved = b.dir.path().join("tap-output.jsonl");
+    b.single(
+        b.tap(),
+        Stdio::null(),
+        Stdio::from(File::create(&saved).unwrap()),
+    );
+    let singer_bytes = std::fs::metadata(&saved).unwrap().len() as f64;
+
+    let names = [
+        "raw COPY text pipe",
+        "tap | target, full load",
+        "tap | target, upsert re-load",
+        "tap alone > /dev/null",
+        "target alone < saved file",
+    ];
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); names.len()];
+    for pass in 1..=args.repeat {
+        eprintln!("bench: pass {pass}/{}", args.repeat);
+        b.fresh_dst(true);
+        let mut left = b.psql("bench_src");
+        left.args(["-c", &format!("\\copy public.\"{}\" TO STDOUT", args.table)]);
+        let mut right = b.psql("bench_dst");
+        right.args([
+            "-c",
+            &format!("\\copy public.\"{}\" FROM STDIN", args.table),
+        ]);
+        samples[0].push(b.pipe(left, right));
+        assert_eq!(b.count_dst(), args.rows);
+
+        b.fresh_dst(false);
+        samples[1].push(b.pipe(b.tap(), b.target()));
+        assert_eq!(b.count_dst(), args.rows, "full load row count");
+        b.sql("postgres", "CHECKPOINT");
+        samples[2].push(b.pipe(b.tap(), b.target()));
+        assert_eq!(b.count_dst(), args.rows, "re-load row count");
+
+        b.sql("postgres", "CHECKPOINT");
+        samples[3].push(b.single(b.tap(), Stdio::null(), Stdio::null()));
+
+        b.fresh_dst(false);
+        samples[4].push(b.single(
+            b.target(),
+            Stdio::from(File::open(&saved).unwrap()),
+            Stdio::null(),
+        ));
+        assert_eq!(b.count_dst(), args.rows, "target-alone row count");
+    }
+
+    let raw_rate = args.rows as f64 / median(samples[0].iter().map(|s| s.wall).collect());
+    println!(
+        "\n{} rows of {} ({:.1} bytes/row in text COPY; Singer stream {:.1} bytes/row); medians of {} passes on {} cores",
+        args.rows,
+        args.table,
+        bytes_per_row,
+        singer_bytes / args.rows as f64,
+        args.repeat,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "\n| run | wall s | rows/s | MB/s | x raw COPY | left RSS MB | right RSS MB |\n|---|---:|---:|---:|---:|---:|---:|"
+    );
+    for (name, s) in names.iter().zip(&samples) {
+        let wall = median(s.iter().map(|x| x.wall).collect());
+        let rate = args.rows as f64 / wall;
+        let rss_l = s.iter().map(|x| x.left_rss).fold(0.0, f64::max);
+        let rss_r = s.iter().map(|x| x.right_rss).fold(0.0, f64::max);
+        println!(
+            "| {name} | {wall:.2} | {:.0} | {:.1} | {:.2} | {rss_l:.1} | {rss_r:.1} |",
+            rate,
+            rate * bytes_per_row / 1e6,
+            rate / raw_rate
+        );
+    }
+    println!("\n(single-process rows show the same process in both RSS columns; raw COPY sides are psql)");
+}
