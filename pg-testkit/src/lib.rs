@@ -196,7 +196,7 @@ impl Cluster {
         let opts = format!(
             "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={dir} \
              -c wal_level=logical -c max_replication_slots=64 -c max_wal_senders=32 \
-             -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+             -c max_connections=300 -c fsync=off -c full_page_writes=off \
              -c ssl=on -c ssl_cert_file={tls}/server.crt -c ssl_key_file={tls}/server.key \
              -c ssl_ca_file={tls}/ca.crt -c shared_buffers=128MB",
             port = self.port,

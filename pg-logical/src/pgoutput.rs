@@ -8,7 +8,7 @@
 //!
 //! ```no_run
 //! # let bytes: &[u8] = &[];
-//! use pgoutput::{decode, Message, RelationCache};
+//! use pg_logical::pgoutput::{decode, Message, RelationCache};
 //! let mut relations = RelationCache::default();
 //! match decode(bytes)? {
 //!     Message::Relation(r) => relations.insert(r),
@@ -20,7 +20,7 @@
 //!     }
 //!     _ => {}
 //! }
-//! # Ok::<(), pgoutput::DecodeError>(())
+//! # Ok::<(), pg_logical::pgoutput::DecodeError>(())
 //! ```
 
 use std::collections::HashMap;

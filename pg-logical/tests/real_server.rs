@@ -1,7 +1,9 @@
 //! Decoding what a real server sends: changes made in SQL, read back with
 //! `pg_logical_slot_peek_binary_changes`, decoded, and checked message by message.
 
-use pgoutput::{decode, parse_lsn, Column, Message, OldTuple, RelationCache, ReplicaIdentity};
+use pg_logical::pgoutput::{
+    decode, parse_lsn, Column, Message, OldTuple, RelationCache, ReplicaIdentity,
+};
 
 fn text<'a>(c: &Column<'a>) -> Option<&'a str> {
     c.text().map(|r| r.unwrap())
@@ -87,7 +89,7 @@ fn decodes_inserts_updates_deletes_truncates_and_toast() {
                     Some(OldTuple::Key(_)) => "key",
                     Some(OldTuple::Full(_)) => "full",
                 };
-                let toast = u.new.columns.iter().any(|c| *c == Column::UnchangedToast);
+                let toast = u.new.columns.contains(&Column::UnchangedToast);
                 seen.push(format!("U {} old={kind} toast={toast}", rel.name));
                 if kind == "key" {
                     assert_eq!(text(&u.old.as_ref().unwrap().tuple().columns[0]), Some("2"));

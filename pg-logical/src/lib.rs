@@ -1,0 +1,65 @@
+//! Logical replication from PostgreSQL over an ordinary SQL connection, with
+//! the built-in `pgoutput` plugin: nothing to install on the source server.
+//!
+//! - [`pgoutput`]: a transport-free decoder of pgoutput messages.
+//! - [`slot`]: prerequisites, publications, replication slots, WAL lag.
+//! - [`changes`]: the changes committed up to an LSN, peeked (never consumed)
+//!   from a slot and decoded into owned [`changes::Change`]s, streamed row by row.
+//!
+//! ```no_run
+//! use pg_logical::{changes::ChangeStream, slot};
+//! # fn run(client: &mut postgres::Client) -> Result<(), pg_logical::LogicalError> {
+//! slot::check_prerequisites(client)?;
+//! slot::ensure_publication(client, "my_pub", &[("public".into(), "orders".into())])?;
+//! slot::create_slot_if_missing(client, "my_slot")?;
+//! let end = slot::current_flush_lsn(client)?;
+//! let mut changes = ChangeStream::open(client, "my_slot", "my_pub", end)?;
+//! while let Some(change) = changes.next_change()? {
+//!     println!("{change:?}");
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod changes;
+pub mod pgoutput;
+pub mod slot;
+
+pub use pgoutput::{format_lsn, parse_lsn, Lsn};
+
+/// What went wrong with logical replication, and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum LogicalError {
+    #[error("wal_level is `{0}`, but LOG_BASED replication needs `logical`: set wal_level = logical in postgresql.conf and restart the server")]
+    WalLevel(String),
+    #[error("role `{0}` may not use logical replication: grant it with `ALTER ROLE \"{0}\" REPLICATION` (or connect as a superuser)")]
+    NoReplication(String),
+    #[error("replication slot `{slot}` is in use by another process (pid {pid}): stop the other reader or choose another replication_slot_name")]
+    SlotBusy { slot: String, pid: i32 },
+    #[error("replication slot `{slot}` uses the `{plugin}` plugin, not pgoutput: drop it or choose another replication_slot_name")]
+    WrongPlugin { slot: String, plugin: String },
+    #[error("replication slot `{slot}` belongs to database `{database}`: choose another replication_slot_name for this database")]
+    OtherDatabase { slot: String, database: String },
+    #[error("publication `{0}` does not exist and this role cannot create it: create it as the tables' owner (`CREATE PUBLICATION \"{0}\" FOR TABLE ...`) or set publication_name to an existing publication")]
+    NoPublication(String),
+    #[error("publication `{publication}` does not include {tables} and this role cannot add them: `ALTER PUBLICATION \"{publication}\" ADD TABLE ...` as the tables' owner")]
+    PublicationMissingTables { publication: String, tables: String },
+    #[error("replication slot `{0}` does not exist")]
+    NoSlot(String),
+    #[error("cannot decode a change at LSN {lsn}: {source}")]
+    Decode {
+        lsn: String,
+        #[source]
+        source: pgoutput::DecodeError,
+    },
+    #[error("change for relation {0} arrived before its description (Relation message)")]
+    UnknownRelation(u32),
+    #[error("{context}: {message}")]
+    Db { context: String, message: String },
+}
+
+pub(crate) fn db(context: &str) -> impl Fn(postgres::Error) -> LogicalError + '_ {
+    move |e| LogicalError::Db {
+        context: context.to_owned(),
+        message: pg_connect::describe(&e),
+    }
+}

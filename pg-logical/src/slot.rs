@@ -1,0 +1,290 @@
+//! Prerequisites, publications and replication slots.
+
+use postgres::Client;
+
+use crate::{db, format_lsn, parse_lsn, LogicalError, Lsn};
+use pg_connect::{quote_ident, quote_qualified};
+
+/// Checks `wal_level = logical` and that the role may replicate.
+pub fn check_prerequisites(client: &mut Client) -> Result<(), LogicalError> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('wal_level'), current_user::text, \
+             (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)",
+            &[],
+        )
+        .map_err(db("checking wal_level and the REPLICATION attribute"))?;
+    let wal_level: String = row.get(0);
+    if wal_level != "logical" {
+        return Err(LogicalError::WalLevel(wal_level));
+    }
+    let user: String = row.get(1);
+    if !row.get::<_, Option<bool>>(2).unwrap_or(false) {
+        return Err(LogicalError::NoReplication(user));
+    }
+    Ok(())
+}
+
+/// Makes sure publication `name` exists and includes every table: creates it,
+/// or adds missing tables, when the role may; otherwise says what to run.
+pub fn ensure_publication(
+    client: &mut Client,
+    name: &str,
+    tables: &[(String, String)],
+) -> Result<(), LogicalError> {
+    let exists = client
+        .query_opt(
+            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            &[&name],
+        )
+        .map_err(db("reading publications"))?;
+    let list = |tables: &[&(String, String)]| {
+        tables
+            .iter()
+            .map(|(s, t)| quote_qualified(s, t))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match exists {
+        None => {
+            let all: Vec<&(String, String)> = tables.iter().collect();
+            let sql = format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                quote_ident(name),
+                list(&all)
+            );
+            client.batch_execute(&sql).map_err(|e| {
+                if is_permission_error(&e) {
+                    LogicalError::NoPublication(name.to_owned())
+                } else {
+                    db("creating the publication")(e)
+                }
+            })?;
+            tracing::info!(
+                publication = name,
+                tables = tables.len(),
+                "created publication"
+            );
+        }
+        Some(row) if row.get::<_, bool>(0) => {}
+        Some(_) => {
+            let included: Vec<(String, String)> = client
+                .query(
+                    "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+                    &[&name],
+                )
+                .map_err(db("reading the publication's tables"))?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            let missing: Vec<&(String, String)> =
+                tables.iter().filter(|t| !included.contains(t)).collect();
+            if !missing.is_empty() {
+                let sql = format!(
+                    "ALTER PUBLICATION {} ADD TABLE {}",
+                    quote_ident(name),
+                    list(&missing)
+                );
+                client.batch_execute(&sql).map_err(|e| {
+                    if is_permission_error(&e) {
+                        LogicalError::PublicationMissingTables {
+                            publication: name.to_owned(),
+                            tables: list(&missing),
+                        }
+                    } else {
+                        db("adding tables to the publication")(e)
+                    }
+                })?;
+                tracing::info!(
+                    publication = name,
+                    added = missing.len(),
+                    "added tables to publication"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_permission_error(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+}
+
+/// A replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub name: String,
+    pub plugin: String,
+    pub database: String,
+    pub active_pid: Option<i32>,
+    /// Changes up to here are confirmed (consumed): they can't be read again.
+    pub confirmed_flush_lsn: Option<Lsn>,
+    /// WAL from here on is kept on the server for this slot.
+    pub restart_lsn: Option<Lsn>,
+    /// Bytes of WAL the server keeps for this slot (`pg_current_wal_lsn() - restart_lsn`);
+    /// it shrinks only at the server's next checkpoint after the slot advances.
+    pub retained_bytes: i64,
+    /// Bytes of WAL written since the confirmed position: the replication lag.
+    pub pending_bytes: i64,
+}
+
+/// Reads a slot, if it exists.
+pub fn slot_info(client: &mut Client, slot: &str) -> Result<Option<SlotInfo>, LogicalError> {
+    let row = client
+        .query_opt(
+            "SELECT slot_name::text, coalesce(plugin::text, ''), coalesce(database::text, ''), active_pid, \
+             confirmed_flush_lsn::text, restart_lsn::text, \
+             coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint, \
+             coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .map_err(db("reading the replication slot"))?;
+    Ok(row.map(|r| SlotInfo {
+        name: r.get(0),
+        plugin: r.get(1),
+        database: r.get(2),
+        active_pid: r.get(3),
+        confirmed_flush_lsn: r.get::<_, Option<&str>>(4).and_then(parse_lsn),
+        restart_lsn: r.get::<_, Option<&str>>(5).and_then(parse_lsn),
+        retained_bytes: r.get(6),
+        pending_bytes: r.get(7),
+    }))
+}
+
+/// Creates a pgoutput slot unless it exists; checks an existing one is ours to use.
+/// Returns the slot and whether it was created now.
+pub fn create_slot_if_missing(
+    client: &mut Client,
+    slot: &str,
+) -> Result<(SlotInfo, bool), LogicalError> {
+    if let Some(info) = slot_info(client, slot)? {
+        check_usable(client, &info)?;
+        return Ok((info, false));
+    }
+    client
+        .query_one(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .map_err(db("creating the replication slot"))?;
+    let info = slot_info(client, slot)?.ok_or_else(|| LogicalError::NoSlot(slot.to_owned()))?;
+    tracing::info!(slot, lsn = %info.confirmed_flush_lsn.map(format_lsn).unwrap_or_default(), "created replication slot");
+    Ok((info, true))
+}
+
+fn check_usable(client: &mut Client, info: &SlotInfo) -> Result<(), LogicalError> {
+    if info.plugin != "pgoutput" {
+        return Err(LogicalError::WrongPlugin {
+            slot: info.name.clone(),
+            plugin: info.plugin.clone(),
+        });
+    }
+    let current: String = client
+        .query_one("SELECT current_database()::text", &[])
+        .map_err(db("reading the current database"))?
+        .get(0);
+    if info.database != current {
+        return Err(LogicalError::OtherDatabase {
+            slot: info.name.clone(),
+            database: info.database.clone(),
+        });
+    }
+    if let Some(pid) = info.active_pid {
+        return Err(LogicalError::SlotBusy {
+            slot: info.name.clone(),
+            pid,
+        });
+    }
+    Ok(())
+}
+
+/// Moves the slot forward to `lsn` (never back): the server may then free the
+/// WAL before it. Only call it with an LSN the destination has committed.
+/// Returns the slot's confirmed position afterwards.
+pub fn advance_slot(
+    client: &mut Client,
+    slot: &str,
+    lsn: Lsn,
+) -> Result<Option<Lsn>, LogicalError> {
+    let info = slot_info(client, slot)?.ok_or_else(|| LogicalError::NoSlot(slot.to_owned()))?;
+    check_usable(client, &info)?;
+    if info.confirmed_flush_lsn.is_some_and(|c| c >= lsn) {
+        return Ok(info.confirmed_flush_lsn);
+    }
+    client
+        .query_one(
+            "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+            &[&slot, &format_lsn(lsn)],
+        )
+        .map_err(db("advancing the replication slot"))?;
+    Ok(slot_info(client, slot)?.and_then(|i| i.confirmed_flush_lsn))
+}
+
+/// The server's current WAL flush position: logical decoding reads only
+/// flushed WAL, so this (not the insert position, which is ahead of it under
+/// `synchronous_commit = off`) is where a run can promise to have read to.
+pub fn current_flush_lsn(client: &mut Client) -> Result<Lsn, LogicalError> {
+    let text: String = client
+        .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+        .map_err(db("reading the current WAL position"))?
+        .get(0);
+    parse_lsn(&text).ok_or_else(|| LogicalError::Db {
+        context: "reading the current WAL position".into(),
+        message: format!("unexpected LSN {text:?}"),
+    })
+}
+
+/// Drops the slot if it exists. Returns whether it existed.
+pub fn drop_slot(client: &mut Client, slot: &str) -> Result<bool, LogicalError> {
+    if slot_info(client, slot)?.is_none() {
+        return Ok(false);
+    }
+    client
+        .query_one("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .map_err(db("dropping the replication slot"))?;
+    Ok(true)
+}
+
+/// Drops the publication if it exists. Returns whether it existed.
+pub fn drop_publication(client: &mut Client, name: &str) -> Result<bool, LogicalError> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .map_err(db("reading publications"))?
+        .is_some();
+    if exists {
+        client
+            .batch_execute(&format!("DROP PUBLICATION {}", quote_ident(name)))
+            .map_err(db("dropping the publication"))?;
+    }
+    Ok(exists)
+}
+
+/// A valid slot or publication name (lower-case letters, digits, `_`; at most
+/// 63 bytes) made from free text such as `tap_postgres_rs_<database>`.
+pub fn object_name(text: &str) -> String {
+    let mut s: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.truncate(63);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn object_names_are_valid_slot_names() {
+        assert_eq!(
+            super::object_name("tap-postgres-rs_My DB"),
+            "tap_postgres_rs_my_db"
+        );
+        assert_eq!(super::object_name(&"x".repeat(100)).len(), 63);
+    }
+}
