@@ -17,6 +17,8 @@
 //! client.batch_execute("CREATE TABLE t (id int)").unwrap();
 //! ```
 
+pub mod bastion;
+
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -35,7 +37,39 @@ pub struct Cluster {
     dir: PathBuf,
     port: u16,
     run_as_postgres: bool,
+    options: ClusterOptions,
+    /// Extra clusters (see [`start_cluster`]) stop when dropped; the shared one lives for the process.
+    stop_on_drop: bool,
     create_lock: Mutex<()>,
+}
+
+/// How an extra cluster (see [`start_cluster`]) differs from the shared one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterOptions {
+    /// TLS on, with a CA and server certificate generated for it.
+    pub tls: bool,
+    /// Listen on 127.0.0.1 inside a network namespace of its own, so that no
+    /// TCP client outside it can reach the server (root only). The test
+    /// process still reaches it as superuser over its Unix socket
+    /// ([`Cluster::client`]), and [`bastion::Bastion`] can forward into it.
+    pub private_network: bool,
+}
+
+impl Default for ClusterOptions {
+    /// The shared cluster's options: TLS on, loopback.
+    fn default() -> Self {
+        ClusterOptions {
+            tls: true,
+            private_network: false,
+        }
+    }
+}
+
+/// Starts an extra cluster of its own (e.g. TLS off, or reachable only
+/// through a private network namespace). It is stopped and removed when
+/// dropped, or by its watcher when the test process ends.
+pub fn start_cluster(options: ClusterOptions) -> Cluster {
+    Cluster::start(options).unwrap_or_else(|e| panic!("pg-testkit: {e}"))
 }
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
@@ -46,7 +80,9 @@ static DB_COUNTER: AtomicUsize = AtomicUsize::new(0);
 /// Panics with the exact install command when no PostgreSQL server binaries
 /// are found: tests never skip silently.
 pub fn cluster() -> &'static Cluster {
-    CLUSTER.get_or_init(|| Cluster::start().unwrap_or_else(|e| panic!("pg-testkit: {e}")))
+    CLUSTER.get_or_init(|| {
+        Cluster::start(ClusterOptions::default()).unwrap_or_else(|e| panic!("pg-testkit: {e}"))
+    })
 }
 
 fn running_as_root() -> bool {
@@ -119,9 +155,14 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
 }
 
 impl Cluster {
-    fn start() -> Result<Cluster, String> {
+    fn start(options: ClusterOptions) -> Result<Cluster, String> {
         let bindir = find_bindir()?;
         let run_as_postgres = running_as_root();
+        if options.private_network && !run_as_postgres {
+            return Err(
+                "a cluster in a private network namespace needs root (unshare --net)".into(),
+            );
+        }
         let base = std::env::temp_dir().join(format!(
             "pg-testkit-{}-{}",
             std::process::id(),
@@ -137,11 +178,15 @@ impl Cluster {
             dir: base,
             port: 0,
             run_as_postgres,
+            options,
+            stop_on_drop: false,
             create_lock: Mutex::new(()),
         };
         // From here on the watcher cleans up whatever happens next.
         cluster.spawn_reaper()?;
-        cluster.generate_tls()?;
+        if options.tls {
+            cluster.generate_tls()?;
+        }
         if run_as_postgres {
             run(
                 Command::new("chown")
@@ -169,12 +214,14 @@ impl Cluster {
         let mut last_err = String::new();
         for _ in 0..5 {
             let port = free_port()?;
-            let cluster = Cluster {
-                port,
-                ..cluster.clone_parts()
-            };
+            let mut cluster = cluster.clone_parts();
+            cluster.port = port;
             match cluster.pg_ctl_start() {
-                Ok(()) => return Ok(cluster),
+                Ok(()) => {
+                    // Only extra clusters are ever dropped (the shared one is a static).
+                    cluster.stop_on_drop = true;
+                    return Ok(cluster);
+                }
                 Err(e) => last_err = e,
             }
         }
@@ -187,25 +234,37 @@ impl Cluster {
             dir: self.dir.clone(),
             port: self.port,
             run_as_postgres: self.run_as_postgres,
+            options: self.options,
+            stop_on_drop: false,
             create_lock: Mutex::new(()),
         }
     }
 
     fn pg_ctl_start(&self) -> Result<(), String> {
         let tls = self.tls_dir();
-        let opts = format!(
+        let mut opts = format!(
             "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={dir} \
              -c wal_level=logical -c max_replication_slots=64 -c max_wal_senders=32 \
              -c max_connections=300 -c fsync=off -c full_page_writes=off \
-             -c ssl=on -c ssl_cert_file={tls}/server.crt -c ssl_key_file={tls}/server.key \
-             -c ssl_ca_file={tls}/ca.crt -c shared_buffers=128MB",
+             -c shared_buffers=128MB",
             port = self.port,
             dir = self.dir.display(),
-            tls = tls.display()
         );
+        if self.options.tls {
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={tls}/server.crt -c ssl_key_file={tls}/server.key \
+                 -c ssl_ca_file={tls}/ca.crt",
+                tls = tls.display()
+            ));
+        }
         let log = self.dir.join("server.log");
+        let program = if self.options.private_network {
+            "pg_ctl in a new network namespace"
+        } else {
+            "pg_ctl"
+        };
         self.run_pg(
-            "pg_ctl",
+            program,
             &[
                 "-D",
                 self.data_dir().to_str().unwrap(),
@@ -230,6 +289,27 @@ impl Cluster {
 
     /// Runs a PostgreSQL binary, as `postgres` when we are root.
     fn run_pg(&self, program: &str, args: &[&str]) -> Result<String, String> {
+        if let Some(program) = program.strip_suffix(" in a new network namespace") {
+            // The postmaster (and so every backend) lives in a network
+            // namespace with only its own loopback, brought up first.
+            let exe = self.bindir.join(program);
+            let mut cmd = Command::new("unshare");
+            cmd.args([
+                "--net",
+                "sh",
+                "-c",
+                "ip link set lo up && exec \"$@\"",
+                "sh",
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+            ])
+            .arg(&exe)
+            .args(args)
+            .current_dir(&self.dir);
+            return run(&mut cmd, program);
+        }
         let exe = self.bindir.join(program);
         let mut cmd = if self.run_as_postgres {
             let mut c = Command::new("runuser");
@@ -347,6 +427,71 @@ impl Cluster {
     pub fn ca_cert(&self) -> PathBuf {
         self.tls_dir().join("ca.crt")
     }
+
+    /// The options this cluster was started with.
+    pub fn options(&self) -> ClusterOptions {
+        self.options
+    }
+
+    /// The directory holding the server's Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The postmaster's process id (e.g. to enter its network namespace).
+    pub fn postmaster_pid(&self) -> u32 {
+        let pidfile = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .expect("read postmaster.pid");
+        pidfile
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("postmaster.pid starts with the pid")
+    }
+
+    /// A client certificate for `role` (`CN=<role>`) signed by this cluster's
+    /// CA, for `hostssl ... cert` rules: `(certificate, private key)` paths.
+    pub fn client_certificate(&self, role: &str) -> (PathBuf, PathBuf) {
+        assert!(
+            self.options.tls,
+            "client_certificate needs a cluster with TLS"
+        );
+        let n = DB_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let tls = self.tls_dir();
+        let (crt, key, csr) = (
+            format!("client-{n}.crt"),
+            format!("client-{n}.key"),
+            format!("client-{n}.csr"),
+        );
+        let openssl = |args: &[&str]| {
+            run(
+                Command::new("openssl").args(args).current_dir(&tls),
+                "openssl",
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let subject = format!("/CN={role}");
+        openssl(&[
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out",
+            &csr,
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "3",
+            "-out",
+            &crt,
+        ]);
+        (tls.join(crt), tls.join(key))
+    }
     pub fn bindir(&self) -> &Path {
         &self.bindir
     }
@@ -376,10 +521,16 @@ impl Cluster {
             .expect("reload");
     }
 
-    /// A superuser connection (plain TCP, trust) to `database`.
+    /// A superuser connection (plain TCP, trust; the Unix socket for a
+    /// cluster in a private network) to `database`.
     pub fn client(&self, database: &str) -> postgres::Client {
+        let host = if self.options.private_network {
+            self.dir.to_str().expect("utf-8 temp dir").to_owned()
+        } else {
+            self.host().to_owned()
+        };
         postgres::Config::new()
-            .host(self.host())
+            .host(&host)
             .port(self.port)
             .user(SUPERUSER)
             .dbname(database)
@@ -414,7 +565,29 @@ impl Cluster {
     }
 }
 
-/// A database of its own for one test.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !self.stop_on_drop {
+            return;
+        }
+        let data = self.data_dir();
+        let _ = self.run_pg(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap_or_default(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A database of its own for one test. (Its `client()` is for the shared
+/// cluster; for an extra cluster use `Cluster::client(&db.name)`.)
 #[derive(Debug, Clone)]
 pub struct TestDb {
     pub name: String,
