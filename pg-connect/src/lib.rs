@@ -16,6 +16,7 @@
 mod quote;
 mod settings;
 mod tls;
+mod tunnel;
 
 pub use quote::{quote_ident, quote_literal, quote_qualified};
 pub use settings::{ConnectionSettings, SshTunnelSettings, SslMode, CONNECTION_SETTINGS};
@@ -42,11 +43,15 @@ pub const SESSION_SETUP: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD
 
 /// Opens connections for one process. Open it once and call
 /// [`Connector::connect`] for every session: a tunnel, when configured, is
-/// shared by all of them and closed when the connector is dropped.
+/// opened here, shared by all of them, and closed when the connector is
+/// dropped (or by a watcher, when the process dies without dropping it).
 #[derive(Debug)]
 pub struct Connector {
     settings: ConnectionSettings,
+    /// The configured port, for messages (`settings.port` is the tunnel's).
+    port: u16,
     application_name: String,
+    tunnel: Option<tunnel::Tunnel>,
 }
 
 impl Connector {
@@ -54,20 +59,60 @@ impl Connector {
         settings: ConnectionSettings,
         application_name: &str,
     ) -> Result<Connector, ConnectError> {
+        let port = settings.port;
+        let mut settings = settings;
+        let tunnel = match &settings.ssh_tunnel {
+            Some(ssh) => {
+                let t = tunnel::Tunnel::open(
+                    ssh,
+                    &settings.host,
+                    settings.port,
+                    Duration::from_secs(settings.connect_timeout_secs),
+                )
+                .map_err(|reason| ConnectError {
+                    host: settings.host.clone(),
+                    port,
+                    database: settings.database.clone(),
+                    user: settings.user.clone(),
+                    reason,
+                })?;
+                // TLS still checks `host`, the database's real name.
+                settings.hostaddr = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+                settings.port = t.local_port();
+                Some(t)
+            }
+            None => None,
+        };
         Ok(Connector {
             settings,
+            port,
             application_name: application_name.to_owned(),
+            tunnel,
         })
     }
 
-    /// The settings connections use (with `hostaddr` set when tunnelled).
+    /// The settings connections use (with `hostaddr` 127.0.0.1 and the
+    /// forwarded local port when tunnelled).
     pub fn settings(&self) -> &ConnectionSettings {
         &self.settings
     }
 
+    /// Whether connections go through an SSH tunnel.
+    pub fn is_tunnelled(&self) -> bool {
+        self.tunnel.is_some()
+    }
+
     /// A new session, pinned (see [`SESSION_SETUP`]).
     pub fn connect(&self) -> Result<postgres::Client, ConnectError> {
-        connect(&self.settings, &self.application_name)
+        let mark = self.tunnel.as_ref().map(|t| t.mark()).unwrap_or(0);
+        connect_showing(&self.settings, &self.application_name, self.port).map_err(|mut e| {
+            // A failure at the far end of the tunnel shows here only as a
+            // reset connection: ssh knows the real reason.
+            if let Some(why) = self.tunnel.as_ref().and_then(|t| t.diagnose(mark)) {
+                e.reason = why;
+            }
+            e
+        })
     }
 }
 
@@ -77,9 +122,18 @@ pub fn connect(
     settings: &ConnectionSettings,
     application_name: &str,
 ) -> Result<postgres::Client, ConnectError> {
+    connect_showing(settings, application_name, settings.port)
+}
+
+/// [`connect`], naming `shown_port` in errors (the configured one, not a tunnel's).
+fn connect_showing(
+    settings: &ConnectionSettings,
+    application_name: &str,
+    shown_port: u16,
+) -> Result<postgres::Client, ConnectError> {
     let fail = |reason: String| ConnectError {
         host: settings.host.clone(),
-        port: settings.port,
+        port: shown_port,
         database: settings.database.clone(),
         user: settings.user.clone(),
         reason,

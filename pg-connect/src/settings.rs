@@ -89,7 +89,12 @@ const SSH_KEY_PASSWORD: Setting = Setting::new(
 const SSH_HOST_KEY: Setting = Setting::new(
     "ssh_tunnel.host_key",
     SettingKind::String,
-    "Pin the bastion's host key (a known_hosts line or `type base64`); unset: trust on first use.",
+    "Pin the bastion's host key (`ssh-ed25519 AAAA...`, or a known_hosts line); unset: trust on first use.",
+);
+const SSH_KNOWN_HOSTS: Setting = Setting::new(
+    "ssh_tunnel.known_hosts_file",
+    SettingKind::String,
+    "Where bastion host keys trusted on first use are remembered (default `$XDG_STATE_HOME/singer-postgres-rs/known_hosts`, else `~/.local/state/singer-postgres-rs/known_hosts`).",
 );
 
 /// Every connection setting, for `--about`, `--help` and the README.
@@ -111,6 +116,7 @@ pub const CONNECTION_SETTINGS: &[Setting] = &[
     SSH_KEY,
     SSH_KEY_PASSWORD,
     SSH_HOST_KEY,
+    SSH_KNOWN_HOSTS,
 ];
 
 /// libpq's sslmode.
@@ -125,6 +131,18 @@ pub enum SslMode {
 }
 
 impl SslMode {
+    /// libpq's name of the mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
     fn parse(s: &str) -> SslMode {
         match s {
             "disable" => SslMode::Disable,
@@ -146,6 +164,8 @@ pub struct SshTunnelSettings {
     pub private_key: Option<String>,
     pub private_key_password: Option<String>,
     pub host_key: Option<String>,
+    /// Trust-on-first-use file; `None`: the default location.
+    pub known_hosts_file: Option<String>,
 }
 
 impl std::fmt::Debug for SshTunnelSettings {
@@ -230,6 +250,7 @@ impl ConnectionSettings {
                 private_key: config.string(&SSH_KEY)?.filter(|v| !v.is_empty()),
                 private_key_password: config.string(&SSH_KEY_PASSWORD)?.filter(|v| !v.is_empty()),
                 host_key: config.string(&SSH_HOST_KEY)?.filter(|v| !v.is_empty()),
+                known_hosts_file: config.string(&SSH_KNOWN_HOSTS)?.filter(|v| !v.is_empty()),
             })
         } else {
             None

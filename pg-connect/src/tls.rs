@@ -19,7 +19,37 @@ fn pem_or_file(value: &str, what: &str) -> Result<Vec<u8>, String> {
     if value.trim_start().starts_with("-----BEGIN") {
         return Ok(value.as_bytes().to_vec());
     }
-    std::fs::read(value).map_err(|e| format!("cannot read {what} file {value:?}: {e}"))
+    if !std::path::Path::new(value).exists() {
+        return Err(format!(
+            "{what}: file {value:?} does not exist (give the PEM contents or the path of a readable file)"
+        ));
+    }
+    std::fs::read(value).map_err(|e| format!("{what}: cannot read file {value:?}: {e}"))
+}
+
+/// What to fix, for the TLS failures users meet most.
+fn explain(msg: String, s: &ConnectionSettings) -> String {
+    if msg.contains("server does not support TLS") {
+        return format!(
+            "the server does not offer TLS, but ssl_mode `{}` requires it: turn ssl on in the server's postgresql.conf, or set ssl_mode to prefer",
+            s.ssl_mode.name()
+        );
+    }
+    if !msg.contains("certificate verify failed") {
+        return msg;
+    }
+    // OpenSSL's reason comes last: "...certificate verify failed:<file>:<line>:: <reason>".
+    let reason = msg.rsplit(":: ").next().unwrap_or(&msg).trim();
+    if reason.contains("hostname mismatch") || reason.contains("IP address mismatch") {
+        format!(
+            "the server's certificate does not name the host `{}` (verify-full): connect by a name the certificate lists, or use ssl_mode verify-ca",
+            s.host
+        )
+    } else {
+        format!(
+            "the server's certificate is not trusted (certificate verify failed: {reason}): set ssl_certificate_authority to the CA that signed it"
+        )
+    }
 }
 
 pub(crate) fn connect(
@@ -29,26 +59,26 @@ pub(crate) fn connect(
     let mut config = config.clone();
     let pg_mode = match s.ssl_mode {
         SslMode::Disable => PgSslMode::Disable,
-        // tokio-postgres has no "allow" (try plain first); prefer is the
-        // nearest mode that also works with servers that require TLS.
+        // After a refused plain attempt, allow retries as prefer.
         SslMode::Allow | SslMode::Prefer => PgSslMode::Prefer,
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
     };
-    config.ssl_mode(pg_mode);
-    if s.ssl_mode == SslMode::Disable {
-        return config.connect(NoTls).map_err(|e| crate::describe(&e));
-    }
-    let connector = build_connector(s)?;
-    config.connect(connector).map_err(|e| {
-        let msg = crate::describe(&e);
-        if msg.contains("server does not support TLS") {
-            format!("{msg}: the server does not offer TLS but ssl_mode requires it; enable ssl on the server or use ssl_mode prefer")
-        } else if msg.contains("certificate verify failed") {
-            format!("{msg}: check ssl_certificate_authority, and that the server certificate names the host `{}` (verify-full)", s.host)
-        } else {
-            msg
+    if matches!(s.ssl_mode, SslMode::Disable | SslMode::Allow) {
+        let mut plain = config.clone();
+        plain.ssl_mode(PgSslMode::Disable);
+        match plain.connect(NoTls) {
+            Ok(client) => return Ok(client),
+            // allow: plain first; TLS only when the server refuses plain
+            // (e.g. a `hostssl` rule), as libpq does.
+            Err(e) if s.ssl_mode == SslMode::Allow && e.as_db_error().is_some() => {}
+            Err(e) => return Err(crate::describe(&e)),
         }
-    })
+    }
+    config.ssl_mode(pg_mode);
+    let connector = build_connector(s)?;
+    config
+        .connect(connector)
+        .map_err(|e| explain(crate::describe(&e), s))
 }
 
 fn build_connector(s: &ConnectionSettings) -> Result<MakeTlsConnector, String> {
@@ -88,11 +118,12 @@ fn build_connector(s: &ConnectionSettings) -> Result<MakeTlsConnector, String> {
                 "ssl_client_private_key is not a PEM private key (PKCS#1, PKCS#8 or SEC1)"
                     .to_string()
             })?;
+            let mismatch =
+                |_| "ssl_client_private_key does not match ssl_client_certificate".to_string();
             builder.set_certificate(&cert).map_err(tls_err)?;
-            builder.set_private_key(&key).map_err(tls_err)?;
-            builder.check_private_key().map_err(|_| {
-                "ssl_client_private_key does not match ssl_client_certificate".to_string()
-            })?;
+            // OpenSSL 3 already checks the pair here, older ones in check_private_key.
+            builder.set_private_key(&key).map_err(mismatch)?;
+            builder.check_private_key().map_err(mismatch)?;
         }
         (Some(_), None) => {
             return Err("ssl_client_certificate is set but ssl_client_private_key is not".into())

@@ -48,7 +48,7 @@ pub struct Cluster {
 pub struct ClusterOptions {
     /// TLS on, with a CA and server certificate generated for it.
     pub tls: bool,
-    /// Listen on 127.0.0.1 inside a network namespace of its own, so that no
+    /// Listen on every address (all loopback: 127.0.0.0/8, ::1) inside a network namespace of its own, so that no
     /// TCP client outside it can reach the server (root only). The test
     /// process still reaches it as superuser over its Unix socket
     /// ([`Cluster::client`]), and [`bastion::Bastion`] can forward into it.
@@ -242,8 +242,14 @@ impl Cluster {
 
     fn pg_ctl_start(&self) -> Result<(), String> {
         let tls = self.tls_dir();
+        // In a private namespace every address is a loopback one.
+        let listen = if self.options.private_network {
+            "'*'"
+        } else {
+            "127.0.0.1"
+        };
         let mut opts = format!(
-            "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={dir} \
+            "-c port={port} -c listen_addresses={listen} -c unix_socket_directories={dir} \
              -c wal_level=logical -c max_replication_slots=64 -c max_wal_senders=32 \
              -c max_connections=300 -c fsync=off -c full_page_writes=off \
              -c shared_buffers=128MB",
