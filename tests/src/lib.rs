@@ -9,6 +9,10 @@ use std::sync::OnceLock;
 
 use serde_json::{json, Value};
 
+// --- Orchestrator and peer-connector helpers (Meltano, singer-tools, target-jsonl,
+// pipelinewise-tap-postgres from PyPI): see orchestrator.rs.
+pub mod orchestrator;
+
 /// The directory holding the workspace's built binaries (the profile directory
 /// of the running test, demo or benchmark executable).
 fn profile_dir() -> PathBuf {

@@ -1,0 +1,442 @@
+//! Meltano drives the two binaries as a user's project would: the shipped
+//! plugin block (`meltano/meltano.yml`) included verbatim, Meltano 4.4.1 from
+//! PyPI in a cached virtualenv, the binaries found on PATH, both databases on
+//! the private test cluster.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use e2e_tests::orchestrator::{plugin_block, MeltanoProject};
+use e2e_tests::{bin, compare_table};
+use pg_testkit::cluster;
+use serde_json::{json, Value};
+
+const STATE_ID: &str = "dev:tap-postgres-rs-to-target-postgres-rs";
+/// Where Meltano's convention (`default_target_schema: $MELTANO_EXTRACT__LOAD_SCHEMA`,
+/// the extractor's namespace) lands the streams.
+const LOAD_SCHEMA: &str = "tap_postgres_rs";
+
+fn about(binary: &str) -> Value {
+    let out = Command::new(bin(binary))
+        .args(["--about", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{binary} --about failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{binary} --about --format json is not JSON: {e}"))
+}
+
+/// Settings of an `--about` JSON Schema, flattened to dotted names:
+/// name -> (meltano kind, secret, default).
+fn about_settings(about: &Value) -> Vec<(String, String, bool, Option<Value>)> {
+    fn walk(prefix: &str, props: &Value, out: &mut Vec<(String, String, bool, Option<Value>)>) {
+        for (name, schema) in props.as_object().expect("properties") {
+            let full = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            let types: Vec<&str> = match &schema["type"] {
+                Value::String(s) => vec![s.as_str()],
+                Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+                _ => vec![],
+            };
+            let main = types.iter().find(|t| **t != "null").copied().unwrap_or("");
+            if main == "object" && schema.get("properties").is_some() {
+                walk(&full, &schema["properties"], out);
+                continue;
+            }
+            let kind = if schema.get("enum").is_some() {
+                "options"
+            } else {
+                main
+            };
+            let secret = schema["secret"] == json!(true) || schema["writeOnly"] == json!(true);
+            out.push((
+                full,
+                kind.to_owned(),
+                secret,
+                schema.get("default").cloned(),
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    walk("", &about["settings"]["properties"], &mut out);
+    out
+}
+
+/// The plugin block declares exactly what each binary implements: the same
+/// capabilities as `--about`, every setting with the same kind, secrets
+/// `sensitive`, the same defaults (Meltano's load-schema convention aside).
+#[test]
+fn plugin_block_declares_what_the_binaries_implement() {
+    let block = plugin_block();
+    let mut problems = Vec::new();
+    for (section, binary) in [
+        ("extractors", "tap-postgres-rs"),
+        ("loaders", "target-postgres-rs"),
+    ] {
+        let plugin = block["plugins"][section]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == binary))
+            .unwrap_or_else(|| panic!("meltano/meltano.yml has no {section} entry {binary}"));
+        assert!(plugin.get("pip_url").is_none(), "{binary}: no pip_url");
+        assert_eq!(plugin["executable"], json!(binary), "{binary}: executable");
+        assert_eq!(
+            plugin["namespace"],
+            json!(binary.replace('-', "_")),
+            "{binary}: namespace"
+        );
+        let about = about(binary);
+        assert_eq!(about["name"], json!(binary));
+        let caps = |v: &Value| -> BTreeSet<String> {
+            v.as_array()
+                .unwrap_or(&vec![])
+                .iter()
+                .filter_map(|c| c.as_str().map(str::to_owned))
+                .collect()
+        };
+        if caps(&plugin["capabilities"]) != caps(&about["capabilities"]) {
+            problems.push(format!(
+                "{binary}: capabilities in meltano.yml {:?} but --about says {:?}",
+                caps(&plugin["capabilities"]),
+                caps(&about["capabilities"])
+            ));
+        }
+        let declared: Vec<&Value> = plugin["settings"].as_array().unwrap().iter().collect();
+        let implemented = about_settings(&about);
+        for (name, kind, secret, default) in &implemented {
+            let Some(d) = declared.iter().find(|d| d["name"] == json!(name)) else {
+                problems.push(format!(
+                    "{binary}: setting `{name}` ({kind}) is missing from meltano.yml"
+                ));
+                continue;
+            };
+            let yml_kind = d["kind"].as_str().unwrap_or("string");
+            if yml_kind != kind {
+                problems.push(format!(
+                    "{binary}: `{name}` is kind {yml_kind} in meltano.yml, {kind} in --about"
+                ));
+            }
+            if (d["sensitive"] == json!(true)) != *secret {
+                problems.push(format!(
+                    "{binary}: `{name}` sensitive in meltano.yml: {}, secret in --about: {secret}",
+                    d["sensitive"]
+                ));
+            }
+            if d["description"].as_str().unwrap_or("").is_empty() {
+                problems.push(format!("{binary}: `{name}` has no description"));
+            }
+            let yml_default = d.get("value").cloned();
+            let meltano_convention = name == "default_target_schema"
+                && yml_default == Some(json!("$MELTANO_EXTRACT__LOAD_SCHEMA"));
+            if !meltano_convention && yml_default != *default {
+                problems.push(format!(
+                    "{binary}: `{name}` default {yml_default:?} in meltano.yml, {default:?} in --about"
+                ));
+            }
+        }
+        for d in &declared {
+            let name = d["name"].as_str().unwrap();
+            if !implemented.iter().any(|(n, ..)| n == name) {
+                problems.push(format!(
+                    "{binary}: meltano.yml declares `{name}`, which --about does not list"
+                ));
+            }
+        }
+        if binary == "target-postgres-rs" {
+            let schema = declared
+                .iter()
+                .find(|d| d["name"] == "default_target_schema")
+                .expect("default_target_schema declared");
+            assert_eq!(schema["value"], json!("$MELTANO_EXTRACT__LOAD_SCHEMA"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+const SOURCE: &str = "
+    CREATE TABLE items (
+        id int PRIMARY KEY,
+        name text NOT NULL,
+        price numeric(12,2),
+        updated_at timestamptz NOT NULL
+    );
+    INSERT INTO items
+        SELECT i, 'item ' || i, i * 1.25, timestamptz '2024-01-01 00:00:00+00' + i * interval '1 minute'
+        FROM generate_series(1, 100) i;
+    CREATE TABLE customers (id int PRIMARY KEY, email text);
+    INSERT INTO customers SELECT i, 'c' || i || '@example.com' FROM generate_series(1, 10) i;
+    CREATE TABLE not_selected (id int PRIMARY KEY, secret text);
+    INSERT INTO not_selected VALUES (1, 'never copied');
+";
+
+fn count(client: &mut postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).unwrap().get(0)
+}
+
+fn table_exists(client: &mut postgres::Client, schema: &str, table: &str) -> bool {
+    client
+        .query_one(
+            "SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL",
+            &[&schema, &table],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// Lines Meltano relayed from the two plugins that carry the words Meltano's
+/// checks treat as failures.
+fn alarming_plugin_lines(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter(|l| l.contains("tap-postgres-rs") || l.contains("target-postgres-rs"))
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("error") || l.contains("exception")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+fn bookmark(state: &Value) -> Value {
+    state["singer_state"]["bookmarks"]["public-items"]["replication_key_value"].clone()
+}
+
+#[test]
+fn meltano_runs_the_pair_and_resumes_incrementally_from_stored_state() {
+    let src = cluster().create_database("meltano_src");
+    let dst = cluster().create_database("meltano_dst");
+    src.client().batch_execute(SOURCE).unwrap();
+    let project = MeltanoProject::new(
+        json!({
+            "config": src.config(),
+            "select": ["public-items.*", "public-customers.*"],
+            "metadata": {
+                "public-items": {"replication-method": "INCREMENTAL", "replication-key": "updated_at"},
+                "public-customers": {"replication-method": "FULL_TABLE"},
+            },
+        }),
+        json!({"config": dst.config()}),
+    );
+
+    // `meltano config ... test`: the tap emits a RECORD; the loader takes
+    // Meltano's test messages without a line mentioning error/exception.
+    let test = project
+        .meltano(&["config", "tap-postgres-rs", "test"])
+        .assert_success("config tap-postgres-rs test");
+    assert!(
+        format!("{}{}", test.stdout, test.stderr).contains("Plugin configuration is valid"),
+        "config test output: {test:?}"
+    );
+    let test = project
+        .meltano(&["config", "target-postgres-rs", "test"])
+        .assert_success("config target-postgres-rs test");
+    assert!(
+        format!("{}{}", test.stdout, test.stderr).contains("Plugin configuration is valid"),
+        "config test output: {test:?}"
+    );
+
+    // `meltano invoke` passes flags through.
+    let about = project
+        .meltano(&["invoke", "tap-postgres-rs", "--about", "--format", "json"])
+        .assert_success("invoke tap-postgres-rs --about");
+    let about: Value = serde_json::from_str(&about.stdout)
+        .unwrap_or_else(|e| panic!("--about via meltano invoke is not JSON ({e}): {about:?}"));
+    assert_eq!(about["name"], json!("tap-postgres-rs"));
+    let discovered = project
+        .meltano(&["invoke", "tap-postgres-rs", "--discover"])
+        .assert_success("invoke tap-postgres-rs --discover");
+    let catalog: Value = serde_json::from_str(&discovered.stdout)
+        .unwrap_or_else(|e| panic!("--discover via meltano invoke is not JSON ({e})"));
+    let ids: BTreeSet<&str> = catalog["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["tap_stream_id"].as_str())
+        .collect();
+    for id in ["public-items", "public-customers", "public-not_selected"] {
+        assert!(ids.contains(id), "{id} not discovered: {ids:?}");
+    }
+
+    // First run: every selected table lands in the extractor's load schema.
+    let run = project
+        .meltano(&["run", "tap-postgres-rs", "target-postgres-rs"])
+        .assert_success("run");
+    let alarming = alarming_plugin_lines(&run.stderr);
+    assert!(
+        alarming.is_empty(),
+        "a successful run logged: {alarming:#?}"
+    );
+    let mut s = src.client();
+    let mut d = dst.client();
+    for table in ["items", "customers"] {
+        let cmp = compare_table(&mut s, &mut d, "public", table, LOAD_SCHEMA, table);
+        assert!(cmp.is_identical(), "{table} after the first run: {cmp:#?}");
+    }
+    assert!(
+        !table_exists(&mut d, LOAD_SCHEMA, "not_selected"),
+        "a stream that was not selected was loaded"
+    );
+    let first = project.state(STATE_ID);
+    let first_bookmark = bookmark(&first);
+    assert!(
+        first_bookmark
+            .as_str()
+            .is_some_and(|v| v.starts_with("2024-01-01T01:40:00")),
+        "bookmark after the first run is the newest updated_at (01:40): {first}"
+    );
+
+    // Between runs: one row changes, one is added at the source; canaries are
+    // removed at the destination. An incremental run must not bring back the
+    // items canary (its updated_at is below the bookmark); a full-table run
+    // brings back the customers one.
+    s.batch_execute(
+        "UPDATE items SET name = 'changed', updated_at = '2025-01-01 00:00:00+00' WHERE id = 50;
+         INSERT INTO items VALUES (101, 'new', 9.99, '2025-01-02 00:00:00+00');
+         INSERT INTO customers VALUES (11, 'c11@example.com');",
+    )
+    .unwrap();
+    d.batch_execute(&format!(
+        "DELETE FROM {LOAD_SCHEMA}.items WHERE id = 1; DELETE FROM {LOAD_SCHEMA}.customers WHERE id = 1;"
+    ))
+    .unwrap();
+
+    project
+        .meltano(&["run", "tap-postgres-rs", "target-postgres-rs"])
+        .assert_success("second run");
+    let items = |d: &mut postgres::Client, id: i32| -> Option<String> {
+        d.query_opt(
+            &format!("SELECT name FROM {LOAD_SCHEMA}.items WHERE id = $1"),
+            &[&id],
+        )
+        .unwrap()
+        .map(|r| r.get(0))
+    };
+    assert_eq!(items(&mut d, 50).as_deref(), Some("changed"));
+    assert_eq!(items(&mut d, 101).as_deref(), Some("new"));
+    assert_eq!(
+        items(&mut d, 1),
+        None,
+        "the second run re-sent an unchanged row: it did not use the stored state"
+    );
+    assert_eq!(
+        count(&mut d, &format!("SELECT count(*) FROM {LOAD_SCHEMA}.items")),
+        100
+    );
+    assert_eq!(
+        count(
+            &mut d,
+            &format!("SELECT count(*) FROM {LOAD_SCHEMA}.customers WHERE id IN (1, 11)")
+        ),
+        2,
+        "the FULL_TABLE stream is copied whole again"
+    );
+    let second = project.state(STATE_ID);
+    assert!(
+        bookmark(&second)
+            .as_str()
+            .is_some_and(|v| v.starts_with("2025-01-02T00:00:00")),
+        "bookmark advanced to the newest change: {second}"
+    );
+}
+
+/// `meltano run --timeout` sends SIGTERM to both binaries: they stop at once,
+/// hold no connection afterwards, and every state Meltano stored is covered by
+/// rows the target committed.
+#[test]
+fn meltano_timeout_stops_both_cleanly_with_only_committed_state() {
+    let src = cluster().create_database("meltano_term_src");
+    let dst = cluster().create_database("meltano_term_dst");
+    src.client()
+        .batch_execute(
+            "CREATE TABLE big (id bigint PRIMARY KEY, pad text NOT NULL);
+             INSERT INTO big SELECT i, md5(i::text) FROM generate_series(1, 2000000) i;",
+        )
+        .unwrap();
+    let project = MeltanoProject::new(
+        json!({
+            "config": src.config(),
+            "select": ["public-big.*"],
+            "metadata": {"public-big": {"replication-method": "INCREMENTAL", "replication-key": "id"}},
+        }),
+        json!({"config": {
+            "host": dst.host, "port": dst.port, "user": pg_testkit::SUPERUSER, "password": "",
+            "database": dst.name, "ssl_mode": "disable", "batch_size_rows": 20000,
+        }}),
+    );
+    let started = Instant::now();
+    let run = project.meltano(&[
+        "run",
+        "--timeout",
+        "3",
+        "tap-postgres-rs",
+        "target-postgres-rs",
+    ]);
+    let took = started.elapsed();
+    let mut d = dst.client();
+    let landed = if table_exists(&mut d, LOAD_SCHEMA, "big") {
+        count(&mut d, &format!("SELECT count(*) FROM {LOAD_SCHEMA}.big"))
+    } else {
+        0
+    };
+    assert!(
+        landed < 2_000_000,
+        "the run finished before the timeout ({took:?}); make the table bigger: {run:?}"
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "the binaries took {took:?} to stop after SIGTERM: {run:?}"
+    );
+    // Nobody is left connected (the server notices a closed socket at once).
+    let idle = |db: &pg_testkit::TestDb| {
+        let mut c = db.client();
+        let me: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        pg_testkit::TestDb::wait_for(Duration::from_secs(10), || {
+            count(
+                &mut c,
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> {me}"
+                ),
+            ) == 0
+        })
+    };
+    assert!(idle(&src), "the tap still holds a connection after SIGTERM");
+    assert!(
+        idle(&dst),
+        "the target still holds a connection after SIGTERM"
+    );
+    assert!(
+        !run.stderr.contains("panicked"),
+        "a binary panicked on SIGTERM: {}",
+        run.stderr
+    );
+    // Whatever state Meltano kept names only rows that are in the destination.
+    let list = project
+        .meltano(&["state", "list"])
+        .assert_success("state list");
+    if list.stdout.contains(STATE_ID) {
+        let state = project.state(STATE_ID);
+        if let Some(v) = bookmark_of(&state, "public-big") {
+            let committed = count(
+                &mut d,
+                &format!("SELECT count(*) FROM {LOAD_SCHEMA}.big WHERE id <= {v}"),
+            );
+            assert_eq!(
+                committed, v,
+                "state says rows up to id {v} are loaded, the destination has {committed} of them"
+            );
+        }
+    }
+}
+
+fn bookmark_of(state: &Value, stream: &str) -> Option<i64> {
+    let v = &state["singer_state"]["bookmarks"][stream]["replication_key_value"];
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
