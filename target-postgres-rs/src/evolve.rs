@@ -1,0 +1,182 @@
+//! Tables follow their stream's SCHEMA: created when missing, columns added
+//! for new properties, types widened when a property's type changes. Nothing
+//! is ever dropped or narrowed, and the same SCHEMA again changes nothing.
+
+use pg_connect::quote_ident;
+use postgres::Client;
+
+use crate::stream::StreamShape;
+use crate::types::widen;
+
+/// What the destination table looks like after [`ensure_table`].
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    /// The actual type of each of the shape's columns.
+    pub types: Vec<String>,
+    /// Holds no rows (so a first batch may be copied straight in).
+    pub empty: bool,
+    /// A unique index exists on exactly the key columns (so `ON CONFLICT` works).
+    pub unique_on_keys: bool,
+}
+
+/// Creates the schema and table when missing, adds and widens columns.
+pub fn ensure_table(
+    client: &mut Client,
+    shape: &StreamShape,
+    primary_key: bool,
+) -> Result<TableInfo, postgres::Error> {
+    let table = &shape.table;
+    let qualified = table.qualified();
+    let schema_exists = client
+        .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&table.schema])?
+        .is_some();
+    if !schema_exists {
+        // Only when missing: CREATE SCHEMA IF NOT EXISTS still needs CREATE on
+        // the database, which a role confined to its own schema lacks.
+        client.batch_execute(&format!("CREATE SCHEMA {}", quote_ident(&table.schema)))?;
+    }
+    let existing: Vec<(String, String)> = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+            &[&qualified],
+        )?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    if existing.is_empty() {
+        let mut defs: Vec<String> = shape
+            .columns
+            .iter()
+            .map(|c| format!("{} {}", quote_ident(&c.name), c.wanted_type))
+            .collect();
+        if primary_key && !shape.keys.is_empty() {
+            defs.push(format!("PRIMARY KEY ({})", key_list(shape)));
+        }
+        client.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {qualified} ({})",
+            defs.join(", ")
+        ))?;
+        tracing::info!(table = %qualified, "created table");
+        return Ok(TableInfo {
+            types: shape.columns.iter().map(|c| c.wanted_type.clone()).collect(),
+            empty: true,
+            unique_on_keys: primary_key && !shape.keys.is_empty(),
+        });
+    }
+    let mut types = Vec::with_capacity(shape.columns.len());
+    for c in &shape.columns {
+        let col = quote_ident(&c.name);
+        match existing.iter().find(|(n, _)| *n == c.name) {
+            None => {
+                client.batch_execute(&format!(
+                    "ALTER TABLE {qualified} ADD COLUMN {col} {}",
+                    c.wanted_type
+                ))?;
+                tracing::info!(table = %qualified, column = %c.name, r#type = %c.wanted_type, "added column");
+                types.push(c.wanted_type.clone());
+            }
+            Some((_, have)) => match widen(have, &c.wanted_type) {
+                None => types.push(have.clone()),
+                Some(w) => {
+                    client.batch_execute(&format!(
+                        "ALTER TABLE {qualified} ALTER COLUMN {col} TYPE {} USING {}",
+                        w.new_type,
+                        w.using.replace("{}", &col)
+                    ))?;
+                    tracing::info!(table = %qualified, column = %c.name, from = %have, to = %w.new_type, "widened column");
+                    types.push(w.new_type);
+                }
+            },
+        }
+    }
+    let empty: bool = client
+        .query_one(
+            &format!("SELECT NOT EXISTS (SELECT 1 FROM {qualified})"),
+            &[],
+        )?
+        .get(0);
+    let unique_on_keys = if shape.keys.is_empty() {
+        false
+    } else {
+        let names: Vec<String> = shape
+            .keys
+            .iter()
+            .map(|&k| shape.columns[k].name.clone())
+            .collect();
+        let n = names.len() as i16;
+        client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = to_regclass($1) \
+                 AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = $3 \
+                 AND (SELECT count(*) FROM pg_attribute a WHERE a.attrelid = i.indrelid \
+                      AND a.attnum = ANY(i.indkey) AND a.attname::text = ANY($2)) = $3)",
+                &[&qualified, &names, &n],
+            )?
+            .get(0)
+    };
+    Ok(TableInfo {
+        types,
+        empty,
+        unique_on_keys,
+    })
+}
+
+/// The quoted key columns, comma-separated.
+pub fn key_list(shape: &StreamShape) -> String {
+    shape
+        .keys
+        .iter()
+        .map(|&k| quote_ident(&shape.columns[k].name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The destination's canonical name for a declared type, or `None` when the
+/// destination has no such type. Keeps the type modifier (`numeric(18,4)`)
+/// when the declared text is already canonical.
+pub fn resolve_type(client: &mut Client, declared: &str) -> Option<String> {
+    let row = client
+        .query_one(
+            "SELECT format_type(to_regtype($1), NULL)",
+            &[&declared],
+        )
+        .ok()?;
+    let canonical: Option<String> = row.get(0);
+    let canonical = canonical?;
+    let without_mod = strip_typmod(declared);
+    if without_mod == canonical {
+        Some(declared.to_owned())
+    } else {
+        Some(canonical)
+    }
+}
+
+/// `timestamp(3) with time zone` → `timestamp with time zone`.
+fn strip_typmod(t: &str) -> String {
+    match (t.find('('), t.find(')')) {
+        (Some(a), Some(b)) if b > a => {
+            let mut s = format!("{}{}", &t[..a], &t[b + 1..]);
+            s = s.replace("  ", " ");
+            s.trim().to_owned()
+        }
+        _ => t.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typmods_are_stripped() {
+        assert_eq!(strip_typmod("numeric(18,4)"), "numeric");
+        assert_eq!(
+            strip_typmod("timestamp(3) with time zone"),
+            "timestamp with time zone"
+        );
+        assert_eq!(strip_typmod("character varying(20)[]"), "character varying[]");
+        assert_eq!(strip_typmod("integer[]"), "integer[]");
+    }
+}

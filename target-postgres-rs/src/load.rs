@@ -1,0 +1,633 @@
+//! Loading: records stream into COPY (straight into a new, empty table, else
+//! into a temporary staging table), a flush merges every pending stream
+//! (`INSERT … SELECT DISTINCT ON (keys) … ON CONFLICT DO UPDATE`), applies hard
+//! deletes, notifies, commits in one transaction, and only then emits STATE.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+
+use pg_connect::{describe, quote_ident};
+use postgres::Client;
+use serde_json::{json, Value};
+use singer_core::{
+    ActivateVersionMessage, JsonSchema, Message, ReadError, RecordMessage, SchemaMessage,
+    WriteError,
+};
+
+use crate::evolve::{ensure_table, key_list, resolve_type, TableInfo};
+use crate::naming::{table_for_stream, TableName};
+use crate::settings::{LoadMethod, TargetSettings};
+use crate::state::StateOut;
+use crate::stream::{append_row, RowContext, RowError, StreamShape, DELETED_AT, TABLE_VERSION};
+use crate::types::{declared_sql_type, json_schema_type, kind_of, ColumnKind};
+
+/// Keys remembered per batch to tell whether it repeats one; past this the
+/// batch is assumed to (memory stays bounded).
+const MAX_TRACKED_KEYS: usize = 1_000_000;
+
+/// One input item from the reader thread.
+pub type Item = Result<(usize, Message), ReadError>;
+
+/// Why a load failed. Each names the stream and input line where it can.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("input line {line}: RECORD for stream `{stream}` arrives before its SCHEMA")]
+    NoSchema { line: usize, stream: String },
+    #[error("input line {line} (stream `{stream}`): {problem}")]
+    Schema {
+        line: usize,
+        stream: String,
+        problem: String,
+    },
+    #[error("input line {line} (stream `{stream}`): {source}")]
+    Row {
+        line: usize,
+        stream: String,
+        source: RowError,
+    },
+    #[error("input line {line} (stream `{stream}`): column `{column}`: cannot load value: {message}")]
+    Value {
+        line: usize,
+        stream: String,
+        column: String,
+        message: String,
+    },
+    #[error("stream `{stream}` (table {table}): {what} failed: {message}")]
+    Db {
+        stream: String,
+        table: String,
+        what: &'static str,
+        message: String,
+    },
+    #[error("{what} failed: {message}")]
+    Session { what: &'static str, message: String },
+    #[error("cannot write state: {0}")]
+    Output(#[from] WriteError),
+}
+
+fn session(what: &'static str) -> impl Fn(postgres::Error) -> LoadError {
+    move |e| LoadError::Session {
+        what,
+        message: describe(&e),
+    }
+}
+
+fn db_err(stream: &str, table: &TableName, what: &'static str, e: &postgres::Error) -> LoadError {
+    LoadError::Db {
+        stream: stream.to_owned(),
+        table: table.qualified(),
+        what,
+        message: describe(e),
+    }
+}
+
+/// Messages from the reader thread, with one item of look-ahead.
+pub struct Input<I: Iterator<Item = Item>> {
+    items: I,
+    back: Option<Item>,
+}
+
+impl<I: Iterator<Item = Item>> Input<I> {
+    pub fn new(items: I) -> Self {
+        Input { items, back: None }
+    }
+    fn next(&mut self) -> Option<Item> {
+        self.back.take().or_else(|| self.items.next())
+    }
+    fn push_back(&mut self, item: Item) {
+        self.back = Some(item);
+    }
+}
+
+/// A stream's table and its pending batch.
+struct StreamLoad {
+    shape: StreamShape,
+    kinds: Vec<ColumnKind>,
+    info: TableInfo,
+    /// Staging table name (unique per stream in this run).
+    stage: String,
+    /// Rows in the current batch.
+    batch_rows: usize,
+    /// Rows of this batch go straight into the table (new/empty table, no repeated key yet).
+    direct: bool,
+    /// The staging table exists in the open transaction.
+    staged: bool,
+    /// Keys seen in this batch (`None`: too many to track, assume repeats).
+    seen: Option<HashSet<Box<[u8]>>>,
+    repeats: bool,
+    deletes: bool,
+    /// The batch has touched the table (rows copied or staged).
+    pending: bool,
+}
+
+impl StreamLoad {
+    fn upserts(&self, method: LoadMethod) -> bool {
+        method != LoadMethod::AppendOnly && !self.shape.keys.is_empty()
+    }
+
+    fn start_batch(&mut self, method: LoadMethod) {
+        self.batch_rows = 0;
+        self.staged = false;
+        self.repeats = false;
+        self.deletes = false;
+        self.pending = false;
+        let upserts = self.upserts(method);
+        self.seen = upserts.then(HashSet::new);
+        self.direct = !upserts || (self.info.empty && self.info.unique_on_keys);
+    }
+}
+
+/// The loader: one connection, one transaction per flush.
+pub struct Loader<W: Write> {
+    client: Client,
+    settings: TargetSettings,
+    streams: HashMap<String, StreamLoad>,
+    in_tx: bool,
+    state: StateOut<W>,
+    /// `_sdc_sequence` = this + input line: increasing within and across runs.
+    sequence_base: i64,
+    type_cache: HashMap<String, Option<String>>,
+    /// Tables emptied by `load_method: overwrite` in this run.
+    overwritten: HashSet<TableName>,
+    next_stage: usize,
+}
+
+impl<W: Write> Loader<W> {
+    pub fn new(client: Client, settings: TargetSettings, out: W) -> Self {
+        let now = chrono::Utc::now();
+        Loader {
+            client,
+            settings,
+            streams: HashMap::new(),
+            in_tx: false,
+            state: StateOut::new(out),
+            sequence_base: now.timestamp_micros().saturating_mul(1000),
+            type_cache: HashMap::new(),
+            overwritten: HashSet::new(),
+            next_stage: 0,
+        }
+    }
+
+    /// Loads every message, then commits what is pending.
+    pub fn run<I: Iterator<Item = Item>>(&mut self, input: &mut Input<I>) -> Result<(), LoadError> {
+        while let Some(item) = input.next() {
+            let (line, message) = item?;
+            match message {
+                Message::Record(r) => self.records(line, r, input)?,
+                Message::Schema(s) => self.schema(line, s)?,
+                Message::State(s) => self.state.received(s.value),
+                Message::ActivateVersion(a) => self.activate_version(a)?,
+            }
+        }
+        self.flush()
+    }
+
+    fn begin(&mut self) -> Result<(), LoadError> {
+        if !self.in_tx {
+            self.client
+                .batch_execute("BEGIN")
+                .map_err(session("BEGIN"))?;
+            self.in_tx = true;
+        }
+        Ok(())
+    }
+
+    fn schema(&mut self, line: usize, message: SchemaMessage) -> Result<(), LoadError> {
+        let stream = message.stream.clone();
+        let bad = |problem: String| LoadError::Schema {
+            line,
+            stream: stream.clone(),
+            problem,
+        };
+        let is_object = match message.schema.get("type") {
+            None => true,
+            Some(Value::String(t)) => t == "object",
+            Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
+            Some(_) => false,
+        };
+        if !is_object || !message.schema.get("properties").is_some_and(Value::is_object) {
+            return Err(bad(
+                "schema must be an object schema with `properties`".into(),
+            ));
+        }
+        if let Some(known) = self.streams.get(&stream) {
+            if known.shape.message == message {
+                return Ok(());
+            }
+            if known.pending {
+                self.flush()?;
+            }
+        }
+        let parsed = JsonSchema::from_value(&message.schema).map_err(|e| bad(e.to_string()))?;
+        let table = table_for_stream(&stream, &self.settings);
+        let mut declared = Vec::new();
+        for (_, sub) in &parsed.properties {
+            if let Some(t) = declared_sql_type(sub) {
+                declared.push(t.to_owned());
+            }
+        }
+        for t in declared {
+            if !self.type_cache.contains_key(&t) {
+                let resolved = self.resolve(&t);
+                self.type_cache.insert(t, resolved);
+            }
+        }
+        let cache = &self.type_cache;
+        let mut type_for = |prop: &str, sub: &JsonSchema| -> String {
+            if let Some(t) = declared_sql_type(sub) {
+                match cache.get(t) {
+                    Some(Some(resolved)) => return resolved.clone(),
+                    _ => tracing::warn!(
+                        stream = %stream, property = prop, r#type = t,
+                        "the destination has no such type; using the JSON Schema mapping"
+                    ),
+                }
+            }
+            json_schema_type(sub)
+        };
+        let use_keys = self.settings.load_method != LoadMethod::AppendOnly;
+        let shape = StreamShape::new(
+            message,
+            &parsed,
+            table.clone(),
+            self.settings.add_record_metadata,
+            use_keys,
+            &mut type_for,
+        )
+        .map_err(bad)?;
+        let info = ensure_table(&mut self.client, &shape, use_keys)
+            .map_err(|e| db_err(&stream, &table, "creating or altering the table", &e))?;
+        let kinds = info.types.iter().map(|t| kind_of(t)).collect();
+        let stage = format!("_sdc_stage_{}", self.next_stage);
+        self.next_stage += 1;
+        let mut load = StreamLoad {
+            shape,
+            kinds,
+            info,
+            stage,
+            batch_rows: 0,
+            direct: false,
+            staged: false,
+            seen: None,
+            repeats: false,
+            deletes: false,
+            pending: false,
+        };
+        load.start_batch(self.settings.load_method);
+        self.streams.insert(stream, load);
+        Ok(())
+    }
+
+    /// Asks the destination about a declared type without disturbing an open
+    /// transaction (a malformed name raises an error there).
+    fn resolve(&mut self, declared: &str) -> Option<String> {
+        if self.in_tx {
+            self.client.batch_execute("SAVEPOINT sdc_type").ok()?;
+            let r = resolve_type(&mut self.client, declared);
+            let end = if r.is_some() {
+                "RELEASE SAVEPOINT sdc_type"
+            } else {
+                "ROLLBACK TO SAVEPOINT sdc_type"
+            };
+            self.client.batch_execute(end).ok()?;
+            r
+        } else {
+            resolve_type(&mut self.client, declared)
+        }
+    }
+
+    /// Copies a run of consecutive RECORDs of one stream through one COPY.
+    fn records<I: Iterator<Item = Item>>(
+        &mut self,
+        line: usize,
+        first: RecordMessage,
+        input: &mut Input<I>,
+    ) -> Result<(), LoadError> {
+        let stream = first.stream.clone();
+        if !self.streams.contains_key(&stream) {
+            return Err(LoadError::NoSchema { line, stream });
+        }
+        self.begin()?;
+        let method = self.settings.load_method;
+        let batch_size = self.settings.batch_size_rows;
+        let strip_nul = self.settings.sanitize_nul;
+        let sequence_base = self.sequence_base;
+        let Loader {
+            client,
+            streams,
+            overwritten,
+            ..
+        } = self;
+        let st = streams.get_mut(&stream).expect("checked above");
+        let table = st.shape.table.clone();
+        if method == LoadMethod::Overwrite && !overwritten.contains(&table) {
+            client
+                .batch_execute(&format!("TRUNCATE {}", table.qualified()))
+                .map_err(|e| db_err(&stream, &table, "emptying the table (overwrite)", &e))?;
+            overwritten.insert(table.clone());
+            st.info.empty = true;
+            st.start_batch(method);
+        }
+        if !st.direct && !st.staged {
+            client
+                .batch_execute(&format!(
+                    "CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA",
+                    quote_ident(&st.stage),
+                    st.shape.column_list.trim_start_matches('(').trim_end_matches(')'),
+                    table.qualified()
+                ))
+                .map_err(|e| db_err(&stream, &table, "creating the staging table", &e))?;
+            st.staged = true;
+        }
+        let into = if st.direct {
+            table.qualified()
+        } else {
+            quote_ident(&st.stage)
+        };
+        let now = chrono::Utc::now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let mut ctx = RowContext {
+            received_at: &now,
+            batched_at: &now,
+            sequence: 0,
+            strip_nul,
+        };
+        st.pending = true;
+        let mut writer = client
+            .copy_in(&format!("COPY {into} {} FROM STDIN", st.shape.column_list))
+            .map_err(|e| db_err(&stream, &table, "starting COPY", &e))?;
+        let mut lines: Vec<usize> = Vec::new();
+        let mut row = Vec::with_capacity(4096);
+        let mut key = Vec::new();
+        let mut next = Some((line, first));
+        let mut failed: Option<LoadError> = None;
+        let mut to_staging: Option<(usize, RecordMessage)> = None;
+        let mut flush_after = false;
+        while let Some((line, rec)) = next.take() {
+            row.clear();
+            ctx.sequence = sequence_base + line as i64;
+            let want_key = st.seen.is_some();
+            match append_row(
+                &st.shape,
+                &st.kinds,
+                &rec,
+                &ctx,
+                &mut row,
+                want_key.then_some(&mut key),
+            ) {
+                Err(source) => {
+                    failed = Some(LoadError::Row {
+                        line,
+                        stream: stream.clone(),
+                        source,
+                    });
+                    break;
+                }
+                Ok(deleted) => st.deletes |= deleted,
+            }
+            if let Some(seen) = &mut st.seen {
+                if !seen.contains(key.as_slice()) {
+                    seen.insert(key.as_slice().into());
+                } else {
+                    st.repeats = true;
+                }
+                if seen.len() > MAX_TRACKED_KEYS {
+                    st.seen = None;
+                    st.repeats = true;
+                }
+                if st.direct && st.repeats {
+                    // The table can't take a repeated key directly: this row
+                    // and the rest of the batch go through staging.
+                    to_staging = Some((line, rec));
+                    break;
+                }
+            }
+            if let Err(e) = writer.write_all(&row) {
+                failed = Some(LoadError::Session {
+                    what: "COPY",
+                    message: e.to_string(),
+                });
+                break;
+            }
+            lines.push(line);
+            st.batch_rows += 1;
+            if st.batch_rows >= batch_size {
+                flush_after = true;
+                break;
+            }
+            match input.next() {
+                Some(Ok((l, Message::Record(r)))) if r.stream == stream => next = Some((l, r)),
+                Some(other) => {
+                    input.push_back(other);
+                    break;
+                }
+                None => break,
+            }
+        }
+        let finished = if failed.is_some() {
+            // Abandon the COPY: dropping the writer without finishing aborts it.
+            drop(writer);
+            Ok(0)
+        } else {
+            writer.finish()
+        };
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if let Err(e) = finished {
+            return Err(copy_error(&e, st, &lines));
+        }
+        if let Some((line, rec)) = to_staging {
+            st.direct = false;
+            return self.records(line, rec, input);
+        }
+        if flush_after {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Merges every pending stream, commits, notifies, then emits STATE.
+    pub fn flush(&mut self) -> Result<(), LoadError> {
+        let mut written = Vec::new();
+        let hard_delete = self.settings.hard_delete;
+        let method = self.settings.load_method;
+        let mut names: Vec<&String> = self.streams.keys().collect();
+        names.sort();
+        let names: Vec<String> = names.into_iter().cloned().collect();
+        for name in names {
+            let st = self.streams.get_mut(&name).expect("listed");
+            if !st.pending {
+                continue;
+            }
+            let table = st.shape.table.clone();
+            if st.staged {
+                merge(&mut self.client, st)
+                    .map_err(|e| db_err(&name, &table, "merging the batch", &e))?;
+            }
+            if hard_delete && st.deletes && st.shape.has_column(DELETED_AT) {
+                self.client
+                    .batch_execute(&format!(
+                        "DELETE FROM {} WHERE {} IS NOT NULL",
+                        table.qualified(),
+                        quote_ident(DELETED_AT)
+                    ))
+                    .map_err(|e| db_err(&name, &table, "deleting deleted records", &e))?;
+            }
+            if st.batch_rows > 0 {
+                written.push(json!({"schema": table.schema, "table": table.table, "rows": st.batch_rows}));
+                st.info.empty = false;
+            }
+            tracing::info!(stream = %name, table = %table.qualified(), rows = st.batch_rows, "batch loaded");
+            st.start_batch(method);
+        }
+        if let (Some(channel), false) = (&self.settings.notify_channel, written.is_empty()) {
+            let payload = json!({"tables": written}).to_string();
+            self.client
+                .execute("SELECT pg_notify($1, $2)", &[channel, &payload])
+                .map_err(session("NOTIFY"))?;
+        }
+        if self.in_tx {
+            self.client
+                .batch_execute("COMMIT")
+                .map_err(session("COMMIT"))?;
+            self.in_tx = false;
+        }
+        self.state.committed()?;
+        Ok(())
+    }
+
+    /// ACTIVATE_VERSION: rows of older versions are deleted (hard) or marked (soft).
+    fn activate_version(&mut self, m: ActivateVersionMessage) -> Result<(), LoadError> {
+        self.flush()?;
+        let table = match self.streams.get(&m.stream) {
+            Some(st) => st.shape.table.clone(),
+            None => table_for_stream(&m.stream, &self.settings),
+        };
+        let qualified = table.qualified();
+        let has = |client: &mut Client, col: &str| -> Result<bool, postgres::Error> {
+            Ok(client
+                .query_opt(
+                    "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $2 AND NOT attisdropped",
+                    &[&qualified, &col],
+                )?
+                .is_some())
+        };
+        let check = |e: postgres::Error| db_err(&m.stream, &table, "ACTIVATE_VERSION", &e);
+        if !has(&mut self.client, TABLE_VERSION).map_err(check)? {
+            tracing::info!(stream = %m.stream, "ACTIVATE_VERSION for a table without `_sdc_table_version` (not created yet): nothing to do");
+            return Ok(());
+        }
+        let v = quote_ident(TABLE_VERSION);
+        let n = if self.settings.hard_delete {
+            self.client.execute(
+                &format!("DELETE FROM {qualified} WHERE {v} IS NULL OR {v} < $1"),
+                &[&m.version],
+            )
+        } else if has(&mut self.client, DELETED_AT).map_err(check)? {
+            let d = quote_ident(DELETED_AT);
+            self.client.execute(
+                &format!(
+                    "UPDATE {qualified} SET {d} = now() WHERE ({v} IS NULL OR {v} < $1) AND {d} IS NULL"
+                ),
+                &[&m.version],
+            )
+        } else {
+            Ok(0)
+        }
+        .map_err(check)?;
+        tracing::info!(stream = %m.stream, version = m.version, rows = n, "activated version");
+        Ok(())
+    }
+}
+
+/// Staging → table: the last record per key wins.
+fn merge(client: &mut Client, st: &StreamLoad) -> Result<(), postgres::Error> {
+    let table = st.shape.table.qualified();
+    let stage = quote_ident(&st.stage);
+    let cols = &st.shape.column_list;
+    let bare = cols.trim_start_matches('(').trim_end_matches(')');
+    let keys = key_list(&st.shape);
+    let select = if st.repeats {
+        format!("SELECT DISTINCT ON ({keys}) {bare} FROM {stage} ORDER BY {keys}, ctid DESC")
+    } else {
+        format!("SELECT {bare} FROM {stage}")
+    };
+    if st.info.unique_on_keys {
+        let updates: Vec<String> = st
+            .shape
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !st.shape.keys.contains(i))
+            .map(|(_, c)| {
+                let q = quote_ident(&c.name);
+                format!("{q} = EXCLUDED.{q}")
+            })
+            .collect();
+        let action = if updates.is_empty() {
+            "DO NOTHING".to_owned()
+        } else {
+            format!("DO UPDATE SET {}", updates.join(", "))
+        };
+        client.batch_execute(&format!(
+            "INSERT INTO {table} {cols} {select} ON CONFLICT ({keys}) {action}"
+        ))
+    } else {
+        // No unique index on the keys (a table made by hand): replace rows by key.
+        let cond: Vec<String> = st
+            .shape
+            .keys
+            .iter()
+            .map(|&k| {
+                let q = quote_ident(&st.shape.columns[k].name);
+                format!("t.{q} = s.{q}")
+            })
+            .collect();
+        client.batch_execute(&format!(
+            "DELETE FROM {table} t USING {stage} s WHERE {}; INSERT INTO {table} {cols} {select}",
+            cond.join(" AND ")
+        ))
+    }
+}
+
+/// A COPY failure, naming the input line and column when Postgres says which.
+fn copy_error(e: &postgres::Error, st: &StreamLoad, lines: &[usize]) -> LoadError {
+    let stream = st.shape.stream.clone();
+    if let Some(db) = e.as_db_error() {
+        if let Some(place) = db.where_() {
+            // "COPY name, line 3, column c: "value""
+            let copy_line = place
+                .split(", line ")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse::<usize>().ok());
+            let after_col = place.split_once(", column ").map(|(_, r)| r);
+            if let (Some(n), Some(rest)) = (copy_line, after_col) {
+                let column = st
+                    .shape
+                    .columns
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .filter(|c| rest.starts_with(&format!("{c}: ")))
+                    .max_by_key(|c| c.len())
+                    .unwrap_or(rest)
+                    .to_owned();
+                let value = rest.strip_prefix(&format!("{column}: ")).unwrap_or("");
+                let mut message = db.message().to_owned();
+                if !value.is_empty() && !message.contains(value) {
+                    message.push_str(&format!(" (value {value})"));
+                }
+                return LoadError::Value {
+                    line: lines.get(n.wrapping_sub(1)).copied().unwrap_or(0),
+                    stream,
+                    column,
+                    message,
+                };
+            }
+        }
+    }
+    db_err(&stream, &st.shape.table, "COPY", e)
+}

@@ -1,0 +1,188 @@
+//! The target's settings: one list that both parses the config and renders
+//! `--about`, plus the connection settings shared with the tap.
+
+use std::collections::HashMap;
+
+use singer_core::{Config, ConfigError, Setting, SettingKind};
+
+/// Environment variable prefix (`TARGET_POSTGRES_RS_HOST`, ...).
+pub const ENV_PREFIX: &str = "TARGET_POSTGRES_RS";
+
+const DEFAULT_TARGET_SCHEMA: Setting = Setting::new(
+    "default_target_schema",
+    SettingKind::String,
+    "Schema every stream lands in (unless `schema_mapping` maps its source schema). Unset: the stream's `<schema>-` prefix, or `public`.",
+);
+const SCHEMA_MAPPING: Setting = Setting::new(
+    "schema_mapping",
+    SettingKind::Object,
+    "Source schema → target schema, e.g. `{\"public\": \"raw\"}` (a value may also be `{\"target_schema\": \"raw\"}`).",
+);
+const ADD_RECORD_METADATA: Setting = Setting::new(
+    "add_record_metadata",
+    SettingKind::Boolean,
+    "Add the `_sdc_*` metadata columns (extracted/received/batched/deleted at, sequence, table version).",
+)
+.default("true");
+const HARD_DELETE: Setting = Setting::new(
+    "hard_delete",
+    SettingKind::Boolean,
+    "Delete rows whose record has `_sdc_deleted_at` set (and rows of older versions on ACTIVATE_VERSION) instead of marking them.",
+)
+.default("false");
+const LOAD_METHOD: Setting = Setting::new(
+    "load_method",
+    SettingKind::String,
+    "`upsert` (last record per key wins), `append-only` (every record is a new row), `overwrite` (each stream's table is emptied before its first batch).",
+)
+.default("\"upsert\"")
+.choices(&["upsert", "append-only", "overwrite"]);
+const BATCH_SIZE_ROWS: Setting = Setting::new(
+    "batch_size_rows",
+    SettingKind::Integer,
+    "Rows a stream buffers before everything pending is committed and the newest STATE is emitted.",
+)
+.default("100000");
+const SANITIZE_NUL: Setting = Setting::new(
+    "sanitize_null_text_characters",
+    SettingKind::Boolean,
+    "Strip NUL (`\\u0000`) characters from text and JSON values (Postgres can't store them); default: fail naming the field.",
+)
+.default("false");
+const NOTIFY_CHANNEL: Setting = Setting::new(
+    "notify_channel",
+    SettingKind::String,
+    "After each committed flush, `NOTIFY` this channel with `{\"tables\":[{\"schema\",\"table\",\"rows\"}]}`. Unset: off.",
+);
+
+/// The target's own settings (connection settings come from pg-connect).
+pub const TARGET_SETTINGS: &[Setting] = &[
+    DEFAULT_TARGET_SCHEMA,
+    SCHEMA_MAPPING,
+    ADD_RECORD_METADATA,
+    HARD_DELETE,
+    LOAD_METHOD,
+    BATCH_SIZE_ROWS,
+    SANITIZE_NUL,
+    NOTIFY_CHANNEL,
+];
+
+/// How records land.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMethod {
+    Upsert,
+    AppendOnly,
+    Overwrite,
+}
+
+/// The parsed target settings.
+#[derive(Debug, Clone)]
+pub struct TargetSettings {
+    pub default_target_schema: Option<String>,
+    pub schema_mapping: HashMap<String, String>,
+    pub add_record_metadata: bool,
+    pub hard_delete: bool,
+    pub load_method: LoadMethod,
+    pub batch_size_rows: usize,
+    pub sanitize_nul: bool,
+    pub notify_channel: Option<String>,
+}
+
+impl TargetSettings {
+    pub fn from_config(config: &Config) -> Result<TargetSettings, ConfigError> {
+        let invalid = |key: &str, problem: &str| ConfigError::Invalid {
+            key: key.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let mut schema_mapping = HashMap::new();
+        for (source, target) in config.object(&SCHEMA_MAPPING)?.unwrap_or_default() {
+            let target = match &target {
+                serde_json::Value::String(s) => s.clone(),
+                // pipelinewise's shape: {"src": {"target_schema": "dst"}}
+                serde_json::Value::Object(o) => o
+                    .get("target_schema")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        invalid(
+                            SCHEMA_MAPPING.name,
+                            "values must be schema names or {\"target_schema\": name}",
+                        )
+                    })?,
+                _ => {
+                    return Err(invalid(
+                        SCHEMA_MAPPING.name,
+                        "values must be schema names or {\"target_schema\": name}",
+                    ))
+                }
+            };
+            schema_mapping.insert(source, target);
+        }
+        let batch = config.integer(&BATCH_SIZE_ROWS)?.unwrap_or(100_000);
+        if batch < 1 {
+            return Err(invalid(BATCH_SIZE_ROWS.name, "must be at least 1"));
+        }
+        let load_method = match config.string(&LOAD_METHOD)?.as_deref() {
+            Some("append-only") => LoadMethod::AppendOnly,
+            Some("overwrite") => LoadMethod::Overwrite,
+            _ => LoadMethod::Upsert,
+        };
+        let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        Ok(TargetSettings {
+            default_target_schema: non_empty(config.string(&DEFAULT_TARGET_SCHEMA)?),
+            schema_mapping,
+            add_record_metadata: config.boolean(&ADD_RECORD_METADATA)?.unwrap_or(true),
+            hard_delete: config.boolean(&HARD_DELETE)?.unwrap_or(false),
+            load_method,
+            batch_size_rows: batch as usize,
+            sanitize_nul: config.boolean(&SANITIZE_NUL)?.unwrap_or(false),
+            notify_channel: non_empty(config.string(&NOTIFY_CHANNEL)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: serde_json::Value) -> Result<TargetSettings, ConfigError> {
+        TargetSettings::from_config(&Config::from_map(v.as_object().unwrap().clone()))
+    }
+
+    #[test]
+    fn defaults() {
+        let s = parse(json!({})).unwrap();
+        assert!(s.add_record_metadata);
+        assert!(!s.hard_delete);
+        assert_eq!(s.load_method, LoadMethod::Upsert);
+        assert_eq!(s.batch_size_rows, 100_000);
+        assert_eq!(s.default_target_schema, None);
+        assert_eq!(s.notify_channel, None);
+    }
+
+    #[test]
+    fn orchestrator_spellings() {
+        let s = parse(json!({"batch_size_rows": "20", "hard_delete": "true", "load_method": "APPEND-ONLY",
+            "schema_mapping": {"a": "b", "c": {"target_schema": "d"}}, "default_target_schema": ""}))
+        .unwrap();
+        assert_eq!(s.batch_size_rows, 20);
+        assert!(s.hard_delete);
+        assert_eq!(s.load_method, LoadMethod::AppendOnly);
+        assert_eq!(s.schema_mapping["a"], "b");
+        assert_eq!(s.schema_mapping["c"], "d");
+        assert_eq!(s.default_target_schema, None);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert_eq!(
+            parse(json!({"batch_size_rows": 0})).unwrap_err().to_string(),
+            "config: `batch_size_rows` must be at least 1"
+        );
+        assert_eq!(
+            parse(json!({"load_method": "merge"})).unwrap_err().to_string(),
+            "config: `load_method` must be one of upsert, append-only, overwrite, not \"merge\""
+        );
+    }
+}
