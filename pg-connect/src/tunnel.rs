@@ -14,7 +14,8 @@
 //! (`StrictHostKeyChecking=accept-new`), or pinned with `ssh_tunnel.host_key`.
 //!
 //! Lifetime: dropped → ssh is stopped. If the process dies without dropping
-//! (SIGKILL, abort), a tiny watcher stops ssh as soon as the process is gone.
+//! (SIGKILL, abort), a tiny watcher stops ssh and removes the private
+//! directory as soon as the process is gone.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
@@ -254,6 +255,7 @@ impl Tunnel {
                 &known_hosts,
                 strict,
                 timeout,
+                private.path(),
             ) {
                 Ok((ssh, watcher, stderr)) => {
                     return Ok(Tunnel {
@@ -282,6 +284,7 @@ impl Tunnel {
         known_hosts: &Path,
         strict: &str,
         timeout: Duration,
+        private_dir: &Path,
     ) -> Result<(Child, Option<Child>, SshLog), Failure> {
         let target = if db_host.contains(':') {
             format!("[{db_host}]")
@@ -356,11 +359,12 @@ impl Tunnel {
             .args([
                 "-c",
                 "while kill -0 \"$1\" 2>/dev/null && kill -0 \"$2\" 2>/dev/null; do sleep 0.5; done; \
-                 kill -0 \"$1\" 2>/dev/null || kill \"$2\" 2>/dev/null",
+                 kill -0 \"$1\" 2>/dev/null || { kill \"$2\" 2>/dev/null; rm -rf \"$3\"; }",
                 "pg-connect-tunnel-watcher",
             ])
             .arg(std::process::id().to_string())
             .arg(ssh.id().to_string())
+            .arg(private_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

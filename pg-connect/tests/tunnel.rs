@@ -67,15 +67,24 @@ fn open_err(config: &Value) -> String {
     }
 }
 
-/// Whether any `ssh` process still forwards `port`.
-fn ssh_forwarding(port: u16) -> bool {
+/// The arguments of the `ssh` process forwarding `port`, if one runs.
+fn ssh_forwarding_args(port: u16) -> Option<Vec<String>> {
     let pattern = format!("127.0.0.1:{port}:");
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .any(|c| c.starts_with("ssh ") && c.contains(&pattern))
+        .map(|c| {
+            String::from_utf8_lossy(&c)
+                .split('\0')
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .find(|args| args[0] == "ssh" && args.iter().any(|a| a.starts_with(&pattern)))
+}
+
+fn ssh_forwarding(port: u16) -> bool {
+    ssh_forwarding_args(port).is_some()
 }
 
 #[test]
@@ -121,12 +130,72 @@ fn the_database_is_reachable_only_through_the_tunnel_with_verify_full() {
         "{remembered}"
     );
 
-    // The tunnel closes with the connector.
+    // ssh uses a private 0600 copy of the key, in a private 0700 directory.
+    let args = ssh_forwarding_args(local_port).expect("ssh runs");
+    let key = std::path::PathBuf::from(&args[args.iter().position(|a| a == "-i").unwrap() + 1]);
+    let mode = |p: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&key), 0o600);
+    assert_eq!(mode(key.parent().unwrap()), 0o700);
+    assert_ne!(key, b.private_key());
+
+    // The tunnel closes with the connector, and the key copy is gone.
     drop(sessions);
     assert!(ssh_forwarding(local_port));
     drop(connector);
     assert!(!ssh_forwarding(local_port));
     assert!(std::net::TcpStream::connect(("127.0.0.1", local_port)).is_err());
+    assert!(!key.parent().unwrap().exists());
+}
+
+/// Run in a child process by `the_tunnel_closes_when_the_process_is_killed`.
+#[test]
+#[ignore = "helper: run in a child process that gets killed"]
+fn child_opens_a_tunnel_and_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tunnel_config(&dir.path().join("known_hosts"), json!({}));
+    let connector = Connector::new(settings(&config), "tunnel-test").unwrap();
+    connector.connect().unwrap();
+    println!("TUNNEL {}", connector.settings().port);
+    std::thread::sleep(std::time::Duration::from_secs(120));
+}
+
+#[test]
+fn the_tunnel_closes_when_the_process_is_killed() {
+    use std::io::BufRead;
+    let _serial = serial();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "child_opens_a_tunnel_and_waits",
+            "--nocapture",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let port: u16 = std::io::BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("TUNNEL ").map(|p| p.parse().unwrap()))
+        .expect("the child opened a tunnel");
+    let args = ssh_forwarding_args(port).expect("ssh runs");
+    let key = std::path::PathBuf::from(&args[args.iter().position(|a| a == "-i").unwrap() + 1]);
+    assert!(key.exists());
+    child.kill().unwrap(); // SIGKILL: no destructor runs
+    child.wait().unwrap();
+    let start = std::time::Instant::now();
+    while ssh_forwarding(port) && start.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!ssh_forwarding(port), "ssh outlived the killed process");
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        !key.exists()
+    });
+    assert!(gone, "the key copy outlived the killed process");
 }
 
 #[test]
