@@ -1,0 +1,384 @@
+//! One text codec per Postgres type: from the value's text form, as Postgres
+//! prints it in a session pinned by pg-connect (UTC, ISO dates, ISO 8601
+//! intervals, `extra_float_digits=3`, hex bytea), to JSON appended to a buffer.
+//!
+//! Transport-free on purpose: COPY text (after [`unescape_copy_field`]) and
+//! pgoutput tuples carry the same text form, so every sync method shares it.
+//! The one rule for values JSON cannot hold (NaN, ±Infinity, `infinity`
+//! dates, BC dates, years past 9999): they travel as a JSON string that
+//! Postgres parses back to the same value.
+
+use singer_core::push_json_string;
+
+/// How one column's text becomes JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Codec {
+    /// smallint, integer, bigint, oid, xid: the digits as a JSON number.
+    Integer,
+    /// numeric (and money, read as numeric), real, double precision: the
+    /// digits as printed, as a JSON number; `NaN`/`Infinity`/`-Infinity` as strings.
+    Number,
+    /// `t`/`f`.
+    Boolean,
+    /// Any text form kept as a JSON string.
+    Text,
+    /// json, jsonb: the value itself.
+    Json,
+    /// bytea: lowercase hex without the `\x` prefix.
+    Bytea,
+    /// timestamp without time zone: ISO 8601 with `+00:00`.
+    Timestamp,
+    /// timestamp with time zone (printed in UTC): ISO 8601 with `+00:00`.
+    Timestamptz,
+    /// time with time zone: offset as `±HH:MM`.
+    Timetz,
+    /// hstore: an object of strings (NULL values as null).
+    Hstore,
+    /// An array of any element type, any number of dimensions, NULL elements as null.
+    Array { element: Box<Codec>, delimiter: u8 },
+}
+
+impl Codec {
+    /// Appends the JSON for one non-NULL value given in Postgres's text form.
+    pub fn encode(&self, text: &str, out: &mut String) {
+        match self {
+            Codec::Integer => out.push_str(text),
+            Codec::Number => match text {
+                "NaN" | "Infinity" | "-Infinity" => push_json_string(out, text),
+                _ => out.push_str(text),
+            },
+            Codec::Boolean => out.push_str(if text == "t" { "true" } else { "false" }),
+            Codec::Text => push_json_string(out, text),
+            Codec::Json => encode_json(text, out),
+            Codec::Bytea => {
+                out.push('"');
+                out.push_str(text.strip_prefix("\\x").unwrap_or(text));
+                out.push('"');
+            }
+            Codec::Timestamp => encode_timestamp(text, false, out),
+            Codec::Timestamptz => encode_timestamp(text, true, out),
+            Codec::Timetz => encode_timetz(text, out),
+            Codec::Hstore => encode_hstore(text, out),
+            Codec::Array { element, delimiter } => encode_array(text, element, *delimiter, out),
+        }
+    }
+}
+
+/// json text may hold newlines between tokens (never inside strings, where
+/// JSON forbids raw control characters): make it one line.
+fn encode_json(text: &str, out: &mut String) {
+    if text.bytes().any(|b| b == b'\n' || b == b'\r') {
+        out.extend(text.chars().map(|c| match c {
+            '\n' | '\r' => ' ',
+            c => c,
+        }));
+    } else {
+        out.push_str(text);
+    }
+}
+
+/// `2024-01-02 03:04:05.123456+00` → `2024-01-02T03:04:05.123456+00:00`;
+/// `infinity`, `-infinity` kept; ` BC` kept as a suffix (Postgres parses it back).
+fn encode_timestamp(text: &str, with_tz: bool, out: &mut String) {
+    if text.ends_with("infinity") {
+        push_json_string(out, text);
+        return;
+    }
+    let (body, bc) = match text.strip_suffix(" BC") {
+        Some(b) => (b, true),
+        None => (text, false),
+    };
+    out.push('"');
+    match body.split_once(' ') {
+        Some((date, time)) => {
+            out.push_str(date);
+            out.push('T');
+            if with_tz {
+                push_time_with_offset(time, out);
+            } else {
+                out.push_str(time);
+                out.push_str("+00:00");
+            }
+        }
+        None => out.push_str(body),
+    }
+    if bc {
+        out.push_str(" BC");
+    }
+    out.push('"');
+}
+
+/// `03:04:05+02` → `03:04:05+02:00`; `+05:30` and `+05:30:15` kept.
+fn push_time_with_offset(time: &str, out: &mut String) {
+    match time.rfind(['+', '-']) {
+        Some(i) if time.len() - i == 3 => {
+            out.push_str(time);
+            out.push_str(":00");
+        }
+        _ => out.push_str(time),
+    }
+}
+
+fn encode_timetz(text: &str, out: &mut String) {
+    out.push('"');
+    push_time_with_offset(text, out);
+    out.push('"');
+}
+
+/// `"a"=>"1", "b"=>NULL` (hstore always quotes keys and values).
+fn encode_hstore(text: &str, out: &mut String) {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    let mut scratch = String::new();
+    let mut first = true;
+    out.push('{');
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i = read_quoted(text, i, &mut scratch);
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                push_json_string(out, &scratch);
+                out.push(':');
+                // Skip `=>` and spaces.
+                while i < bytes.len() && matches!(bytes[i], b' ' | b'=' | b'>') {
+                    i += 1;
+                }
+                if bytes.get(i) == Some(&b'"') {
+                    i = read_quoted(text, i, &mut scratch);
+                    push_json_string(out, &scratch);
+                } else {
+                    out.push_str("null");
+                    while i < bytes.len() && !matches!(bytes[i], b',' | b' ') {
+                        i += 1;
+                    }
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    out.push('}');
+}
+
+/// Reads a `"..."` token with backslash escapes starting at `start` (the
+/// opening quote) into `into`; returns the index after the closing quote.
+fn read_quoted(text: &str, start: usize, into: &mut String) -> usize {
+    into.clear();
+    let bytes = text.as_bytes();
+    let mut i = start + 1;
+    let mut run = i;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => {
+                into.push_str(&text[run..i]);
+                run = i + 1;
+                i += 2;
+            }
+            b'"' => {
+                into.push_str(&text[run..i]);
+                return i + 1;
+            }
+            _ => i += 1,
+        }
+    }
+    into.push_str(&text[run.min(bytes.len())..]);
+    bytes.len()
+}
+
+/// Postgres array text: `{1,2}`, `{{1,NULL},{3,4}}`, `{"a b","c\"d"}`,
+/// `[0:1]={1,2}` (explicit bounds are dropped: JSON arrays start at 0).
+fn encode_array(text: &str, element: &Codec, delimiter: u8, out: &mut String) {
+    let text = match (text.starts_with('['), text.find('=')) {
+        (true, Some(eq)) => &text[eq + 1..],
+        _ => text,
+    };
+    let bytes = text.as_bytes();
+    let mut scratch = String::new();
+    // Whether the next element in the current array needs a comma first.
+    let mut need_comma = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' => {
+                if need_comma {
+                    out.push(',');
+                }
+                out.push('[');
+                need_comma = false;
+                i += 1;
+            }
+            b'}' => {
+                out.push(']');
+                need_comma = true;
+                i += 1;
+            }
+            b if b == delimiter || b == b' ' => i += 1,
+            b'"' => {
+                i = read_quoted(text, i, &mut scratch);
+                if need_comma {
+                    out.push(',');
+                }
+                element.encode(&scratch, out);
+                need_comma = true;
+            }
+            _ => {
+                let start = i;
+                while i < bytes.len() && bytes[i] != delimiter && bytes[i] != b'}' {
+                    i += 1;
+                }
+                let item = &text[start..i];
+                if need_comma {
+                    out.push(',');
+                }
+                if item.eq_ignore_ascii_case("NULL") {
+                    out.push_str("null");
+                } else {
+                    element.encode(item, out);
+                }
+                need_comma = true;
+            }
+        }
+    }
+}
+
+/// Undoes COPY text escaping (`\t`, `\n`, `\\`, ...) of one field into `into`.
+/// Returns the field itself when it has nothing escaped (the common case).
+pub fn unescape_copy_field<'a>(field: &'a str, into: &'a mut String) -> &'a str {
+    if !field.as_bytes().contains(&b'\\') {
+        return field;
+    }
+    into.clear();
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            into.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('b') => into.push('\u{8}'),
+            Some('f') => into.push('\u{c}'),
+            Some('n') => into.push('\n'),
+            Some('r') => into.push('\r'),
+            Some('t') => into.push('\t'),
+            Some('v') => into.push('\u{b}'),
+            Some(other) => into.push(other),
+            None => into.push('\\'),
+        }
+    }
+    into
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(codec: &Codec, text: &str) -> String {
+        let mut out = String::new();
+        codec.encode(text, &mut out);
+        out
+    }
+
+    #[test]
+    fn scalars() {
+        let cases: &[(Codec, &str, &str)] = &[
+            (
+                Codec::Integer,
+                "-9223372036854775808",
+                "-9223372036854775808",
+            ),
+            (
+                Codec::Number,
+                "12345678901234567890.000001",
+                "12345678901234567890.000001",
+            ),
+            (Codec::Number, "NaN", "\"NaN\""),
+            (Codec::Number, "-Infinity", "\"-Infinity\""),
+            (Codec::Number, "1e+308", "1e+308"),
+            (Codec::Boolean, "t", "true"),
+            (Codec::Boolean, "f", "false"),
+            (Codec::Text, "a\"b\\c\td\n", "\"a\\\"b\\\\c\\td\\n\""),
+            (Codec::Json, "{\"a\":\n 1}", "{\"a\":  1}"),
+            (Codec::Bytea, "\\x00ff", "\"00ff\""),
+            (
+                Codec::Timestamptz,
+                "2024-01-02 03:04:05.5+00",
+                "\"2024-01-02T03:04:05.5+00:00\"",
+            ),
+            (Codec::Timestamptz, "infinity", "\"infinity\""),
+            (
+                Codec::Timestamptz,
+                "0044-03-15 00:00:00+00 BC",
+                "\"0044-03-15T00:00:00+00:00 BC\"",
+            ),
+            (
+                Codec::Timestamp,
+                "2024-01-02 03:04:05",
+                "\"2024-01-02T03:04:05+00:00\"",
+            ),
+            (
+                Codec::Timestamp,
+                "10000-01-01 00:00:00",
+                "\"10000-01-01T00:00:00+00:00\"",
+            ),
+            (Codec::Timetz, "13:14:15+05:30", "\"13:14:15+05:30\""),
+            (Codec::Timetz, "24:00:00-15", "\"24:00:00-15:00\""),
+            (
+                Codec::Hstore,
+                "\"a\"=>\"1\", \"b c\"=>NULL, \"q\\\"\"=>\"x\"",
+                "{\"a\":\"1\",\"b c\":null,\"q\\\"\":\"x\"}",
+            ),
+            (Codec::Hstore, "", "{}"),
+        ];
+        for (codec, text, want) in cases {
+            assert_eq!(enc(codec, text), *want, "{codec:?} {text}");
+        }
+    }
+
+    #[test]
+    fn arrays() {
+        let int = Codec::Array {
+            element: Box::new(Codec::Integer),
+            delimiter: b',',
+        };
+        assert_eq!(enc(&int, "{{1,NULL},{NULL,4}}"), "[[1,null],[null,4]]");
+        assert_eq!(enc(&int, "{}"), "[]");
+        assert_eq!(enc(&int, "[0:1]={7,8}"), "[7,8]");
+        assert_eq!(enc(&int, "{{{1},{2}},{{3},{4}}}"), "[[[1],[2]],[[3],[4]]]");
+        let text = Codec::Array {
+            element: Box::new(Codec::Text),
+            delimiter: b',',
+        };
+        assert_eq!(
+            enc(&text, r#"{a,"b c","d,e","f\"g","h\\i","",NULL,"NULL"}"#),
+            r#"["a","b c","d,e","f\"g","h\\i","",null,"NULL"]"#
+        );
+        let json = Codec::Array {
+            element: Box::new(Codec::Json),
+            delimiter: b',',
+        };
+        assert_eq!(
+            enc(&json, r#"{"{\"a\": 1}","[1, 2]",null}"#),
+            r#"[{"a": 1},[1, 2],null]"#
+        );
+        let boxes = Codec::Array {
+            element: Box::new(Codec::Text),
+            delimiter: b';',
+        };
+        assert_eq!(
+            enc(&boxes, "{(1,1),(0,0);(2,2),(1,1)}"),
+            r#"["(1,1),(0,0)","(2,2),(1,1)"]"#
+        );
+    }
+
+    #[test]
+    fn copy_unescape() {
+        let mut s = String::new();
+        assert_eq!(unescape_copy_field("plain", &mut s), "plain");
+        assert_eq!(
+            unescape_copy_field("a\\tb\\nc\\\\d\\r", &mut s),
+            "a\tb\nc\\d\r"
+        );
+    }
+}

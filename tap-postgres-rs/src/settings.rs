@@ -1,0 +1,166 @@
+//! The tap's settings: one list that parses the config and renders `--about`
+//! and `--help`, on top of pg-connect's connection settings.
+
+use pg_connect::{ConnectionSettings, CONNECTION_SETTINGS};
+use singer_core::{Config, ConfigError, Setting, SettingKind};
+
+/// Environment variables `TAP_POSTGRES_RS_<SETTING>` fill settings no file set.
+pub const ENV_PREFIX: &str = "TAP_POSTGRES_RS";
+
+const FILTER_SCHEMAS: Setting = Setting::new(
+    "filter_schemas",
+    SettingKind::Array,
+    "Schemas to discover (a list or a comma-separated string); default: every non-system schema.",
+);
+const DEFAULT_METHOD: Setting = Setting::new(
+    "default_replication_method",
+    SettingKind::String,
+    "Replication method for streams whose catalog names none (the catalog always wins).",
+)
+.default("\"FULL_TABLE\"")
+.choices(&["FULL_TABLE", "INCREMENTAL", "LOG_BASED"]);
+const STATE_INTERVAL: Setting = Setting::new(
+    "state_interval_records",
+    SettingKind::Integer,
+    "Emit a STATE message at least every this many records (and at the end of every stream).",
+)
+.default("10000");
+
+/// The tap's own settings (connection settings come first in [`all`]).
+pub const TAP_SETTINGS: &[Setting] = &[FILTER_SCHEMAS, DEFAULT_METHOD, STATE_INTERVAL];
+
+/// Every setting, for `--about`, `--help` and the environment.
+pub fn all() -> Vec<Setting> {
+    CONNECTION_SETTINGS
+        .iter()
+        .chain(TAP_SETTINGS)
+        .copied()
+        .collect()
+}
+
+/// How a stream is replicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    FullTable,
+    Incremental,
+    LogBased,
+}
+
+impl Method {
+    /// Parses `FULL_TABLE`, `INCREMENTAL`, `LOG_BASED` (any case, `-` or `_`).
+    pub fn parse(s: &str) -> Option<Method> {
+        match s.trim().to_ascii_uppercase().replace('-', "_").as_str() {
+            "FULL_TABLE" => Some(Method::FullTable),
+            "INCREMENTAL" => Some(Method::Incremental),
+            "LOG_BASED" => Some(Method::LogBased),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::FullTable => "FULL_TABLE",
+            Method::Incremental => "INCREMENTAL",
+            Method::LogBased => "LOG_BASED",
+        }
+    }
+}
+
+/// The validated config.
+#[derive(Debug)]
+pub struct TapSettings {
+    pub connection: ConnectionSettings,
+    /// Empty: every non-system schema.
+    pub filter_schemas: Vec<String>,
+    pub default_method: Method,
+    pub state_interval: u64,
+}
+
+impl TapSettings {
+    pub fn from_config(config: &Config) -> Result<TapSettings, ConfigError> {
+        let connection = ConnectionSettings::from_config(config)?;
+        let filter_schemas = config.string_list(&FILTER_SCHEMAS)?.unwrap_or_default();
+        let method = config
+            .string(&DEFAULT_METHOD)?
+            .unwrap_or_else(|| "FULL_TABLE".into());
+        let default_method = Method::parse(&method).ok_or_else(|| ConfigError::Invalid {
+            key: DEFAULT_METHOD.name.into(),
+            problem: format!("must be one of FULL_TABLE, INCREMENTAL, LOG_BASED, not {method:?}"),
+        })?;
+        let interval = config.integer(&STATE_INTERVAL)?.unwrap_or(10_000);
+        if interval < 1 {
+            return Err(ConfigError::Invalid {
+                key: STATE_INTERVAL.name.into(),
+                problem: format!("must be at least 1, not {interval}"),
+            });
+        }
+        Ok(TapSettings {
+            connection,
+            filter_schemas,
+            default_method,
+            state_interval: interval as u64,
+        })
+    }
+}
+
+/// The settings as `--help` text.
+pub fn help_text() -> String {
+    let mut out =
+        String::from("Settings (in --config files, or TAP_POSTGRES_RS_<NAME> env vars):\n");
+    for s in all() {
+        let mut line = format!("  {}", s.name);
+        if !s.aliases.is_empty() {
+            line.push_str(&format!(" (alias {})", s.aliases.join(", ")));
+        }
+        if s.required {
+            line.push_str(" [required]");
+        }
+        if let Some(d) = s.default {
+            line.push_str(&format!(" [default: {d}]"));
+        }
+        out.push_str(&format!("{line}\n      {}\n", s.description));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(v: serde_json::Value) -> Config {
+        Config::from_map(v.as_object().unwrap().clone())
+    }
+
+    #[test]
+    fn parses_and_names_bad_keys() {
+        let base = json!({"host": "h", "port": "5433", "user": "u", "dbname": "d",
+            "filter_schemas": "a, b", "default_replication_method": "incremental"});
+        let s = TapSettings::from_config(&config(base)).unwrap();
+        assert_eq!(s.connection.port, 5433);
+        assert_eq!(s.connection.database, "d");
+        assert_eq!(s.filter_schemas, vec!["a", "b"]);
+        assert_eq!(s.default_method, Method::Incremental);
+        assert_eq!(s.state_interval, 10_000);
+
+        let bad = json!({"user": "u", "database": "d", "state_interval_records": "x"});
+        assert_eq!(
+            TapSettings::from_config(&config(bad))
+                .unwrap_err()
+                .to_string(),
+            "config: `state_interval_records` must be a whole number, not \"x\""
+        );
+        let bad = json!({"user": "u", "database": "d", "default_replication_method": "SOMETIMES"});
+        assert_eq!(
+            TapSettings::from_config(&config(bad)).unwrap_err().to_string(),
+            "config: `default_replication_method` must be one of FULL_TABLE, INCREMENTAL, LOG_BASED, not \"SOMETIMES\""
+        );
+        let missing = json!({"database": "d"});
+        assert_eq!(
+            TapSettings::from_config(&config(missing))
+                .unwrap_err()
+                .to_string(),
+            "config: `user` is required"
+        );
+    }
+}

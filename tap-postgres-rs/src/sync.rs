@@ -1,0 +1,493 @@
+//! Sync: FULL_TABLE and INCREMENTAL, both streaming `COPY (SELECT ...) TO
+//! STDOUT` text through the codec into RECORD messages built in one reused
+//! buffer (memory grows with the widest row, never with the table).
+//!
+//! FULL_TABLE resumes by physical position: the first run is a plain
+//! sequential scan (synchronized scans and parallel workers off, so rows
+//! arrive in ctid order) and bookmarks the ctid of the last row sent. A
+//! resumed run reads `ctid > bookmark OR age(xmin) <= age(snapshot_xmin)`:
+//! still one sequential pass, and rows written after the first run started
+//! are read again wherever an UPDATE moved them. A changed heap file
+//! (VACUUM FULL, CLUSTER, REFRESH, TRUNCATE) restarts the stream.
+
+use std::io::{BufRead, BufReader, Write};
+
+use pg_connect::{quote_ident, quote_literal, quote_qualified};
+use postgres::Client;
+use serde_json::{json, Value};
+use singer_core::metrics::{tags, Counter};
+use singer_core::{Catalog, CatalogEntry, MessageWriter, State, WriteError};
+
+use crate::codec::{unescape_copy_field, Codec};
+use crate::discover::{self, Column, Relation, Scope};
+use crate::settings::{Method, TapSettings};
+use crate::state::{self as bookmarks, FullTableResume};
+
+/// A sync failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("stream {stream}: {problem}")]
+    Stream { stream: String, problem: String },
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("{0}")]
+    Query(String),
+}
+
+fn stream_err(stream: &str, problem: impl Into<String>) -> SyncError {
+    SyncError::Stream {
+        stream: stream.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// Syncs every selected stream of the catalog, the one the state says was
+/// interrupted first.
+pub fn run<W: Write>(
+    client: &mut Client,
+    catalog: &Catalog,
+    mut state: State,
+    settings: &TapSettings,
+    out: &mut MessageWriter<W>,
+) -> Result<(), SyncError> {
+    client
+        .batch_execute("SET synchronize_seqscans = off; SET max_parallel_workers_per_gather = 0")
+        .map_err(|e| SyncError::Query(pg_connect::describe(&e)))?;
+    let mut streams: Vec<&CatalogEntry> = catalog.selected_streams().collect();
+    if let Some(current) = state.currently_syncing().map(str::to_owned) {
+        streams.sort_by_key(|s| s.tap_stream_id != current);
+    }
+    if streams.is_empty() {
+        tracing::warn!("no stream is selected in the catalog");
+    }
+    for entry in streams {
+        sync_stream(client, entry, &mut state, settings, out)?;
+    }
+    state.set_currently_syncing(None);
+    out.write_state(&state.to_value())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// The `(schema, table)` a catalog entry reads.
+fn table_of(entry: &CatalogEntry) -> (String, String) {
+    let id = &entry.tap_stream_id;
+    let split = id.split_once('-');
+    let schema = entry
+        .stream_metadata_str("schema-name")
+        .map(str::to_owned)
+        .or_else(|| split.map(|(s, _)| s.to_owned()))
+        .unwrap_or_else(|| "public".to_owned());
+    let table = entry
+        .table_name
+        .clone()
+        .or_else(|| split.map(|(_, t)| t.to_owned()))
+        .unwrap_or_else(|| id.clone());
+    (schema, table)
+}
+
+fn sync_stream<W: Write>(
+    client: &mut Client,
+    entry: &CatalogEntry,
+    state: &mut State,
+    settings: &TapSettings,
+    out: &mut MessageWriter<W>,
+) -> Result<(), SyncError> {
+    let id = entry.tap_stream_id.as_str();
+    let (schema, table) = table_of(entry);
+    let rel = discover::relations(
+        client,
+        &Scope::One {
+            schema: &schema,
+            name: &table,
+        },
+    )
+    .map_err(|e| stream_err(id, e.to_string()))?
+    .into_iter()
+    .next()
+    .ok_or_else(|| {
+        stream_err(
+            id,
+            format!(
+                "table {} does not exist (or this user cannot see it)",
+                quote_qualified(&schema, &table)
+            ),
+        )
+    })?;
+
+    let method = match entry.replication_method() {
+        Some(m) => Method::parse(&m).ok_or_else(|| {
+            stream_err(
+                id,
+                format!(
+                    "unknown replication method {m:?} (use FULL_TABLE, INCREMENTAL or LOG_BASED)"
+                ),
+            )
+        })?,
+        None => settings.default_method,
+    };
+    let replication_key = match method {
+        Method::LogBased => return Err(stream_err(id, "LOG_BASED is not supported yet")),
+        Method::FullTable => None,
+        Method::Incremental => {
+            let key = entry.replication_key().ok_or_else(|| {
+                stream_err(
+                    id,
+                    "INCREMENTAL needs a replication-key in the catalog metadata",
+                )
+            })?;
+            if rel.column(&key).is_none() {
+                return Err(stream_err(
+                    id,
+                    format!(
+                        "replication key {key:?} is not a column of {}",
+                        quote_qualified(&rel.schema, &rel.name)
+                    ),
+                ));
+            }
+            Some(key)
+        }
+    };
+
+    let mut key_properties = entry.key_properties();
+    if key_properties.is_empty() {
+        key_properties = rel.primary_key.clone();
+    }
+    let columns: Vec<&Column> = rel
+        .columns
+        .iter()
+        .filter(|c| {
+            entry.is_column_selected(&c.name)
+                || key_properties.contains(&c.name)
+                || replication_key.as_deref() == Some(c.name.as_str())
+        })
+        .collect();
+    if columns.is_empty() {
+        return Err(stream_err(id, "no column is selected"));
+    }
+
+    let properties: serde_json::Map<String, Value> = columns
+        .iter()
+        .map(|c| (c.name.clone(), discover::property_schema(c)))
+        .collect();
+    let schema_json = json!({"type": "object", "properties": properties});
+    let bookmark_props = replication_key.as_ref().map(|k| vec![k.clone()]);
+    out.write_schema(id, &schema_json, &key_properties, bookmark_props.as_deref())?;
+
+    state.set_currently_syncing(Some(id));
+    out.write_state(&state.to_value())?;
+    tracing::info!(stream = id, method = method.as_str(), "sync started");
+
+    let ctx = StreamCtx {
+        id,
+        rel: &rel,
+        columns: &columns,
+        interval: settings.state_interval,
+        time_extracted: chrono::Utc::now()
+            .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+            .to_string(),
+    };
+    let count = match replication_key {
+        None => full_table(client, &ctx, state, out)?,
+        Some(key) => incremental(client, &ctx, &key, state, out)?,
+    };
+    state.set_currently_syncing(None);
+    out.write_state(&state.to_value())?;
+    out.flush()?;
+    tracing::info!(stream = id, records = count, "sync finished");
+    Ok(())
+}
+
+struct StreamCtx<'a> {
+    id: &'a str,
+    rel: &'a Relation,
+    columns: &'a [&'a Column],
+    interval: u64,
+    time_extracted: String,
+}
+
+impl StreamCtx<'_> {
+    fn select_list(&self) -> String {
+        let mut list = String::new();
+        for (i, c) in self.columns.iter().enumerate() {
+            if i > 0 {
+                list.push_str(", ");
+            }
+            list.push_str(&quote_ident(&c.name));
+            if c.read_as_numeric {
+                // money's text form depends on lc_monetary; numeric's does not.
+                list.push_str(if matches!(c.codec, Codec::Array { .. }) {
+                    "::numeric[]"
+                } else {
+                    "::numeric"
+                });
+            }
+        }
+        list
+    }
+
+    fn table(&self) -> String {
+        quote_qualified(&self.rel.schema, &self.rel.name)
+    }
+}
+
+fn full_table<W: Write>(
+    client: &mut Client,
+    ctx: &StreamCtx<'_>,
+    state: &mut State,
+    out: &mut MessageWriter<W>,
+) -> Result<u64, SyncError> {
+    let id = ctx.id;
+    let query_err = |e: postgres::Error| stream_err(id, pg_connect::describe(&e));
+    let saved = bookmarks::full_table_resume(state, id);
+    let resume = saved
+        .clone()
+        .filter(|r| ctx.rel.kind.has_ctid() && r.relfilenode == ctx.rel.relfilenode);
+    if saved.is_some() && resume.is_none() {
+        tracing::info!(
+            stream = id,
+            "table was rewritten since the bookmark: starting over"
+        );
+    }
+    let with_ctid = ctx.rel.kind.has_ctid();
+    let mut progress = match &resume {
+        Some(r) => r.clone(),
+        None => {
+            let xmin: i64 = client
+                .query_one(
+                    "SELECT (txid_snapshot_xmin(txid_current_snapshot()) % 4294967296)::bigint",
+                    &[],
+                )
+                .map_err(query_err)?
+                .get(0);
+            FullTableResume {
+                version: chrono::Utc::now().timestamp_millis(),
+                ctid: "(0,0)".into(),
+                relfilenode: ctx.rel.relfilenode,
+                snapshot_xmin: xmin as u32,
+            }
+        }
+    };
+    let mut query = format!("SELECT {}", ctx.select_list());
+    if with_ctid {
+        query.push_str(", ctid");
+    }
+    query.push_str(&format!(" FROM {}", ctx.table()));
+    if let Some(r) = &resume {
+        tracing::info!(stream = id, ctid = %r.ctid, "resuming after the bookmark");
+        query.push_str(&format!(
+            " WHERE ctid > {}::tid OR age(xmin) <= age({}::xid)",
+            quote_literal(&r.ctid),
+            quote_literal(&r.snapshot_xmin.to_string())
+        ));
+    } else {
+        bookmarks::finish_full_table(state, id, progress.version);
+        out.write_activate_version(id, progress.version)?;
+    }
+
+    let version = progress.version;
+    let count = emit_rows(
+        client,
+        ctx,
+        &query,
+        Some(version),
+        with_ctid,
+        None,
+        out,
+        |tracker, out| {
+            if with_ctid {
+                progress.ctid.clear();
+                progress.ctid.push_str(&tracker.ctid);
+                bookmarks::set_full_table_progress(state, id, &progress);
+                out.write_state(&state.to_value())?;
+            }
+            Ok(())
+        },
+    )?;
+    bookmarks::finish_full_table(state, id, version);
+    out.write_activate_version(id, version)?;
+    Ok(count)
+}
+
+fn incremental<W: Write>(
+    client: &mut Client,
+    ctx: &StreamCtx<'_>,
+    key: &str,
+    state: &mut State,
+    out: &mut MessageWriter<W>,
+) -> Result<u64, SyncError> {
+    let id = ctx.id;
+    let key_index = ctx
+        .columns
+        .iter()
+        .position(|c| c.name == key)
+        .expect("the replication key is always selected");
+    let key_col = ctx.columns[key_index];
+    let mut query = format!("SELECT {} FROM {}", ctx.select_list(), ctx.table());
+    if let Some(value) = bookmarks::incremental_bookmark(state, id, key) {
+        let text =
+            match value {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                other => return Err(stream_err(
+                    id,
+                    format!(
+                        "bookmark replication_key_value {other} is neither a string nor a number"
+                    ),
+                )),
+            };
+        query.push_str(&format!(
+            " WHERE {} >= {}::{}",
+            quote_ident(key),
+            quote_literal(&text),
+            key_col.sql_datatype
+        ));
+    }
+    query.push_str(&format!(" ORDER BY {}", quote_ident(key)));
+
+    let count = emit_rows(
+        client,
+        ctx,
+        &query,
+        None,
+        false,
+        Some(key_index),
+        out,
+        |tracker, out| {
+            if let Some(v) = bookmark_value(key_col, &tracker.key) {
+                bookmarks::set_incremental(state, id, key, v);
+            }
+            out.write_state(&state.to_value())?;
+            Ok(())
+        },
+    )?;
+    Ok(count)
+}
+
+/// The bookmark for a replication key's text: integers as numbers, other
+/// numbers as their exact text, the rest as their JSON string.
+fn bookmark_value(col: &Column, text: &Option<String>) -> Option<Value> {
+    let text = text.as_deref()?;
+    if col.numeric_like {
+        return Some(Value::String(text.to_owned()));
+    }
+    let mut encoded = String::new();
+    col.codec.encode(text, &mut encoded);
+    Some(serde_json::from_str(&encoded).unwrap_or_else(|_| Value::String(text.to_owned())))
+}
+
+/// What a checkpoint needs to know about the last row sent.
+struct Tracker {
+    ctid: String,
+    /// The last non-NULL replication key text.
+    key: Option<String>,
+}
+
+/// Streams a COPY query as RECORDs, calling `checkpoint` every `interval`
+/// records and once at the end. Returns the number of records.
+#[allow(clippy::too_many_arguments)]
+fn emit_rows<W: Write>(
+    client: &mut Client,
+    ctx: &StreamCtx<'_>,
+    query: &str,
+    version: Option<i64>,
+    with_ctid: bool,
+    key_index: Option<usize>,
+    out: &mut MessageWriter<W>,
+    mut checkpoint: impl FnMut(&Tracker, &mut MessageWriter<W>) -> Result<(), SyncError>,
+) -> Result<u64, SyncError> {
+    let id = ctx.id;
+    let copy = format!("COPY ({query}) TO STDOUT");
+    tracing::debug!(stream = id, sql = %copy, "reading");
+    let reader = client
+        .copy_out(copy.as_str())
+        .map_err(|e| stream_err(id, pg_connect::describe(&e)))?;
+    let mut reader = BufReader::with_capacity(1 << 20, reader);
+    let keys: Vec<String> = ctx
+        .columns
+        .iter()
+        .map(|c| {
+            let mut k = String::new();
+            singer_core::push_json_string(&mut k, &c.name);
+            k.push(':');
+            k
+        })
+        .collect();
+    let mut counter = Counter::new("record_count", tags([("stream", json!(id))]));
+    let mut tracker = Tracker {
+        ctid: String::new(),
+        key: None,
+    };
+    let mut line = Vec::with_capacity(4096);
+    let mut record = String::with_capacity(4096);
+    let mut scratch = String::new();
+    let mut count: u64 = 0;
+    let mut since_checkpoint: u64 = 0;
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| stream_err(id, format!("reading rows failed: {}", io_reason(&e))))?;
+        if n == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        let text = std::str::from_utf8(&line)
+            .map_err(|e| stream_err(id, format!("row {} is not UTF-8: {e}", count + 1)))?;
+        let mut fields = text.split('\t');
+        record.clear();
+        record.push('{');
+        for (i, (col, key)) in ctx.columns.iter().zip(&keys).enumerate() {
+            let field = fields
+                .next()
+                .ok_or_else(|| stream_err(id, format!("row {} has too few fields", count + 1)))?;
+            if i > 0 {
+                record.push(',');
+            }
+            record.push_str(key);
+            if field == "\\N" {
+                record.push_str("null");
+                continue;
+            }
+            let value = unescape_copy_field(field, &mut scratch);
+            col.codec.encode(value, &mut record);
+            if key_index == Some(i) {
+                let k = tracker.key.get_or_insert_with(String::new);
+                k.clear();
+                k.push_str(value);
+            }
+        }
+        record.push('}');
+        if with_ctid {
+            if let Some(ctid) = fields.next() {
+                tracker.ctid.clear();
+                tracker.ctid.push_str(ctid);
+            }
+        }
+        out.write_record_raw(id, &record, version, Some(&ctx.time_extracted))?;
+        count += 1;
+        since_checkpoint += 1;
+        counter.add(1);
+        if since_checkpoint >= ctx.interval {
+            since_checkpoint = 0;
+            checkpoint(&tracker, out)?;
+        }
+    }
+    if count > 0 {
+        checkpoint(&tracker, out)?;
+    }
+    Ok(count)
+}
+
+/// The postgres error inside an I/O error from a COPY reader, in one line.
+fn io_reason(e: &std::io::Error) -> String {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<postgres::Error>())
+    {
+        Some(pg) => pg_connect::describe(pg),
+        None => e.to_string(),
+    }
+}
