@@ -230,7 +230,10 @@ mod tests {
     fn json_columns_keep_the_exact_json() {
         use ColumnKind::*;
         assert_eq!(enc(r#""abc""#, Json), r#""abc""#);
-        assert_eq!(enc(r#"{"a":"x\ny","b":1.50}"#, Json), r#"{"a":"x\\ny","b":1.50}"#);
+        assert_eq!(
+            enc(r#"{"a":"x\ny","b":1.50}"#, Json),
+            r#"{"a":"x\\ny","b":1.50}"#
+        );
         assert_eq!(enc("[1,2,3]", Json), "[1,2,3]");
         assert_eq!(enc("1.0", Json), "1.0");
         assert_eq!(enc(r#"{"a":[1]}"#, Scalar), r#"{"a":[1]}"#);
@@ -279,7 +282,13 @@ mod tests {
         encode_value(&mut out, r#""a\u0000b""#, ColumnKind::Scalar, true).unwrap();
         assert_eq!(out, b"ab");
         out.clear();
-        encode_value(&mut out, r#"{"k":"a\u0000b\\u0000"}"#, ColumnKind::Json, true).unwrap();
+        encode_value(
+            &mut out,
+            r#"{"k":"a\u0000b\\u0000"}"#,
+            ColumnKind::Json,
+            true,
+        )
+        .unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), r#"{"k":"ab\\\\u0000"}"#);
     }
 }

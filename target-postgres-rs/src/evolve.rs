@@ -28,7 +28,10 @@ pub fn ensure_table(
     let table = &shape.table;
     let qualified = table.qualified();
     let schema_exists = client
-        .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&table.schema])?
+        .query_opt(
+            "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+            &[&table.schema],
+        )?
         .is_some();
     if !schema_exists {
         // Only when missing: CREATE SCHEMA IF NOT EXISTS still needs CREATE on
@@ -60,7 +63,11 @@ pub fn ensure_table(
         ))?;
         tracing::info!(table = %qualified, "created table");
         return Ok(TableInfo {
-            types: shape.columns.iter().map(|c| c.wanted_type.clone()).collect(),
+            types: shape
+                .columns
+                .iter()
+                .map(|c| c.wanted_type.clone())
+                .collect(),
             empty: true,
             unique_on_keys: primary_key && !shape.keys.is_empty(),
         });
@@ -138,10 +145,7 @@ pub fn key_list(shape: &StreamShape) -> String {
 /// when the declared text is already canonical.
 pub fn resolve_type(client: &mut Client, declared: &str) -> Option<String> {
     let row = client
-        .query_one(
-            "SELECT format_type(to_regtype($1), NULL)",
-            &[&declared],
-        )
+        .query_one("SELECT format_type(to_regtype($1), NULL)", &[&declared])
         .ok()?;
     let canonical: Option<String> = row.get(0);
     let canonical = canonical?;
@@ -176,7 +180,10 @@ mod tests {
             strip_typmod("timestamp(3) with time zone"),
             "timestamp with time zone"
         );
-        assert_eq!(strip_typmod("character varying(20)[]"), "character varying[]");
+        assert_eq!(
+            strip_typmod("character varying(20)[]"),
+            "character varying[]"
+        );
         assert_eq!(strip_typmod("integer[]"), "integer[]");
     }
 }

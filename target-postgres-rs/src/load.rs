@@ -47,7 +47,9 @@ pub enum LoadError {
         stream: String,
         source: RowError,
     },
-    #[error("input line {line} (stream `{stream}`): column `{column}`: cannot load value: {message}")]
+    #[error(
+        "input line {line} (stream `{stream}`): column `{column}`: cannot load value: {message}"
+    )]
     Value {
         line: usize,
         stream: String,
@@ -207,9 +209,14 @@ impl<W: Write> Loader<W> {
             Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
             Some(_) => false,
         };
-        if !is_object || !message.schema.get("properties").is_some_and(Value::is_object) {
+        if !is_object
+            || !message
+                .schema
+                .get("properties")
+                .is_some_and(Value::is_object)
+        {
             return Err(bad(
-                "schema must be an object schema with `properties`".into(),
+                "schema must be an object schema with `properties`".into()
             ));
         }
         if let Some(known) = self.streams.get(&stream) {
@@ -335,7 +342,10 @@ impl<W: Write> Loader<W> {
                 .batch_execute(&format!(
                     "CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA",
                     quote_ident(&st.stage),
-                    st.shape.column_list.trim_start_matches('(').trim_end_matches(')'),
+                    st.shape
+                        .column_list
+                        .trim_start_matches('(')
+                        .trim_end_matches(')'),
                     table.qualified()
                 ))
                 .map_err(|e| db_err(&stream, &table, "creating the staging table", &e))?;
@@ -346,8 +356,7 @@ impl<W: Write> Loader<W> {
         } else {
             quote_ident(&st.stage)
         };
-        let now = chrono::Utc::now()
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let mut ctx = RowContext {
             received_at: &now,
             batched_at: &now,
@@ -477,7 +486,9 @@ impl<W: Write> Loader<W> {
                     .map_err(|e| db_err(&name, &table, "deleting deleted records", &e))?;
             }
             if st.batch_rows > 0 {
-                written.push(json!({"schema": table.schema, "table": table.table, "rows": st.batch_rows}));
+                written.push(
+                    json!({"schema": table.schema, "table": table.table, "rows": st.batch_rows}),
+                );
                 st.info.empty = false;
             }
             tracing::info!(stream = %name, table = %table.qualified(), rows = st.batch_rows, "batch loaded");

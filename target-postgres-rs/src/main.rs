@@ -134,9 +134,8 @@ fn load(
     settings: &[singer_core::Setting],
     rx: mpsc::Receiver<Vec<Item>>,
 ) -> anyhow::Result<()> {
-    let config = Config::from_files(&args.config)?.with_env(ENV_PREFIX, settings, |k| {
-        std::env::var(k).ok()
-    });
+    let config =
+        Config::from_files(&args.config)?.with_env(ENV_PREFIX, settings, |k| std::env::var(k).ok());
     let connection = pg_connect::ConnectionSettings::from_config(&config)?;
     let target = TargetSettings::from_config(&config)?;
     let connector = pg_connect::Connector::new(connection, "target-postgres-rs")?;

@@ -177,11 +177,15 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         assert_eq!(
-            parse(json!({"batch_size_rows": 0})).unwrap_err().to_string(),
+            parse(json!({"batch_size_rows": 0}))
+                .unwrap_err()
+                .to_string(),
             "config: `batch_size_rows` must be at least 1"
         );
         assert_eq!(
-            parse(json!({"load_method": "merge"})).unwrap_err().to_string(),
+            parse(json!({"load_method": "merge"}))
+                .unwrap_err()
+                .to_string(),
             "config: `load_method` must be one of upsert, append-only, overwrite, not \"merge\""
         );
     }

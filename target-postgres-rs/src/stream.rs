@@ -95,10 +95,26 @@ impl StreamShape {
         }
         if add_metadata {
             let meta = [
-                ("_sdc_extracted_at", Source::ExtractedAt, "timestamp with time zone"),
-                ("_sdc_received_at", Source::ReceivedAt, "timestamp with time zone"),
-                ("_sdc_batched_at", Source::BatchedAt, "timestamp with time zone"),
-                (DELETED_AT, Source::Field(DELETED_AT.into()), "timestamp with time zone"),
+                (
+                    "_sdc_extracted_at",
+                    Source::ExtractedAt,
+                    "timestamp with time zone",
+                ),
+                (
+                    "_sdc_received_at",
+                    Source::ReceivedAt,
+                    "timestamp with time zone",
+                ),
+                (
+                    "_sdc_batched_at",
+                    Source::BatchedAt,
+                    "timestamp with time zone",
+                ),
+                (
+                    DELETED_AT,
+                    Source::Field(DELETED_AT.into()),
+                    "timestamp with time zone",
+                ),
                 ("_sdc_sequence", Source::Sequence, "bigint"),
                 (TABLE_VERSION, Source::TableVersion, "bigint"),
             ];
@@ -121,9 +137,9 @@ impl StreamShape {
         let mut keys = Vec::new();
         if use_keys {
             for k in &message.key_properties {
-                let i = *fields
-                    .get(k)
-                    .ok_or_else(|| format!("key property `{k}` is not in the schema's properties"))?;
+                let i = *fields.get(k).ok_or_else(|| {
+                    format!("key property `{k}` is not in the schema's properties")
+                })?;
                 if !keys.contains(&i) {
                     keys.push(i);
                 }

@@ -167,10 +167,9 @@ pub fn widen(existing: &str, desired: &str) -> Option<Widening> {
         (Json, _) => None,
         (Timestamp, Date) => None,
         (Timestamp, Timestamp) if existing == "timestamp with time zone" => None,
-        (Date | Timestamp, Date | Timestamp) => to(
-            "timestamp with time zone",
-            "{}::timestamp with time zone",
-        ),
+        (Date | Timestamp, Date | Timestamp) => {
+            to("timestamp with time zone", "{}::timestamp with time zone")
+        }
         (_, Json) => to("jsonb", "to_jsonb({})"),
         _ => to("text", "{}::text"),
     }
@@ -214,7 +213,9 @@ mod tests {
         assert_eq!(ty(json!({})), "jsonb");
         assert_eq!(ty(json!({"type": ["array", "string"]})), "jsonb");
         assert_eq!(
-            ty(json!({"anyOf": [{"type": "string", "format": "date-time"}, {"type": ["string", "null"]}]})),
+            ty(
+                json!({"anyOf": [{"type": "string", "format": "date-time"}, {"type": ["string", "null"]}]})
+            ),
             "timestamp with time zone"
         );
     }
@@ -237,12 +238,18 @@ mod tests {
         assert_eq!(w("bigint", "integer"), None);
         assert_eq!(w("bigint", "numeric(18,4)").as_deref(), Some("numeric"));
         assert_eq!(w("numeric", "bigint"), None);
-        assert_eq!(w("numeric(10,2)", "numeric(18,4)").as_deref(), Some("numeric"));
+        assert_eq!(
+            w("numeric(10,2)", "numeric(18,4)").as_deref(),
+            Some("numeric")
+        );
         assert_eq!(
             widen("double precision", "numeric").unwrap().using,
             "{}::text::numeric"
         );
-        assert_eq!(w("real", "double precision").as_deref(), Some("double precision"));
+        assert_eq!(
+            w("real", "double precision").as_deref(),
+            Some("double precision")
+        );
         assert_eq!(w("boolean", "text").as_deref(), Some("text"));
         assert_eq!(w("text", "boolean"), None);
         assert_eq!(w("character varying(20)", "text").as_deref(), Some("text"));
@@ -251,7 +258,10 @@ mod tests {
             Some("timestamp with time zone")
         );
         assert_eq!(w("timestamp with time zone", "date"), None);
-        assert_eq!(w("timestamp with time zone", "text").as_deref(), Some("text"));
+        assert_eq!(
+            w("timestamp with time zone", "text").as_deref(),
+            Some("text")
+        );
         assert_eq!(w("bigint", "jsonb").as_deref(), Some("jsonb"));
         assert_eq!(w("jsonb", "text"), None);
         assert_eq!(w("integer[]", "text[]").as_deref(), Some("text"));
@@ -262,7 +272,10 @@ mod tests {
         assert_eq!(kind_of("integer[]"), ColumnKind::Array);
         assert_eq!(kind_of("jsonb"), ColumnKind::Json);
         assert_eq!(kind_of("bytea"), ColumnKind::Bytea);
-        assert_eq!(kind_of("timestamp(3) with time zone"), ColumnKind::Timestamp);
+        assert_eq!(
+            kind_of("timestamp(3) with time zone"),
+            ColumnKind::Timestamp
+        );
         assert_eq!(kind_of("numeric(18,4)"), ColumnKind::Scalar);
     }
 }
