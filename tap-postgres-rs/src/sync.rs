@@ -325,17 +325,18 @@ fn incremental<W: Write>(
     let key_col = ctx.columns[key_index];
     let mut query = format!("SELECT {} FROM {}", ctx.select_list(), ctx.table());
     if let Some(value) = bookmarks::incremental_bookmark(state, id, key) {
-        let text =
-            match value {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                other => return Err(stream_err(
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            other => {
+                return Err(stream_err(
                     id,
                     format!(
                         "bookmark replication_key_value {other} is neither a string nor a number"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         query.push_str(&format!(
             " WHERE {} >= {}::{}",
             quote_ident(key),
