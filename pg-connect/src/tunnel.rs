@@ -345,7 +345,7 @@ impl Tunnel {
                     if line.is_empty() {
                         continue;
                     }
-                    tracing::info!(target: "ssh", "ssh: {line}");
+                    tracing::info!("ssh: {line}");
                     let mut log = lock(&lines);
                     if log.kept.len() == KEPT_LINES {
                         log.kept.pop_front();
