@@ -549,7 +549,8 @@ fn classify(
             ));
         }
     }
-    if all.contains(&format!("port {local_port}")) && all.contains("forwarding") {
+    // Another process took the port between our probe and ssh's bind.
+    if all.contains("Could not request local forwarding") {
         return Failure::PortTaken(format!("cannot forward 127.0.0.1:{local_port}: {last}"));
     }
     fatal(format!("the SSH tunnel via {bastion} failed: {last}"))

@@ -347,6 +347,19 @@ fn unreachable_bastion_and_unreachable_database() {
         )
     );
 
+    // A bastion name that does not resolve (the resolver's words vary).
+    let config = tunnel_config(&known_hosts, json!({"host": "bastion.invalid"}));
+    let e = open_err(&config);
+    assert!(
+        e.starts_with(&format!(
+            "cannot connect to PostgreSQL at localhost:{} (database `postgres`, user `postgres`): \
+             cannot resolve the SSH bastion host `bastion.invalid` (ssh_tunnel.host): \
+             ssh: Could not resolve hostname bastion.invalid: ",
+            c.port()
+        )),
+        "{e}"
+    );
+
     // The bastion is fine, but no database listens where it forwards.
     let mut config = tunnel_config(&known_hosts, json!({}));
     config["port"] = closed.into();
