@@ -184,3 +184,14 @@ pub fn describe(e: &postgres::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    fn shareable<T: Send + Sync>() {}
+
+    #[test]
+    fn a_connector_can_be_shared_between_threads() {
+        // The tap opens sessions from several threads through one tunnel.
+        shareable::<super::Connector>();
+    }
+}
