@@ -167,7 +167,9 @@ impl MeltanoProject {
     /// telemetry, no version check).
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.meltano);
-        cmd.args(args)
+        // Meltano 4 ignores the default environment for `config` and `state`.
+        cmd.arg("--environment=dev")
+            .args(args)
             .current_dir(self.dir.path())
             .env("PATH", &self.path)
             .env("MELTANO_SEND_ANONYMOUS_USAGE_STATS", "false")

@@ -225,21 +225,25 @@ fn meltano_runs_the_pair_and_resumes_incrementally_from_stored_state() {
         json!({"config": dst.config()}),
     );
 
-    // `meltano config ... test`: the tap emits a RECORD; the loader takes
+    // `meltano config test ...`: the tap emits a RECORD; the loader takes
     // Meltano's test messages without a line mentioning error/exception.
     let test = project
-        .meltano(&["config", "tap-postgres-rs", "test"])
-        .assert_success("config tap-postgres-rs test");
+        .meltano(&["config", "test", "tap-postgres-rs"])
+        .assert_success("config test tap-postgres-rs");
     assert!(
         format!("{}{}", test.stdout, test.stderr).contains("Plugin configuration is valid"),
         "config test output: {test:?}"
     );
-    let test = project
-        .meltano(&["config", "target-postgres-rs", "test"])
-        .assert_success("config target-postgres-rs test");
+    // Meltano logs "Test data was written" only when the loader exited 0 and
+    // printed neither "error" nor "exception". (4.4.1 then sometimes crashes
+    // itself with ProcessLookupError, terminating the already-reaped loader:
+    // Meltano's race, not a verdict on the loader.)
+    let test = project.meltano(&["config", "test", "target-postgres-rs"]);
+    let all = format!("{}{}", test.stdout, test.stderr);
     assert!(
-        format!("{}{}", test.stdout, test.stderr).contains("Plugin configuration is valid"),
-        "config test output: {test:?}"
+        all.contains("Test data was written to your target system")
+            && (test.success || all.contains("ProcessLookupError")),
+        "config test target-postgres-rs: {test:?}"
     );
 
     // `meltano invoke` passes flags through.
