@@ -561,6 +561,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_taken_local_port_is_retried_not_reported() {
+        use std::os::unix::process::ExitStatusExt;
+        let s = SshTunnelSettings {
+            host: "bastion".into(),
+            port: 22,
+            username: "me".into(),
+            private_key: None,
+            private_key_password: None,
+            host_key: None,
+            known_hosts_file: None,
+        };
+        // ssh's own words (OpenSSH 9.2) when the port was taken under it.
+        let lines: Vec<String> = [
+            "bind [127.0.0.1]:43333: Address already in use",
+            "channel_setup_fwd_listener_tcpip: cannot listen to port: 43333",
+            "Could not request local forwarding.",
+        ]
+        .map(String::from)
+        .to_vec();
+        let status = std::process::ExitStatus::from_raw(255 << 8);
+        let known = Path::new("/k");
+        match classify(&s, known, "accept-new", 43333, status, &lines) {
+            Failure::PortTaken(m) => assert_eq!(
+                m,
+                "cannot forward 127.0.0.1:43333: Could not request local forwarding."
+            ),
+            Failure::Fatal(m) => panic!("fatal: {m}"),
+        }
+        let refused = vec!["ssh: connect to host bastion port 22: Connection refused".to_string()];
+        match classify(&s, known, "accept-new", 43333, status, &refused) {
+            Failure::Fatal(m) => assert_eq!(
+                m,
+                "cannot reach the SSH bastion at bastion:22 (check ssh_tunnel.host and ssh_tunnel.port): ssh: connect to host bastion port 22: Connection refused"
+            ),
+            Failure::PortTaken(m) => panic!("retried: {m}"),
+        }
+    }
+
+    #[test]
     fn pins_a_key_or_a_known_hosts_line() {
         assert_eq!(
             pinned_known_hosts("ssh-ed25519 AAAAC3 comment").unwrap(),
