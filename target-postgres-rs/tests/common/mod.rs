@@ -10,6 +10,8 @@ use serde_json::Value;
 
 pub struct Run {
     pub code: i32,
+    /// The whole input was written (the target read stdin to the end).
+    pub stdin_ok: bool,
     pub stdout: String,
     pub stderr: String,
 }
@@ -53,13 +55,12 @@ pub fn run(db: &TestDb, extra: Value, input: &[u8]) -> Run {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let data = input.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = stdin.write_all(&data);
-    });
+    let feeder = std::thread::spawn(move || stdin.write_all(&data).is_ok());
     let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap();
+    let stdin_ok = feeder.join().unwrap();
     Run {
         code: out.status.code().unwrap_or(-1),
+        stdin_ok,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
@@ -95,9 +96,12 @@ pub fn count(db: &TestDb, schema: &str, table: &str) -> Option<i64> {
     )
 }
 
-/// One text value: `SELECT <expr>::text FROM table WHERE <cond>`.
+/// One text value (`None` for NULL or no row).
 pub fn text(db: &TestDb, sql: &str) -> Option<String> {
-    db.client().query_one(sql, &[]).unwrap().get(0)
+    db.client()
+        .query_opt(sql, &[])
+        .unwrap()
+        .and_then(|r| r.get(0))
 }
 
 /// Tables in a schema with their row counts, sorted.
