@@ -76,9 +76,24 @@ pub(crate) fn connect(
     }
     config.ssl_mode(pg_mode);
     let connector = build_connector(s)?;
-    config
-        .connect(connector)
-        .map_err(|e| explain(crate::describe(&e), s))
+    match config.connect(connector) {
+        Ok(client) => Ok(client),
+        // prefer: a server whose pg_hba.conf refuses TLS sessions (e.g.
+        // only a `hostnossl` rule) is tried again in plain text, as libpq
+        // does. Not after a wrong password (28P01).
+        Err(e) if s.ssl_mode == SslMode::Prefer && hba_refused(&e) => {
+            let mut plain = config.clone();
+            plain.ssl_mode(PgSslMode::Disable);
+            plain
+                .connect(NoTls)
+                .map_err(|_| explain(crate::describe(&e), s))
+        }
+        Err(e) => Err(explain(crate::describe(&e), s)),
+    }
+}
+
+fn hba_refused(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
 }
 
 fn build_connector(s: &ConnectionSettings) -> Result<MakeTlsConnector, String> {

@@ -197,6 +197,36 @@ fn verify_full_checks_the_host_name_and_verify_ca_does_not() {
 }
 
 #[test]
+fn prefer_falls_back_to_plain_for_hostnossl_and_unix_sockets_stay_plain() {
+    let c = cluster();
+    c.client("postgres")
+        .batch_execute("CREATE ROLE plainonly LOGIN")
+        .unwrap();
+    c.prepend_hba(
+        "hostnossl all plainonly 127.0.0.1/32 trust\n\
+         hostssl all plainonly 127.0.0.1/32 reject",
+    );
+    let with = |extra: Value| settings(config_for(c, "postgres", "plainonly", extra));
+    assert_eq!(connect_tls(&with(json!({"ssl_mode": "prefer"}))), Ok(false));
+    assert_eq!(
+        err(&with(json!({"ssl_mode": "require"}))),
+        format!(
+            "cannot connect to PostgreSQL at localhost:{} (database `postgres`, user `plainonly`): \
+             FATAL: pg_hba.conf rejects connection for host \"127.0.0.1\", user \"plainonly\", database \"postgres\", SSL encryption",
+            c.port()
+        )
+    );
+    // A Unix socket (a directory as host) never offers TLS: prefer connects plain.
+    let socket = settings(config_for(
+        c,
+        "postgres",
+        "postgres",
+        json!({"host": c.socket_dir().to_str().unwrap()}),
+    ));
+    assert_eq!(connect_tls(&socket), Ok(false));
+}
+
+#[test]
 fn missing_ca_file_says_so() {
     let s = settings(config_for(
         cluster(),
