@@ -152,18 +152,18 @@ fn load(
 fn read_messages(input: Box<dyn BufRead + Send>, tx: mpsc::SyncSender<Vec<Item>>) {
     let mut reader = MessageReader::new(input);
     let mut chunk = Vec::with_capacity(CHUNK);
-    let mut listening = true;
     while let Some(item) = reader.next() {
-        if !listening {
-            continue;
-        }
         chunk.push(item);
         if chunk.len() == CHUNK {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
-            listening = tx.send(full).is_ok();
+            if tx.send(full).is_err() {
+                // The loader stopped: drain without parsing.
+                while reader.next_line().is_some() {}
+                return;
+            }
         }
     }
-    if listening && !chunk.is_empty() {
+    if !chunk.is_empty() {
         let _ = tx.send(chunk);
     }
 }

@@ -209,7 +209,7 @@ fn fill_and_write<'r>(
     ctx: &RowContext<'_>,
     slots: &mut [Option<&'r RawValue>],
     out: &mut Vec<u8>,
-    mut key_out: Option<&mut Vec<u8>>,
+    key_out: Option<&mut Vec<u8>>,
 ) -> Result<bool, RowError> {
     let mut de = serde_json::Deserializer::from_str(record.record.get());
     de.deserialize_map(FieldSlots {
@@ -219,7 +219,7 @@ fn fill_and_write<'r>(
     })
     .map_err(|e| RowError::NotObject(e.to_string()))?;
     for &k in &shape.keys {
-        if slots[k].map_or(true, |v| v.get() == "null") {
+        if slots[k].is_none_or(|v| v.get() == "null") {
             return Err(RowError::MissingKey(field_name(shape, k)));
         }
     }
@@ -264,7 +264,7 @@ fn fill_and_write<'r>(
         }
     }
     out.push(b'\n');
-    if let Some(key) = key_out.as_deref_mut() {
+    if let Some(key) = key_out {
         key.clear();
         for &k in &shape.keys {
             key.extend_from_slice(slots[k].map_or("", |v| v.get()).as_bytes());
