@@ -306,7 +306,8 @@ impl Tunnel {
             .arg("-o")
             .arg(format!("StrictHostKeyChecking={strict}"))
             .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+            // Quoted: ssh splits this option's value on spaces.
+            .arg(format!("UserKnownHostsFile=\"{}\"", known_hosts.display()))
             .args([
                 "-o",
                 "GlobalKnownHostsFile=/dev/null",

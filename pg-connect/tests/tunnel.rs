@@ -96,7 +96,7 @@ fn the_database_is_reachable_only_through_the_tunnel_with_verify_full() {
     assert!(std::net::TcpStream::connect(("127.0.0.1", c.port())).is_err());
 
     let dir = tempfile::tempdir().unwrap();
-    let known_hosts = dir.path().join("state/known_hosts");
+    let known_hosts = dir.path().join("state dir/known_hosts");
     let mut config = tunnel_config(&known_hosts, json!({}));
     config["database"] = db.name.clone().into();
     let before = b.connections();
