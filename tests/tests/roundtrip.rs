@@ -80,6 +80,13 @@ fn report(results: &[((&str, &str), TableComparison)]) -> String {
 fn every_type_and_shape_arrives_identical() {
     let pair = Pair::new("roundtrip");
     pair.src.client().batch_execute(FIXTURE).unwrap();
+    // User-defined types are kept when the destination has them: create them
+    // there first, as a user would (e.g. from `pg_dump --schema-only`).
+    let types = FIXTURE
+        .split("-- end of user-defined types")
+        .next()
+        .unwrap();
+    pair.dst.client().batch_execute(types).unwrap();
     let catalog = pair.catalog(&[], "FULL_TABLE", None);
     let run = pipe(
         &pair.tap_config(),
@@ -197,4 +204,39 @@ fn full_table_rerun_removes_source_deletes() {
         );
         assert_eq!(name, "renamed");
     }
+}
+
+/// Singer has one null: a json/jsonb value that is the JSON literal `null`
+/// travels as `null` and lands as SQL NULL, like every other NULL. The one
+/// documented exception to value identity.
+#[test]
+fn json_null_literal_lands_as_sql_null() {
+    let pair = Pair::new("jsonnull");
+    pair.src
+        .client()
+        .batch_execute(
+            "CREATE TABLE public.j (id int PRIMARY KEY, v jsonb);
+             INSERT INTO public.j VALUES (1, 'null'), (2, NULL), (3, '[null]');",
+        )
+        .unwrap();
+    let catalog = pair.catalog(&["public-j"], "FULL_TABLE", None);
+    pipe(
+        &pair.tap_config(),
+        &catalog,
+        None,
+        &pair.target_config(json!({})),
+    )
+    .assert_success();
+    let rows: Vec<(i32, Option<String>)> = pair
+        .dst
+        .client()
+        .query("SELECT id, v::text FROM public.j ORDER BY id", &[])
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![(1, None), (2, None), (3, Some("[null]".to_string()))]
+    );
 }
