@@ -383,13 +383,17 @@ fn live_pipelinewise_tap_postgres_loads_through_our_target() {
             .is_some_and(|s| s["bookmarks"]["public-products"].is_object()),
         "the target did not echo pipelinewise's state: {states:?}"
     );
-    // Same rows: compare the text of the columns pipelinewise types exactly.
+    // Same rows: compare the text of the columns pipelinewise types exactly
+    // (it sends a date as a date-time at midnight UTC: compare the date).
     let mut s = src.client();
     let mut d = dst.client();
+    for c in [&mut s, &mut d] {
+        c.batch_execute("SET TimeZone = 'UTC'").unwrap();
+    }
     for (table, cols) in [
         (
             "products",
-            "id, name, price, sold_on, active, code::text, note",
+            "id, name, price, (sold_on AT TIME ZONE 'UTC')::date, active, code::text, note",
         ),
         ("order lines", "order_id, line, qty"),
     ] {
