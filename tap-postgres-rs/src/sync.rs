@@ -293,6 +293,8 @@ fn full_table<W: Write>(
         Some(version),
         with_ctid,
         None,
+        // The stream's final STATE follows the closing ACTIVATE_VERSION.
+        false,
         out,
         |tracker, out| {
             if with_ctid {
@@ -353,6 +355,7 @@ fn incremental<W: Write>(
         None,
         false,
         Some(key_index),
+        true,
         out,
         |tracker, out| {
             if let Some(v) = bookmark_value(key_col, &tracker.key) {
@@ -385,7 +388,8 @@ struct Tracker {
 }
 
 /// Streams a COPY query as RECORDs, calling `checkpoint` every `interval`
-/// records and once at the end. Returns the number of records.
+/// records (and after the last one with `final_checkpoint`). Returns the
+/// number of records.
 #[allow(clippy::too_many_arguments)]
 fn emit_rows<W: Write>(
     client: &mut Client,
@@ -394,6 +398,7 @@ fn emit_rows<W: Write>(
     version: Option<i64>,
     with_ctid: bool,
     key_index: Option<usize>,
+    final_checkpoint: bool,
     out: &mut MessageWriter<W>,
     mut checkpoint: impl FnMut(&Tracker, &mut MessageWriter<W>) -> Result<(), SyncError>,
 ) -> Result<u64, SyncError> {
@@ -476,7 +481,7 @@ fn emit_rows<W: Write>(
             checkpoint(&tracker, out)?;
         }
     }
-    if count > 0 {
+    if count > 0 && final_checkpoint {
         checkpoint(&tracker, out)?;
     }
     Ok(count)
