@@ -10,9 +10,12 @@ name="$1"
 shift
 [ $# -gt 0 ] || { echo "usage: venv.sh NAME PIP-SPEC..." >&2; exit 2; }
 python="${SINGER_PG_RS_PYTHON:-python3}"
-pyver="$("$python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')"
+pyver="$("$python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')" || {
+    echo "venv.sh: no working $python (set SINGER_PG_RS_PYTHON to a Python 3.10+)" >&2
+    exit 1
+}
 key="$(printf '%s\n' "$pyver" "$@" | sha256sum | cut -c1-12)"
-root="${SINGER_PG_RS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/singer-postgres-rs}/venvs"
+root="${SINGER_PG_RS_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/singer-postgres-rs}/venvs"
 dir="$root/$name-$key"
 mkdir -p "$root"
 exec 9>"$dir.lock"
