@@ -111,7 +111,8 @@ impl<'c> ChangeStream<'c> {
         let rows = client
             .query_raw(
                 "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes(\
-                 $1, $2::text::pg_lsn, NULL, 'proto_version', '1', 'publication_names', $3)",
+                 $1, $2::text::pg_lsn, NULL, 'proto_version', '1', 'publication_names', $3, \
+                 'messages', 'true')",
                 params,
             )
             .map_err(db("reading changes from the replication slot"))?;
@@ -185,7 +186,9 @@ impl<'c> ChangeStream<'c> {
                         .map(|id| relation(*id))
                         .collect::<Result<_, _>>()?,
                 },
-                // Origins, types and logical messages carry nothing to sync.
+                // Origins, types and logical messages (our heartbeats among
+                // them) carry nothing to sync; their transactions still end
+                // in a Commit that moves the read position.
                 _ => continue,
             };
             return Ok(Some((lsn, change)));

@@ -235,6 +235,25 @@ pub fn current_flush_lsn(client: &mut Client) -> Result<Lsn, LogicalError> {
     })
 }
 
+/// Writes a transactional logical-decoding message and returns its commit
+/// position. pgoutput skips transactions that touch no published table, so a
+/// run over a quiet publication would see no commit to bookmark and the slot
+/// could never advance past unrelated WAL; the heartbeat's own commit gives
+/// every run a position that is safe to confirm. Any role may call it.
+pub fn heartbeat(client: &mut Client, prefix: &str) -> Result<Lsn, LogicalError> {
+    let text: String = client
+        .query_one(
+            "SELECT pg_logical_emit_message(true, $1, 'heartbeat')::text",
+            &[&prefix],
+        )
+        .map_err(db("writing a heartbeat to the WAL"))?
+        .get(0);
+    parse_lsn(&text).ok_or_else(|| LogicalError::Db {
+        context: "writing a heartbeat to the WAL".into(),
+        message: format!("unexpected LSN {text:?}"),
+    })
+}
+
 /// Drops the slot if it exists. Returns whether it existed.
 pub fn drop_slot(client: &mut Client, slot: &str) -> Result<bool, LogicalError> {
     if slot_info(client, slot)?.is_none() {
