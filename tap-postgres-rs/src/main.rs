@@ -36,7 +36,7 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     config: Vec<PathBuf>,
     /// Catalog file selecting the streams to sync.
-    #[arg(long, alias = "properties", value_name = "FILE")]
+    #[arg(long, visible_alias = "properties", value_name = "FILE")]
     catalog: Option<PathBuf>,
     /// State file from a previous run (bookmarks).
     #[arg(long, value_name = "FILE")]
