@@ -246,7 +246,32 @@ fn meltano_runs_the_pair_and_resumes_incrementally_from_stored_state() {
         "config test target-postgres-rs: {test:?}"
     );
 
+    // No pip_url: `meltano install` skips both plugins and succeeds.
+    let install = project.meltano(&["install"]).assert_success("install");
+    assert!(
+        install
+            .stderr
+            .contains("Skipped installing extractor 'tap-postgres-rs'")
+            && install
+                .stderr
+                .contains("Skipped installing loader 'target-postgres-rs'"),
+        "meltano install: {install:?}"
+    );
+
     // `meltano invoke` passes flags through.
+    let markdown = project
+        .meltano(&[
+            "invoke",
+            "tap-postgres-rs",
+            "--about",
+            "--format",
+            "markdown",
+        ])
+        .assert_success("invoke tap-postgres-rs --about --format markdown");
+    assert!(
+        markdown.stdout.starts_with("# `tap-postgres-rs`"),
+        "markdown about: {markdown:?}"
+    );
     let about = project
         .meltano(&["invoke", "tap-postgres-rs", "--about", "--format", "json"])
         .assert_success("invoke tap-postgres-rs --about");
