@@ -55,7 +55,9 @@ impl Bastion {
 
     fn try_start(cluster: &Cluster) -> Result<Bastion, String> {
         let sshd = find_sshd()?;
-        let dir = tempdir::Dir::new("pg-testkit-bastion")?;
+        // Inside the cluster's directory, so that its watcher removes it too
+        // (a bastion kept in a static is never dropped).
+        let dir = tempdir::Dir::new(cluster.dir(), "bastion")?;
         let d = dir.path().to_path_buf();
         keygen(&d.join("host_ed25519"), "", "bastion-host")?;
         keygen(&d.join("user_ed25519"), "", "bastion-user")?;
@@ -204,7 +206,7 @@ impl Drop for Bastion {
     }
 }
 
-/// A private temporary directory removed on drop (pg-testkit has no tempfile dependency).
+/// A private directory removed on drop (pg-testkit has no tempfile dependency).
 mod tempdir {
     use std::path::{Path, PathBuf};
 
@@ -212,9 +214,9 @@ mod tempdir {
     pub(super) struct Dir(PathBuf);
 
     impl Dir {
-        pub(super) fn new(prefix: &str) -> Result<Dir, String> {
+        pub(super) fn new(parent: &Path, prefix: &str) -> Result<Dir, String> {
             let n = crate::DB_COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let path = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+            let path = parent.join(format!("{prefix}-{n}"));
             std::fs::create_dir_all(&path)
                 .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
