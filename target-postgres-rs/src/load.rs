@@ -116,8 +116,14 @@ struct StreamLoad {
     direct: bool,
     /// The staging table exists in the open transaction.
     staged: bool,
-    /// Keys seen in this batch (`None`: too many to track, assume repeats).
+    /// Keys seen in this batch (`None`: not tracked; too many, or `ascending` instead).
     seen: Option<HashSet<Box<[u8]>>>,
+    /// Ordered mode for a single integer key (taps send full tables in key
+    /// order): the last key taken directly; every new key must be greater, so
+    /// the batch can't conflict with rows already in the table or with itself.
+    ascending: Option<i64>,
+    /// How this batch lands has been decided (at its first record).
+    decided: bool,
     repeats: bool,
     deletes: bool,
     /// The batch has touched the table (rows copied or staged).
@@ -135,9 +141,52 @@ impl StreamLoad {
         self.repeats = false;
         self.deletes = false;
         self.pending = false;
-        let upserts = self.upserts(method);
-        self.seen = upserts.then(HashSet::new);
-        self.direct = !upserts || (self.info.empty && self.info.unique_on_keys);
+        self.seen = None;
+        self.ascending = None;
+        self.direct = false;
+        self.decided = false;
+    }
+
+    /// The single integer key column, when the table has a unique index on it.
+    fn integer_key(&self) -> Option<usize> {
+        match self.shape.keys.as_slice() {
+            [k] if self.info.unique_on_keys
+                && matches!(
+                    self.info.types[*k].as_str(),
+                    "smallint" | "integer" | "bigint"
+                ) =>
+            {
+                Some(*k)
+            }
+            _ => None,
+        }
+    }
+
+    /// Decides, at the batch's first record, whether rows go straight into the table.
+    fn decide(&mut self, client: &mut Client, method: LoadMethod) -> Result<(), postgres::Error> {
+        self.decided = true;
+        if !self.upserts(method) {
+            self.direct = true;
+            return Ok(());
+        }
+        if let Some(k) = self.integer_key() {
+            let max: Option<i64> = client
+                .query_one(
+                    &format!(
+                        "SELECT max({})::bigint FROM {}",
+                        quote_ident(&self.shape.columns[k].name),
+                        self.shape.table.qualified()
+                    ),
+                    &[],
+                )?
+                .get(0);
+            self.ascending = Some(max.unwrap_or(i64::MIN));
+            self.direct = true;
+            return Ok(());
+        }
+        self.seen = Some(HashSet::new());
+        self.direct = self.info.empty && self.info.unique_on_keys;
+        Ok(())
     }
 }
 
@@ -278,6 +327,8 @@ impl<W: Write> Loader<W> {
             direct: false,
             staged: false,
             seen: None,
+            ascending: None,
+            decided: false,
             repeats: false,
             deletes: false,
             pending: false,
@@ -337,6 +388,10 @@ impl<W: Write> Loader<W> {
             st.info.empty = true;
             st.start_batch(method);
         }
+        if !st.decided {
+            st.decide(client, method)
+                .map_err(|e| db_err(&stream, &table, "reading the table's largest key", &e))?;
+        }
         if !st.direct && !st.staged {
             client
                 .batch_execute(&format!(
@@ -377,7 +432,7 @@ impl<W: Write> Loader<W> {
         while let Some((line, rec)) = next.take() {
             row.clear();
             ctx.sequence = sequence_base + line as i64;
-            let want_key = st.seen.is_some();
+            let want_key = st.seen.is_some() || st.ascending.is_some();
             match append_row(
                 &st.shape,
                 &st.kinds,
@@ -396,7 +451,23 @@ impl<W: Write> Loader<W> {
                 }
                 Ok(deleted) => st.deletes |= deleted,
             }
-            if let Some(seen) = &mut st.seen {
+            if let Some(last) = st.ascending {
+                let k = key.split(|&b| b == 0).next().unwrap_or_default();
+                match std::str::from_utf8(k)
+                    .ok()
+                    .and_then(|t| t.parse::<i64>().ok())
+                {
+                    Some(k) if k > last => st.ascending = Some(k),
+                    _ => {
+                        // Out of order: this row and the rest of the batch go
+                        // through staging (deduplicated, as repeats are possible).
+                        st.ascending = None;
+                        st.repeats = true;
+                        to_staging = Some((line, rec));
+                        break;
+                    }
+                }
+            } else if let Some(seen) = &mut st.seen {
                 if !seen.contains(key.as_slice()) {
                     seen.insert(key.as_slice().into());
                 } else {

@@ -764,3 +764,58 @@ fn about_version_and_help() {
         format!("target-postgres-rs {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn keys_in_order_go_straight_in_and_out_of_order_keys_still_upsert() {
+    let db = pg_testkit::cluster().create_database("ordered");
+    let s = schema(
+        "t",
+        json!({"id": {"type": "integer"}, "v": {"type": "string"}}),
+        &["id"],
+    );
+    let rec = |id: i64, v: &str| record("t", json!({"id": id, "v": v}));
+    let r = run(
+        &db,
+        json!({}),
+        &lines(&[s.clone(), rec(1, "a"), rec(2, "a"), rec(3, "a")]),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Above the table's largest key and ascending, then an older key (update), a
+    // repeat of a new key, and a new key again: all in one batch.
+    let r = run(
+        &db,
+        json!({}),
+        &lines(&[
+            s.clone(),
+            rec(4, "b"),
+            rec(5, "b"),
+            rec(2, "b"),
+            rec(5, "c"),
+            rec(6, "b"),
+        ]),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        text(
+            &db,
+            "SELECT string_agg(id || v, ',' ORDER BY id) FROM public.t"
+        )
+        .as_deref(),
+        Some("1a,2b,3a,4b,5c,6b")
+    );
+    // Across batches of one row each.
+    let r = run(
+        &db,
+        json!({"batch_size_rows": 1}),
+        &lines(&[s, rec(7, "d"), rec(1, "d"), rec(7, "e")]),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        text(
+            &db,
+            "SELECT string_agg(id || v, ',' ORDER BY id) FROM public.t"
+        )
+        .as_deref(),
+        Some("1d,2b,3a,4b,5c,6b,7e")
+    );
+}
