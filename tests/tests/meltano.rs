@@ -302,6 +302,17 @@ fn meltano_runs_the_pair_and_resumes_incrementally_from_stored_state() {
         alarming.is_empty(),
         "a successful run logged: {alarming:#?}"
     );
+    // Progress as Meltano users expect it: the tap's Singer metrics, relayed.
+    for stream in ["public-items", "public-customers"] {
+        assert!(
+            run.stderr.lines().any(|l| l.contains("tap-postgres-rs")
+                && l.contains("INFO METRIC:")
+                && l.contains("record_count")
+                && l.contains(stream)),
+            "no record_count METRIC for {stream} in the run's log:\n{}",
+            run.stderr
+        );
+    }
     let mut s = src.client();
     let mut d = dst.client();
     for table in ["items", "customers"] {
@@ -469,4 +480,85 @@ fn bookmark_of(state: &Value, stream: &str) -> Option<i64> {
     let v = &state["singer_state"]["bookmarks"][stream]["replication_key_value"];
     v.as_i64()
         .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+/// When the target fails (here a CHECK constraint at the destination rejects
+/// the first batch), Meltano reports the loader's error; the tap is not killed
+/// by a broken pipe (the target reads its input to the end) and no state
+/// past what was committed is stored.
+#[test]
+fn meltano_reports_the_loader_failure_and_stores_no_uncommitted_state() {
+    let src = cluster().create_database("meltano_fail_src");
+    let dst = cluster().create_database("meltano_fail_dst");
+    src.client()
+        .batch_execute(
+            "CREATE TABLE wide (id int PRIMARY KEY, pad text NOT NULL);
+             INSERT INTO wide SELECT i, repeat('x', 200) FROM generate_series(1, 50000) i;",
+        )
+        .unwrap();
+    dst.client()
+        .batch_execute(&format!(
+            "CREATE SCHEMA {LOAD_SCHEMA};
+             CREATE TABLE {LOAD_SCHEMA}.wide (id int PRIMARY KEY CHECK (id <= 500), pad text);"
+        ))
+        .unwrap();
+    let mut target = dst.config();
+    target["batch_size_rows"] = json!(1000);
+    let project = MeltanoProject::new(
+        json!({
+            "config": src.config(),
+            "select": ["public-wide.*"],
+            "metadata": {"public-wide": {"replication-method": "INCREMENTAL", "replication-key": "id"}},
+        }),
+        json!({ "config": target }),
+    );
+    let run = project.meltano(&["run", "tap-postgres-rs", "target-postgres-rs"]);
+    assert!(!run.success, "the run succeeded: {run:?}");
+    assert!(
+        run.stderr.contains("Loader failed") && !run.stderr.contains("Extractor failed"),
+        "Meltano blames the loader, and only the loader:\n{}",
+        run.stderr
+    );
+    let plugin_lines = |name: &str| -> Vec<&str> {
+        run.stderr
+            .lines()
+            .filter(|l| l.contains(name))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        plugin_lines("target-postgres-rs")
+            .iter()
+            .any(|l| l.contains("wide") && l.to_ascii_lowercase().contains("check constraint")),
+        "the loader's error names the table and the constraint:\n{}",
+        run.stderr
+    );
+    let tap_lines = plugin_lines("tap-postgres-rs")
+        .join("\n")
+        .to_ascii_lowercase();
+    assert!(
+        !tap_lines.contains("pipe") && !tap_lines.contains("error"),
+        "the tap was cut off instead of finishing its writes:\n{}",
+        run.stderr
+    );
+    assert!(
+        tap_lines.contains("records=50000"),
+        "the tap did not get to write every record:\n{}",
+        run.stderr
+    );
+    let mut d = dst.client();
+    assert_eq!(
+        count(&mut d, &format!("SELECT count(*) FROM {LOAD_SCHEMA}.wide")),
+        0,
+        "a failed batch left rows behind"
+    );
+    let list = project
+        .meltano(&["state", "list"])
+        .assert_success("state list");
+    if list.stdout.contains(STATE_ID) {
+        let state = project.state(STATE_ID);
+        assert!(
+            bookmark_of(&state, "public-wide").is_none(),
+            "Meltano stored a bookmark for rows that were never committed: {state}"
+        );
+    }
 }
