@@ -174,10 +174,12 @@ pub fn sync<W: Write>(
             key_indexes: Vec::new(),
         })
         .collect();
-    read_changes(client, connector, &mut streams, state, settings, out)?;
-
-    if let Ok(Some(info)) = slot::slot_info(client, slot_name) {
-        report_lag(&info, settings, "after the run");
+    let finished = read_changes(client, connector, &mut streams, state, settings, out)?;
+    // After an early stop the connection still has unread rows: leave it.
+    if finished {
+        if let Ok(Some(info)) = slot::slot_info(client, slot_name) {
+            report_lag(&info, settings, "after the run");
+        }
     }
     Ok(())
 }
@@ -406,7 +408,7 @@ fn read_changes<W: Write>(
     state: &mut State,
     settings: &TapSettings,
     out: &mut MessageWriter<W>,
-) -> Result<(), SyncError> {
+) -> Result<bool, SyncError> {
     let setup = |e: pg_logical::LogicalError| SyncError::Query(format!("LOG_BASED: {e}"));
     slot::heartbeat(client, "tap-postgres-rs").map_err(setup)?;
     let end = slot::current_flush_lsn(client).map_err(setup)?;
@@ -430,6 +432,7 @@ fn read_changes<W: Write>(
     let mut commit_time = String::new();
     let mut since_state: u64 = 0;
     let mut transactions: u64 = 0;
+    let mut finished = true;
     let stream_of = |rel: &WalRelation| by_table.get(&(rel.namespace.clone(), rel.name.clone())).copied();
     while let Some((lsn, change)) = changes.next_change().map_err(setup)? {
         match change {
@@ -518,6 +521,7 @@ fn read_changes<W: Write>(
                 }
                 if out_of_time {
                     tracing::info!(seconds = started.elapsed().as_secs(), "max_run_seconds reached: stopping after a whole transaction");
+                    finished = false;
                     break;
                 }
             }
@@ -526,7 +530,7 @@ fn read_changes<W: Write>(
     emit.out.write_state(&state.to_value())?;
     emit.out.flush()?;
     tracing::info!(transactions, upto = %format_lsn(end), "log read");
-    Ok(())
+    Ok(finished)
 }
 
 #[cfg(test)]

@@ -297,12 +297,14 @@ fn full_table<W: Write>(
         false,
         out,
         |tracker, out| {
+            // Without ctids (views, partitioned parents, foreign tables) an
+            // interrupted sync starts over; the STATE still lets targets flush.
             if with_ctid {
                 progress.ctid.clear();
                 progress.ctid.push_str(&tracker.ctid);
                 bookmarks::set_full_table_progress(state, id, &progress);
-                out.write_state(&state.to_value())?;
             }
+            out.write_state(&state.to_value())?;
             Ok(())
         },
     )?;

@@ -390,3 +390,42 @@ fn read_only_user_can_discover_and_sync() {
     let again = setup.sync_ok(&inc_cat, Some(&inc.last_state()));
     assert_eq!(ids(&again.records("app-t")), vec![100]);
 }
+
+#[test]
+fn views_matviews_and_partitioned_parents_sync_in_full() {
+    let db = pg_testkit::cluster().create_database("tap_relkinds");
+    db.client()
+        .batch_execute(
+            "CREATE TABLE m (id bigint, day date NOT NULL, v numeric(8,3), PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+             CREATE TABLE m_2023 PARTITION OF m FOR VALUES FROM ('2023-01-01') TO ('2024-01-01');
+             CREATE TABLE m_2024 PARTITION OF m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+             INSERT INTO m SELECT i, date '2023-01-01' + (i % 700), i / 8.0 FROM generate_series(1, 3000) i;
+             CREATE VIEW big_v AS SELECT id, v FROM m WHERE v > 100;
+             CREATE MATERIALIZED VIEW mv AS SELECT day, count(*) AS n FROM m GROUP BY day;",
+        )
+        .unwrap();
+    let mut config = db.config();
+    config["state_interval_records"] = json!(1000);
+    let setup = Setup::new(&config);
+    let catalog = select(
+        &setup.discover(),
+        &["public-big_v", "public-m", "public-mv"],
+        "FULL_TABLE",
+        None,
+    );
+    let out = setup.sync_ok(&catalog, None);
+    assert_eq!(out.records("public-m").len(), 3000);
+    assert_eq!(out.records("public-big_v").len(), 3000 - 800);
+    assert_eq!(out.records("public-mv").len(), 700);
+    assert_eq!(out.of_type("ACTIVATE_VERSION").len(), 6);
+    // A STATE at least every 1000 records even where there is no ctid to bookmark.
+    let mut since = 0;
+    for m in &out.messages {
+        match m["type"].as_str().unwrap() {
+            "RECORD" => since += 1,
+            "STATE" => since = 0,
+            _ => {}
+        }
+        assert!(since <= 1000);
+    }
+}
