@@ -414,7 +414,7 @@ fn meltano_timeout_stops_both_cleanly_with_only_committed_state() {
     let run = project.meltano(&[
         "run",
         "--timeout",
-        "3",
+        "6",
         "tap-postgres-rs",
         "target-postgres-rs",
     ]);
