@@ -108,6 +108,17 @@ fn plugin_block_declares_what_the_binaries_implement() {
                 caps(&about["capabilities"])
             ));
         }
+        // Meltano checks required settings through settings_group_validation.
+        let required = caps(&about["settings"]["required"]);
+        let groups: Vec<BTreeSet<String>> = plugin["settings_group_validation"]
+            .as_array()
+            .map(|g| g.iter().map(caps).collect())
+            .unwrap_or_default();
+        if !required.is_empty() && !groups.iter().any(|g| *g == required) {
+            problems.push(format!(
+                "{binary}: settings_group_validation {groups:?} does not list the required {required:?}"
+            ));
+        }
         let declared: Vec<&Value> = plugin["settings"].as_array().unwrap().iter().collect();
         let implemented = about_settings(&about);
         for (name, kind, secret, default) in &implemented {
