@@ -23,7 +23,7 @@ use crate::types::{declared_sql_type, json_schema_type, kind_of, ColumnKind};
 
 /// Keys remembered per batch to tell whether it repeats one; past this the
 /// batch is assumed to (memory stays bounded).
-const MAX_TRACKED_KEYS: usize = 1_000_000;
+const MAX_TRACKED_KEYS: usize = 200_000;
 
 /// One input item from the reader thread.
 pub type Item = Result<(usize, Message), ReadError>;
@@ -135,7 +135,7 @@ impl StreamLoad {
         method != LoadMethod::AppendOnly && !self.shape.keys.is_empty()
     }
 
-    fn start_batch(&mut self, method: LoadMethod) {
+    fn start_batch(&mut self) {
         self.batch_rows = 0;
         self.staged = false;
         self.repeats = false;
@@ -206,7 +206,12 @@ pub struct Loader<W: Write> {
 }
 
 impl<W: Write> Loader<W> {
-    pub fn new(client: Client, settings: TargetSettings, out: W) -> Self {
+    pub fn new(mut client: Client, settings: TargetSettings, out: W) -> Self {
+        // Staging tables live in temp buffers: room for a batch of wide rows
+        // (server memory, allocated only as used; must be set before the first).
+        if let Err(e) = client.batch_execute("SET temp_buffers = '256MB'") {
+            tracing::warn!("cannot raise temp_buffers: {}", describe(&e));
+        }
         let now = chrono::Utc::now();
         Loader {
             client,
@@ -333,7 +338,7 @@ impl<W: Write> Loader<W> {
             deletes: false,
             pending: false,
         };
-        load.start_batch(self.settings.load_method);
+        load.start_batch();
         self.streams.insert(stream, load);
         Ok(())
     }
@@ -386,7 +391,7 @@ impl<W: Write> Loader<W> {
                 .map_err(|e| db_err(&stream, &table, "emptying the table (overwrite)", &e))?;
             overwritten.insert(table.clone());
             st.info.empty = true;
-            st.start_batch(method);
+            st.start_batch();
         }
         if !st.decided {
             st.decide(client, method)
@@ -460,9 +465,9 @@ impl<W: Write> Loader<W> {
                     Some(k) if k > last => st.ascending = Some(k),
                     _ => {
                         // Out of order: this row and the rest of the batch go
-                        // through staging (deduplicated, as repeats are possible).
+                        // through staging, where repeats are tracked from here.
                         st.ascending = None;
-                        st.repeats = true;
+                        st.seen = Some(HashSet::new());
                         to_staging = Some((line, rec));
                         break;
                     }
@@ -533,7 +538,6 @@ impl<W: Write> Loader<W> {
     pub fn flush(&mut self) -> Result<(), LoadError> {
         let mut written = Vec::new();
         let hard_delete = self.settings.hard_delete;
-        let method = self.settings.load_method;
         let mut names: Vec<&String> = self.streams.keys().collect();
         names.sort();
         let names: Vec<String> = names.into_iter().cloned().collect();
@@ -543,10 +547,12 @@ impl<W: Write> Loader<W> {
                 continue;
             }
             let table = st.shape.table.clone();
+            let started = std::time::Instant::now();
             if st.staged {
                 merge(&mut self.client, st)
                     .map_err(|e| db_err(&name, &table, "merging the batch", &e))?;
             }
+            let merge_ms = started.elapsed().as_millis() as u64;
             if hard_delete && st.deletes && st.shape.has_column(DELETED_AT) {
                 self.client
                     .batch_execute(&format!(
@@ -562,8 +568,8 @@ impl<W: Write> Loader<W> {
                 );
                 st.info.empty = false;
             }
-            tracing::info!(stream = %name, table = %table.qualified(), rows = st.batch_rows, "batch loaded");
-            st.start_batch(method);
+            tracing::info!(stream = %name, table = %table.qualified(), rows = st.batch_rows, staged = st.staged, merge_ms, "batch loaded");
+            st.start_batch();
         }
         if let (Some(channel), false) = (&self.settings.notify_channel, written.is_empty()) {
             let payload = json!({"tables": written}).to_string();

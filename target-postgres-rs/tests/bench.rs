@@ -176,24 +176,33 @@ fn generate(rows: u64, singer: &std::path::Path, copy: &std::path::Path) {
     .unwrap();
 }
 
-fn timed_target(db: &pg_testkit::TestDb, input: &std::path::Path) -> (f64, u64) {
+/// Wall seconds, peak RSS MB, target CPU seconds.
+fn timed_target(db: &pg_testkit::TestDb, input: &std::path::Path) -> (f64, u64, f64) {
     let cfg = config(db, json!({}));
     let start = Instant::now();
     let out = Command::new("/usr/bin/time")
-        .args(["-f", "%M"])
+        .args(["-f", "%M %U %S"])
         .arg(env!("CARGO_BIN_EXE_target-postgres-rs"))
         .arg("--config")
         .arg(cfg.path())
         .arg("--input")
         .arg(input)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_LOG").unwrap_or("warn".into()),
+        )
         .output()
         .unwrap();
     let secs = start.elapsed().as_secs_f64();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let rss_kb: u64 = stderr.lines().last().unwrap().trim().parse().unwrap();
-    (secs, rss_kb / 1024)
+    for l in stderr.lines().filter(|l| l.contains("batch loaded")) {
+        println!("  {l}");
+    }
+    let last: Vec<&str> = stderr.lines().last().unwrap().split_whitespace().collect();
+    let rss_kb: u64 = last[0].parse().unwrap();
+    let cpu: f64 = last[1].parse::<f64>().unwrap() + last[2].parse::<f64>().unwrap();
+    (secs, rss_kb / 1024, cpu)
 }
 
 #[test]
@@ -211,14 +220,14 @@ fn bench_wide_throughput() {
     println!("rows {rows}, singer stream {mb:.0} MB");
 
     let db = pg_testkit::cluster().create_database("bench");
-    let (secs, rss) = timed_target(&db, &singer);
+    let (secs, rss, cpu) = timed_target(&db, &singer);
     println!(
-        "full load (new table): {secs:.2} s, {:.0} rows/s, peak RSS {rss} MB",
+        "full load (new table): {secs:.2} s, {:.0} rows/s, peak RSS {rss} MB, target CPU {cpu:.2} s",
         rows as f64 / secs
     );
-    let (secs, rss) = timed_target(&db, &singer);
+    let (secs, rss, cpu) = timed_target(&db, &singer);
     println!(
-        "upsert re-load:        {secs:.2} s, {:.0} rows/s, peak RSS {rss} MB",
+        "upsert re-load:        {secs:.2} s, {:.0} rows/s, peak RSS {rss} MB, target CPU {cpu:.2} s",
         rows as f64 / secs
     );
     let n: i64 = db
