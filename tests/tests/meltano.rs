@@ -395,6 +395,19 @@ fn meltano_runs_the_pair_and_resumes_incrementally_from_stored_state() {
             .is_some_and(|v| v.starts_with("2025-01-02T00:00:00")),
         "bookmark advanced to the newest change: {second}"
     );
+
+    // `--full-refresh` ignores the stored state: the items canary comes back.
+    project
+        .meltano(&[
+            "run",
+            "--full-refresh",
+            "tap-postgres-rs",
+            "target-postgres-rs",
+        ])
+        .assert_success("run --full-refresh");
+    assert_eq!(items(&mut d, 1).as_deref(), Some("item 1"));
+    let cmp = compare_table(&mut s, &mut d, "public", "items", LOAD_SCHEMA, "items");
+    assert!(cmp.is_identical(), "items after --full-refresh: {cmp:#?}");
 }
 
 /// `meltano run --timeout` sends SIGTERM to both binaries: they stop at once,
