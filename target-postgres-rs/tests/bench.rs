@@ -128,7 +128,7 @@ fn generate(rows: u64, singer: &std::path::Path, copy: &std::path::Path) {
         );
         let int_col = ((i * 7919) % 2_000_000_001) as i64 - 1_000_000_000;
         let small = ((i * 31) % 65535) as i64 - 32767;
-        let boolv = (i % 10 != 5).then(|| i % 3 == 0);
+        let boolv = (i % 10 != 5).then_some(i % 3 == 0);
         let js = |o: Option<String>| {
             o.map(|v| serde_json::to_string(&v).unwrap())
                 .unwrap_or("null".into())
