@@ -104,7 +104,7 @@ pub enum Scope<'a> {
 /// (schema, name).
 pub fn relations(client: &mut Client, scope: &Scope<'_>) -> Result<Vec<Relation>, DiscoverError> {
     let (filter, params): (String, Vec<Vec<String>>) = match scope {
-        Scope::Schemas(list) if list.is_empty() => (SYSTEM_SCHEMAS.to_owned(), vec![]),
+        Scope::Schemas([]) => (SYSTEM_SCHEMAS.to_owned(), vec![]),
         Scope::Schemas(list) => ("n.nspname = ANY($1)".to_owned(), vec![list.to_vec()]),
         Scope::One { schema, name } => (
             "n.nspname = ($1::text[])[1] AND c.relname = ($1::text[])[2]".to_owned(),

@@ -16,7 +16,7 @@ fn stream<'a>(catalog: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no stream {id}"))
 }
 
-fn meta<'a>(s: &'a Value, crumb: Value) -> &'a Value {
+fn meta(s: &Value, crumb: Value) -> &Value {
     &s["metadata"]
         .as_array()
         .unwrap()

@@ -346,6 +346,6 @@ fn every_type_emits_exact_json_and_round_trips() {
             "hstore[]" | "mood[]" | "positive_int[]" => format!("public.{want}"),
             _ => want,
         };
-        assert_eq!(declared, want, "case {i}");
+        assert_eq!(declared, want, "case {i} ({ty})");
     }
 }
