@@ -91,6 +91,7 @@ pub struct MeltanoProject {
     pub dir: tempfile::TempDir,
     meltano: PathBuf,
     path: std::ffi::OsString,
+    envs: Vec<(String, String)>,
 }
 
 /// What one `meltano ...` command did.
@@ -149,7 +150,14 @@ impl MeltanoProject {
             dir,
             meltano,
             path: path_with_binaries(&[]),
+            envs: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for every later `meltano` command (as a
+    /// user's shell or `.env` would, e.g. `TAP_POSTGRES_RS_PASSWORD`).
+    pub fn env(&mut self, key: &str, value: &str) {
+        self.envs.push((key.to_owned(), value.to_owned()));
     }
 
     /// Runs `meltano <args>` in the project.
@@ -176,6 +184,7 @@ impl MeltanoProject {
             .env("MELTANO_CLI_DISABLE_VERSION_CHECK", "true")
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG");
+        cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
         cmd
     }
 

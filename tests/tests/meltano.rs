@@ -586,3 +586,71 @@ fn meltano_reports_the_loader_failure_and_stores_no_uncommitted_state() {
         );
     }
 }
+
+/// Secrets the way the README tells users to keep them: only in the
+/// environment (`TAP_POSTGRES_RS_PASSWORD`, `TARGET_POSTGRES_RS_PASSWORD`),
+/// for a role that pg_hba.conf makes authenticate by password. Meltano hands
+/// them to the binaries; no line of the run shows them.
+#[test]
+fn meltano_passes_passwords_from_the_environment_and_no_log_shows_them() {
+    const ROLE: &str = "meltano_pw";
+    const PASSWORD: &str = "Pw-9f2c-never-logged";
+    let c = cluster();
+    c.client("postgres")
+        .batch_execute(&format!(
+            "CREATE ROLE {ROLE} LOGIN SUPERUSER PASSWORD '{PASSWORD}'"
+        ))
+        .unwrap();
+    c.prepend_hba(&format!("host all {ROLE} 127.0.0.1/32 scram-sha-256"));
+    let src = c.create_database("meltano_pw_src");
+    let dst = c.create_database("meltano_pw_dst");
+    src.client().batch_execute(SOURCE).unwrap();
+    let without_password = |db: &pg_testkit::TestDb| {
+        let mut config = db.config();
+        let o = config.as_object_mut().unwrap();
+        o.remove("password");
+        o.insert("user".into(), json!(ROLE));
+        config
+    };
+    // Control: without the password the role cannot connect.
+    let dir = tempfile::tempdir().unwrap();
+    let bare = e2e_tests::write_json(dir.path(), "bare.json", &without_password(&src));
+    let out = Command::new(bin("tap-postgres-rs"))
+        .arg("--config")
+        .arg(&bare)
+        .arg("--discover")
+        .env_remove("TAP_POSTGRES_RS_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "{ROLE} connected without a password: pg_hba.conf is not in force"
+    );
+
+    let mut project = MeltanoProject::new(
+        json!({
+            "config": without_password(&src),
+            "select": ["public-customers.*"],
+            "metadata": {"public-customers": {"replication-method": "FULL_TABLE"}},
+        }),
+        json!({ "config": without_password(&dst) }),
+    );
+    project.env("TAP_POSTGRES_RS_PASSWORD", PASSWORD);
+    project.env("TARGET_POSTGRES_RS_PASSWORD", PASSWORD);
+    let run = project
+        .meltano(&["run", "tap-postgres-rs", "target-postgres-rs"])
+        .assert_success("run with passwords from the environment");
+    let cmp = compare_table(
+        &mut src.client(),
+        &mut dst.client(),
+        "public",
+        "customers",
+        LOAD_SCHEMA,
+        "customers",
+    );
+    assert!(cmp.is_identical(), "customers: {cmp:#?}");
+    assert!(
+        !run.stderr.contains(PASSWORD) && !run.stdout.contains(PASSWORD),
+        "the password appears in the run's output"
+    );
+}
