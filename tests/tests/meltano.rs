@@ -114,7 +114,7 @@ fn plugin_block_declares_what_the_binaries_implement() {
             .as_array()
             .map(|g| g.iter().map(caps).collect())
             .unwrap_or_default();
-        if !required.is_empty() && !groups.iter().any(|g| *g == required) {
+        if !required.is_empty() && !groups.contains(&required) {
             problems.push(format!(
                 "{binary}: settings_group_validation {groups:?} does not list the required {required:?}"
             ));
