@@ -373,6 +373,10 @@ fn live_pipelinewise_tap_postgres_loads_through_our_target() {
         "our target failed on pipelinewise output:\n{}",
         String::from_utf8_lossy(&target_out.stderr)
     );
+    assert_quiet_log(
+        "target-postgres-rs",
+        &String::from_utf8_lossy(&target_out.stderr),
+    );
     let states: Vec<Value> = String::from_utf8_lossy(&target_out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("state lines are JSON"))
