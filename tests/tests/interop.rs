@@ -330,62 +330,76 @@ fn live_pipelinewise_tap_postgres_loads_through_our_target() {
     );
     let mut catalog: Value = serde_json::from_slice(&out.stdout).unwrap();
     for stream in catalog["streams"].as_array_mut().unwrap() {
+        let products = stream["tap_stream_id"] == "public-products";
         for m in stream["metadata"].as_array_mut().unwrap() {
             if m["breadcrumb"].as_array().is_some_and(|b| b.is_empty()) {
                 m["metadata"]["selected"] = json!(true);
-                m["metadata"]["replication-method"] = json!("FULL_TABLE");
+                if products {
+                    m["metadata"]["replication-method"] = json!("INCREMENTAL");
+                    m["metadata"]["replication-key"] = json!("id");
+                } else {
+                    m["metadata"]["replication-method"] = json!("FULL_TABLE");
+                }
             }
         }
     }
     let properties = write_json(dir.path(), "properties.json", &catalog);
-    let mut tap = Command::new(&pw)
-        .arg("--config")
-        .arg(&config)
-        .arg("--properties")
-        .arg(&properties)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let target_config = write_json(dir.path(), "target.json", &dst.config());
-    let target = Command::new(bin("target-postgres-rs"))
-        .arg("--config")
-        .arg(&target_config)
-        .stdin(Stdio::from(tap.stdout.take().unwrap()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let tap_err = {
-        let mut e = tap.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut e, &mut s).unwrap();
-            s
-        })
+    // pipelinewise-tap-postgres [--state S] | target-postgres-rs: the state lines.
+    let run = |state: Option<&Path>| -> Vec<Value> {
+        let mut cmd = Command::new(&pw);
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--properties")
+            .arg(&properties);
+        if let Some(s) = state {
+            cmd.arg("--state").arg(s);
+        }
+        let mut tap = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let target = Command::new(bin("target-postgres-rs"))
+            .arg("--config")
+            .arg(&target_config)
+            .stdin(Stdio::from(tap.stdout.take().unwrap()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let tap_err = {
+            let mut e = tap.stderr.take().unwrap();
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut e, &mut s).unwrap();
+                s
+            })
+        };
+        let target_out = target.wait_with_output().unwrap();
+        let tap_status = tap.wait().unwrap();
+        let tap_err = tap_err.join().unwrap();
+        assert!(tap_status.success(), "pipelinewise tap failed:\n{tap_err}");
+        assert!(
+            target_out.status.success(),
+            "our target failed on pipelinewise output:\n{}",
+            String::from_utf8_lossy(&target_out.stderr)
+        );
+        assert_quiet_log(
+            "target-postgres-rs",
+            &String::from_utf8_lossy(&target_out.stderr),
+        );
+        String::from_utf8_lossy(&target_out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("state lines are JSON"))
+            .collect()
     };
-    let target_out = target.wait_with_output().unwrap();
-    let tap_status = tap.wait().unwrap();
-    let tap_err = tap_err.join().unwrap();
-    assert!(tap_status.success(), "pipelinewise tap failed:\n{tap_err}");
-    assert!(
-        target_out.status.success(),
-        "our target failed on pipelinewise output:\n{}",
-        String::from_utf8_lossy(&target_out.stderr)
-    );
-    assert_quiet_log(
-        "target-postgres-rs",
-        &String::from_utf8_lossy(&target_out.stderr),
-    );
-    let states: Vec<Value> = String::from_utf8_lossy(&target_out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("state lines are JSON"))
-        .collect();
-    assert!(
-        states
-            .last()
-            .is_some_and(|s| s["bookmarks"]["public-products"].is_object()),
-        "the target did not echo pipelinewise's state: {states:?}"
+    let states = run(None);
+    let last = states.last().cloned().unwrap_or_default();
+    assert_eq!(
+        last["bookmarks"]["public-products"]["replication_key_value"],
+        json!(40),
+        "the target did not echo pipelinewise's final state: {states:?}"
     );
     // Same rows: compare the text of the columns pipelinewise types exactly
     // (it sends a date as a date-time at midnight UTC: compare the date).
@@ -420,6 +434,34 @@ fn live_pipelinewise_tap_postgres_loads_through_our_target() {
         assert_eq!(got.len(), want.len(), "{table}: row count");
         assert_eq!(got, want, "{table}: values");
     }
+
+    // The state our target printed is the state pipelinewise resumes from:
+    // with a canary removed at the destination (below the bookmark) and a new
+    // source row, the second run brings the new row and not the canary.
+    s.batch_execute("INSERT INTO products (id, name) VALUES (41, 'new')")
+        .unwrap();
+    d.batch_execute("DELETE FROM public.products WHERE id = 1")
+        .unwrap();
+    let state = write_json(dir.path(), "state.json", &last);
+    let states = run(Some(&state));
+    let ids: Vec<i32> = d
+        .query(
+            "SELECT id::int FROM public.products WHERE id IN (1, 40, 41) ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        ids,
+        [40, 41],
+        "second run from our state: rows 1 (canary), 40, 41"
+    );
+    assert_eq!(
+        states.last().unwrap()["bookmarks"]["public-products"]["replication_key_value"],
+        json!(41)
+    );
 }
 
 /// A target that fails keeps reading its input to the end before it exits
