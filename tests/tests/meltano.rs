@@ -13,6 +13,16 @@ use pg_testkit::cluster;
 use serde_json::{json, Value};
 
 const STATE_ID: &str = "dev:tap-postgres-rs-to-target-postgres-rs";
+
+/// One Meltano at a time: each run starts several Python processes, and the
+/// SIGTERM test's timing must not depend on what the others are doing.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 /// Where Meltano's convention (`default_target_schema: $MELTANO_EXTRACT__LOAD_SCHEMA`,
 /// the extractor's namespace) lands the streams.
 const LOAD_SCHEMA: &str = "tap_postgres_rs";
@@ -75,6 +85,7 @@ fn about_settings(about: &Value) -> Vec<(String, String, bool, Option<Value>)> {
 /// `sensitive`, the same defaults (Meltano's load-schema convention aside).
 #[test]
 fn plugin_block_declares_what_the_binaries_implement() {
+    let _serial = serial();
     let block = plugin_block();
     let mut problems = Vec::new();
     for (section, binary) in [
@@ -221,6 +232,7 @@ fn bookmark(state: &Value) -> Value {
 
 #[test]
 fn meltano_runs_the_pair_and_resumes_incrementally_from_stored_state() {
+    let _serial = serial();
     let src = cluster().create_database("meltano_src");
     let dst = cluster().create_database("meltano_dst");
     src.client().batch_execute(SOURCE).unwrap();
@@ -423,6 +435,7 @@ fn meltano_runs_the_pair_and_resumes_incrementally_from_stored_state() {
 /// rows the target committed.
 #[test]
 fn meltano_timeout_stops_both_cleanly_with_only_committed_state() {
+    let _serial = serial();
     let src = cluster().create_database("meltano_term_src");
     let dst = cluster().create_database("meltano_term_dst");
     src.client()
@@ -520,6 +533,7 @@ fn bookmark_of(state: &Value, stream: &str) -> Option<i64> {
 /// past what was committed is stored.
 #[test]
 fn meltano_reports_the_loader_failure_and_stores_no_uncommitted_state() {
+    let _serial = serial();
     let src = cluster().create_database("meltano_fail_src");
     let dst = cluster().create_database("meltano_fail_dst");
     src.client()
@@ -602,6 +616,7 @@ fn meltano_reports_the_loader_failure_and_stores_no_uncommitted_state() {
 /// them to the binaries; no line of the run shows them.
 #[test]
 fn meltano_passes_passwords_from_the_environment_and_no_log_shows_them() {
+    let _serial = serial();
     const ROLE: &str = "meltano_pw";
     const PASSWORD: &str = "Pw-9f2c-never-logged";
     let c = cluster();
