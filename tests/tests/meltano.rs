@@ -316,6 +316,23 @@ fn meltano_runs_the_pair_and_resumes_incrementally_from_stored_state() {
         assert!(ids.contains(id), "{id} not discovered: {ids:?}");
     }
 
+    // `meltano select --list` reads our catalog: the selected streams with
+    // their columns, the others excluded.
+    let list = project
+        .meltano(&["select", "tap-postgres-rs", "--list", "--all"])
+        .assert_success("select --list");
+    for line in [
+        "[automatic  ] public-items.id",
+        "[selected   ] public-items.updated_at",
+        "[selected   ] public-customers.email",
+        "[excluded   ] public-not_selected.secret",
+    ] {
+        assert!(
+            list.stdout.contains(line),
+            "`meltano select --list` lacks {line:?}:\n{}",
+            list.stdout
+        );
+    }
     // First run: every selected table lands in the extractor's load schema.
     let run = project
         .meltano(&["run", "tap-postgres-rs", "target-postgres-rs"])
