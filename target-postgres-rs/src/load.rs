@@ -14,11 +14,15 @@ use singer_core::{
     WriteError,
 };
 
+use crate::binary::{self, bin_kind, BinKind};
 use crate::evolve::{ensure_table, key_list, resolve_type, TableInfo};
 use crate::naming::{table_for_stream, TableName};
 use crate::settings::{LoadMethod, TargetSettings};
 use crate::state::StateOut;
-use crate::stream::{append_row, RowContext, RowError, StreamShape, DELETED_AT, TABLE_VERSION};
+use crate::stream::{
+    append_row, append_row_binary, BinaryRowError, RowContext, RowError, Source, StreamShape,
+    DELETED_AT, TABLE_VERSION,
+};
 use crate::types::{declared_sql_type, json_schema_type, kind_of, ColumnKind};
 
 /// Keys remembered per batch to tell whether it repeats one; past this the
@@ -107,6 +111,8 @@ impl<I: Iterator<Item = Item>> Input<I> {
 struct StreamLoad {
     shape: StreamShape,
     kinds: Vec<ColumnKind>,
+    /// Binary COPY kinds, when every column has one.
+    bins: Option<Vec<BinKind>>,
     info: TableInfo,
     /// Staging table name (unique per stream in this run).
     stage: String,
@@ -321,11 +327,13 @@ impl<W: Write> Loader<W> {
         let info = ensure_table(&mut self.client, &shape, use_keys)
             .map_err(|e| db_err(&stream, &table, "creating or altering the table", &e))?;
         let kinds = info.types.iter().map(|t| kind_of(t)).collect();
+        let bins = binary_kinds(&shape, &info);
         let stage = format!("_sdc_stage_{}", self.next_stage);
         self.next_stage += 1;
         let mut load = StreamLoad {
             shape,
             kinds,
+            bins,
             info,
             stage,
             batch_rows: 0,
@@ -424,28 +432,63 @@ impl<W: Write> Loader<W> {
             strip_nul,
         };
         st.pending = true;
+        let binary = st.bins.is_some();
+        let format = if binary { " (FORMAT binary)" } else { "" };
         let mut writer = client
-            .copy_in(&format!("COPY {into} {} FROM STDIN", st.shape.column_list))
+            .copy_in(&format!(
+                "COPY {into} {} FROM STDIN{format}",
+                st.shape.column_list
+            ))
             .map_err(|e| db_err(&stream, &table, "starting COPY", &e))?;
+        let mut failed: Option<LoadError> = None;
+        if binary {
+            if let Err(e) = writer.write_all(binary::HEADER) {
+                failed = Some(LoadError::Session {
+                    what: "COPY",
+                    message: e.to_string(),
+                });
+            }
+        }
         let mut lines: Vec<usize> = Vec::new();
         let mut row = Vec::with_capacity(4096);
         let mut key = Vec::new();
-        let mut next = Some((line, first));
-        let mut failed: Option<LoadError> = None;
+        let mut next = failed.is_none().then_some((line, first));
         let mut to_staging: Option<(usize, RecordMessage)> = None;
+        let mut to_text = false;
         let mut flush_after = false;
         while let Some((line, rec)) = next.take() {
             row.clear();
             ctx.sequence = sequence_base + line as i64;
             let want_key = st.seen.is_some() || st.ascending.is_some();
-            match append_row(
-                &st.shape,
-                &st.kinds,
-                &rec,
-                &ctx,
-                &mut row,
-                want_key.then_some(&mut key),
-            ) {
+            let appended = match &st.bins {
+                Some(bins) => match append_row_binary(
+                    &st.shape,
+                    bins,
+                    &rec,
+                    &ctx,
+                    &mut row,
+                    want_key.then_some(&mut key),
+                ) {
+                    Ok(d) => Ok(d),
+                    Err(BinaryRowError::Row(e)) => Err(e),
+                    Err(BinaryRowError::Fallback) => {
+                        // A value only Postgres' text parser can judge: this
+                        // stream continues in text COPY from this row on.
+                        to_text = true;
+                        to_staging = Some((line, rec));
+                        break;
+                    }
+                },
+                None => append_row(
+                    &st.shape,
+                    &st.kinds,
+                    &rec,
+                    &ctx,
+                    &mut row,
+                    want_key.then_some(&mut key),
+                ),
+            };
+            match appended {
                 Err(source) => {
                     failed = Some(LoadError::Row {
                         line,
@@ -511,6 +554,14 @@ impl<W: Write> Loader<W> {
                 None => break,
             }
         }
+        if binary && failed.is_none() {
+            if let Err(e) = writer.write_all(binary::TRAILER) {
+                failed = Some(LoadError::Session {
+                    what: "COPY",
+                    message: e.to_string(),
+                });
+            }
+        }
         let finished = if failed.is_some() {
             // Abandon the COPY: dropping the writer without finishing aborts it.
             drop(writer);
@@ -525,7 +576,12 @@ impl<W: Write> Loader<W> {
             return Err(copy_error(&e, st, &lines));
         }
         if let Some((line, rec)) = to_staging {
-            st.direct = false;
+            if to_text {
+                tracing::info!(stream = %stream, line, "continuing in text COPY");
+                st.bins = None;
+            } else {
+                st.direct = false;
+            }
             return self.records(line, rec, input);
         }
         if flush_after {
@@ -629,6 +685,26 @@ impl<W: Write> Loader<W> {
         tracing::info!(stream = %m.stream, version = m.version, rows = n, "activated version");
         Ok(())
     }
+}
+
+/// Binary kinds for every column, or `None` when one has no binary form (or
+/// a metadata column isn't the type we write).
+fn binary_kinds(shape: &StreamShape, info: &TableInfo) -> Option<Vec<BinKind>> {
+    if std::env::var_os("TARGET_POSTGRES_RS_TEXT_COPY").is_some() {
+        return None;
+    }
+    shape
+        .columns
+        .iter()
+        .zip(&info.types)
+        .map(|(c, t)| {
+            let k = bin_kind(t)?;
+            match c.source {
+                Source::Field(_) => Some(k),
+                _ => (t == &c.wanted_type).then_some(k),
+            }
+        })
+        .collect()
 }
 
 /// Staging → table: the last record per key wins.

@@ -2,6 +2,7 @@
 //! Rows are staged with COPY and merged; STATE values are echoed on stdout only
 //! after the data before them is committed.
 
+mod binary;
 mod encode;
 mod evolve;
 mod load;

@@ -9,6 +9,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use singer_core::{JsonSchema, RecordMessage, SchemaMessage};
 
+use crate::binary::{self, BinKind};
 use crate::encode::{copy_escape, encode_value, EncodeError};
 use crate::naming::{identifier, TableName};
 use crate::types::ColumnKind;
@@ -202,15 +203,11 @@ pub fn append_row(
     fill_and_write(shape, kinds, record, ctx, &mut slots, out, key_out)
 }
 
-fn fill_and_write<'r>(
+fn fill_slots<'r>(
     shape: &StreamShape,
-    kinds: &[ColumnKind],
     record: &'r RecordMessage,
-    ctx: &RowContext<'_>,
     slots: &mut [Option<&'r RawValue>],
-    out: &mut Vec<u8>,
-    key_out: Option<&mut Vec<u8>>,
-) -> Result<bool, RowError> {
+) -> Result<(), RowError> {
     let mut de = serde_json::Deserializer::from_str(record.record.get());
     de.deserialize_map(FieldSlots {
         fields: &shape.fields,
@@ -228,6 +225,33 @@ fn fill_and_write<'r>(
             return Err(RowError::MissingRequired(field_name(shape, r)));
         }
     }
+    Ok(())
+}
+
+fn write_key(shape: &StreamShape, slots: &[Option<&RawValue>], key_out: Option<&mut Vec<u8>>) {
+    if let Some(key) = key_out {
+        key.clear();
+        for &k in &shape.keys {
+            key.extend_from_slice(slots[k].map_or("", |v| v.get()).as_bytes());
+            key.push(0);
+        }
+    }
+}
+
+fn is_delete(shape: &StreamShape, i: usize, v: &RawValue) -> bool {
+    shape.columns[i].name == DELETED_AT && v.get() != "null"
+}
+
+fn fill_and_write<'r>(
+    shape: &StreamShape,
+    kinds: &[ColumnKind],
+    record: &'r RecordMessage,
+    ctx: &RowContext<'_>,
+    slots: &mut [Option<&'r RawValue>],
+    out: &mut Vec<u8>,
+    key_out: Option<&mut Vec<u8>>,
+) -> Result<bool, RowError> {
+    fill_slots(shape, record, slots)?;
     let row_start = out.len();
     let mut deleted = false;
     for (i, col) in shape.columns.iter().enumerate() {
@@ -238,9 +262,7 @@ fn fill_and_write<'r>(
             Source::Field(_) => match slots[i] {
                 None => out.extend_from_slice(b"\\N"),
                 Some(v) => {
-                    if col.name == DELETED_AT && v.get() != "null" {
-                        deleted = true;
-                    }
+                    deleted |= is_delete(shape, i, v);
                     encode_value(out, v.get(), kinds[i], ctx.strip_nul).map_err(|source| {
                         out.truncate(row_start);
                         RowError::Value {
@@ -264,13 +286,79 @@ fn fill_and_write<'r>(
         }
     }
     out.push(b'\n');
-    if let Some(key) = key_out {
-        key.clear();
-        for &k in &shape.keys {
-            key.extend_from_slice(slots[k].map_or("", |v| v.get()).as_bytes());
-            key.push(0);
+    write_key(shape, slots, key_out);
+    Ok(deleted)
+}
+
+/// A row that can't be written in binary (the stream falls back to text), or a real error.
+#[derive(Debug)]
+pub enum BinaryRowError {
+    Fallback,
+    Row(RowError),
+}
+
+/// Appends the record as one binary COPY tuple; see [`append_row`].
+pub fn append_row_binary(
+    shape: &StreamShape,
+    bins: &[BinKind],
+    record: &RecordMessage,
+    ctx: &RowContext<'_>,
+    out: &mut Vec<u8>,
+    key_out: Option<&mut Vec<u8>>,
+) -> Result<bool, BinaryRowError> {
+    let mut slots: Vec<Option<&RawValue>> = vec![None; shape.columns.len()];
+    fill_slots(shape, record, &mut slots).map_err(BinaryRowError::Row)?;
+    let row_start = out.len();
+    let fallback = |out: &mut Vec<u8>| {
+        out.truncate(row_start);
+        BinaryRowError::Fallback
+    };
+    out.extend_from_slice(&(shape.columns.len() as i16).to_be_bytes());
+    let mut deleted = false;
+    for (i, col) in shape.columns.iter().enumerate() {
+        match &col.source {
+            Source::Field(_) => match slots[i] {
+                None => binary::null_field(out),
+                Some(v) => {
+                    deleted |= is_delete(shape, i, v);
+                    if let Err(e) = binary::encode_field(out, v, bins[i], ctx.strip_nul) {
+                        out.truncate(row_start);
+                        return Err(match e {
+                            binary::BinError::Fallback => BinaryRowError::Fallback,
+                            binary::BinError::Nul => BinaryRowError::Row(RowError::Value {
+                                field: field_name(shape, i),
+                                source: EncodeError::Nul,
+                            }),
+                        });
+                    }
+                }
+            },
+            Source::ExtractedAt => match &record.time_extracted {
+                Some(t) => {
+                    if binary::timestamptz_field(out, t).is_err() {
+                        return Err(fallback(out));
+                    }
+                }
+                None => binary::null_field(out),
+            },
+            Source::ReceivedAt | Source::BatchedAt => {
+                let t = if col.source == Source::ReceivedAt {
+                    ctx.received_at
+                } else {
+                    ctx.batched_at
+                };
+                if binary::timestamptz_field(out, t).is_err() {
+                    return Err(fallback(out));
+                }
+            }
+            Source::Sequence => binary::int8_field(out, ctx.sequence),
+            Source::TableVersion => match record.version {
+                Some(v) => binary::int8_field(out, v),
+                None => binary::null_field(out),
+            },
         }
     }
+    write_key(shape, &slots, key_out);
     Ok(deleted)
 }
 

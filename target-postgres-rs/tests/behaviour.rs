@@ -819,3 +819,94 @@ fn keys_in_order_go_straight_in_and_out_of_order_keys_still_upsert() {
         Some("1d,2b,3a,4b,5c,6b,7e")
     );
 }
+
+/// Binary COPY (the default for common types) lands exactly what text COPY
+/// lands, value for value, including the edges of each type.
+#[test]
+fn binary_copy_lands_exactly_what_text_copy_lands() {
+    let x = |t: &str, v: Value| {
+        let mut v = v;
+        v["x-sql-datatype"] = json!(t);
+        v
+    };
+    let props = json!({
+        "id": x("bigint", json!({"type": "integer"})),
+        "i2": x("smallint", json!({"type": ["null", "integer"]})),
+        "i4": x("integer", json!({"type": ["null", "integer"]})),
+        "n": x("numeric", json!({"type": ["null", "number", "string"]})),
+        "n4": x("numeric(18,4)", json!({"type": ["null", "number", "string"]})),
+        "f4": x("real", json!({"type": ["null", "number", "string"]})),
+        "f8": x("double precision", json!({"type": ["null", "number", "string"]})),
+        "b": x("boolean", json!({"type": ["null", "boolean"]})),
+        "t": x("text", json!({"type": ["null", "string"]})),
+        "vc": x("character varying(20)", json!({"type": ["null", "string"]})),
+        "tz": x("timestamp with time zone", json!({"type": ["null", "string"], "format": "date-time"})),
+        "ts": x("timestamp without time zone", json!({"type": ["null", "string"], "format": "date-time"})),
+        "d": x("date", json!({"type": ["null", "string"], "format": "date"})),
+        "u": x("uuid", json!({"type": ["null", "string"]})),
+        "j": x("jsonb", json!({})),
+        "js": x("json", json!({})),
+        "by": x("bytea", json!({"type": ["null", "string"], "contentEncoding": "base16"})),
+        "ta": x("text[]", json!({"type": ["null", "array"]})),
+        "ia": x("integer[]", json!({"type": ["null", "array"]})),
+        "na": x("numeric[]", json!({"type": ["null", "array"]})),
+    });
+    let rows = [
+        r#"{"id":1,"i2":-32768,"i4":2147483647,"n":0,"n4":-885536.1314,"f4":3.4028235e38,"f8":-0.0,"b":true,"t":"tab\there \"q\" back\\slash ü 漢","vc":"x","tz":"2024-01-02T03:04:05.123456+05:30","ts":"2024-01-02T03:04:05.5+05:30","d":"2024-02-29","u":"A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11","j":{"a":[1,2.50,null],"b":"x\ny"},"js":{"z":1,  "a":2},"by":"00ff10","ta":["a,b",null,"NULL",""],"ia":[[1,2],[3,null]],"na":[1.50,"NaN",-1e-3]}"#,
+        r#"{"id":2,"n":123456789012345678901234567890.000000000000000000001,"n4":"NaN","f4":"-Infinity","f8":5e-324,"tz":"infinity","ts":"-infinity","d":"infinity","j":"just a string","js":null,"by":"","ta":[],"ia":[],"t":12.50}"#,
+        r#"{"id":3,"n":1e-7,"n4":1.5e3,"f4":0.1,"f8":0.1,"tz":"0044-03-15T12:00:00+00:00 BC","ts":"10000-01-01T00:00:00Z","d":"0044-03-15 BC","j":1.000,"t":{"k":"v"},"u":"a0eebc999c0b4ef8bb6d6bb9bd380a11"}"#,
+        r#"{"id":4,"n":"Infinity","n4":-0.00005,"f8":1.7976931348623157e308,"tz":"2019-12-18T13:19:44+00:00+00:00","ts":"2024-01-02 03:04:05","d":"10000-12-31","j":[1,"two"],"f4":1e-45}"#,
+        r#"{"id":5,"tz":"2024-01-02T03:04:05.1234567Z","ts":"2024-01-02T03:04:05.000001-08:00","n":-0.0,"n4":12.34567}"#,
+    ];
+    let mut input = vec![schema("public-bin", props, &["id"])];
+    input.extend(
+        rows.iter()
+            .map(|r| format!(r#"{{"type":"RECORD","stream":"public-bin","record":{r}}}"#)),
+    );
+    let data = lines(&input);
+    let dump = |db: &pg_testkit::TestDb| -> Vec<String> {
+        db.client()
+            .query("SELECT (b.*)::text FROM (SELECT id,i2,i4,n,n4,f4,f8,b,t,vc,tz,ts,d,u,j,js,by,ta,ia,na FROM public.bin ORDER BY id) b", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let bin_db = pg_testkit::cluster().create_database("binary");
+    let r = run(&bin_db, json!({"add_record_metadata": false}), &data);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let text_db = pg_testkit::cluster().create_database("text");
+    let cfg = config(&text_db, json!({"add_record_metadata": false}));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_target-postgres-rs"))
+        .arg("--config")
+        .arg(cfg.path())
+        .env("TARGET_POSTGRES_RS_TEXT_COPY", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(&data)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (b, t) = (dump(&bin_db), dump(&text_db));
+    assert_eq!(b.len(), 5);
+    for (b, t) in b.iter().zip(&t) {
+        assert_eq!(b, t);
+    }
+    // Rows 4 and 5 hold values only the text parser takes (a doubled offset,
+    // 7 fraction digits): the stream switched to text COPY there, losing nothing.
+    // Rows 1-3 went in binary; the switch happened at row 4 (input line 5).
+    assert!(
+        r.stderr
+            .contains("continuing in text COPY stream=public-bin line=5"),
+        "{}",
+        r.stderr
+    );
+}

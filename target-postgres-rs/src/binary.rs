@@ -1,0 +1,738 @@
+//! Binary COPY for the common column types: Postgres parses binary values
+//! with markedly less work than text. A value this module can't encode exactly
+//! as Postgres would parse its text (an unusual date format, say) makes the
+//! caller fall back to text COPY for the stream, so nothing changes meaning.
+
+use serde_json::value::RawValue;
+
+use crate::encode::unescape;
+
+/// PGCOPY header: signature, flags, header extension length.
+pub const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// File trailer: a field count of -1.
+pub const TRAILER: &[u8] = &[0xff, 0xff];
+
+/// Microseconds from 1970-01-01 to 2000-01-01 (Postgres' epoch).
+const PG_EPOCH_DAYS: i64 = 10_957;
+
+/// A column type binary COPY can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinKind {
+    Int2,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    Bool,
+    Text,
+    Numeric,
+    Timestamptz,
+    Timestamp,
+    Date,
+    Uuid,
+    Jsonb,
+    Json,
+    Bytea,
+    /// An array of a scalar kind, with the element type's OID.
+    Array(Scalar, u32),
+}
+
+/// The scalar kinds arrays may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scalar(BinKindScalar);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BinKindScalar {
+    Int2,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    Bool,
+    Text,
+    Numeric,
+    Timestamptz,
+    Date,
+    Uuid,
+}
+
+fn scalar_kind(t: &str) -> Option<(BinKindScalar, u32)> {
+    use BinKindScalar::*;
+    Some(match t {
+        "smallint" => (Int2, 21),
+        "integer" => (Int4, 23),
+        "bigint" => (Int8, 20),
+        "real" => (Float4, 700),
+        "double precision" => (Float8, 701),
+        "boolean" => (Bool, 16),
+        "text" => (Text, 25),
+        "character varying" => (Text, 1043),
+        "numeric" => (Numeric, 1700),
+        "timestamp with time zone" => (Timestamptz, 1184),
+        "date" => (Date, 1082),
+        "uuid" => (Uuid, 2950),
+        _ => return None,
+    })
+}
+
+/// The binary kind of a column type, or `None` (the stream then uses text COPY).
+pub fn bin_kind(sql_type: &str) -> Option<BinKind> {
+    use BinKind::*;
+    Some(match sql_type {
+        "smallint" => Int2,
+        "integer" => Int4,
+        "bigint" => Int8,
+        "real" => Float4,
+        "double precision" => Float8,
+        "boolean" => Bool,
+        "text" => Text,
+        "numeric" => Numeric,
+        "timestamp with time zone" => Timestamptz,
+        "timestamp without time zone" => Timestamp,
+        "date" => Date,
+        "uuid" => Uuid,
+        "jsonb" => Jsonb,
+        "json" => Json,
+        "bytea" => Bytea,
+        t if t.starts_with("character varying") && !t.ends_with("[]") => Text,
+        t if t.starts_with("numeric(") && !t.ends_with("[]") => Numeric,
+        t if t.ends_with("[]") && !t[..t.len() - 2].ends_with("[]") => {
+            let elem = &t[..t.len() - 2];
+            // Element typmods (varchar(10)[]) are checked by text input only.
+            let (k, oid) = scalar_kind(elem)?;
+            Array(Scalar(k), oid)
+        }
+        _ => return None,
+    })
+}
+
+/// This value can't be written in binary exactly as its text would parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fallback;
+
+/// Why a binary value failed for a reason text COPY would share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BinError {
+    Fallback,
+    Nul,
+}
+
+impl From<Fallback> for BinError {
+    fn from(_: Fallback) -> Self {
+        BinError::Fallback
+    }
+}
+
+/// Appends one field (length + bytes; -1 for NULL) for `raw` JSON.
+pub fn encode_field(
+    out: &mut Vec<u8>,
+    raw: &RawValue,
+    kind: BinKind,
+    strip_nul: bool,
+) -> Result<(), BinError> {
+    let t = raw.get();
+    if t == "null" {
+        out.extend_from_slice(&(-1i32).to_be_bytes());
+        return Ok(());
+    }
+    let at = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    encode_value(out, t, kind, strip_nul)?;
+    let len = (out.len() - at - 4) as i32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+/// Appends a field from text we made ourselves (metadata timestamps).
+pub fn timestamptz_field(out: &mut Vec<u8>, text: &str) -> Result<(), Fallback> {
+    let micros = parse_timestamp(text, true)?;
+    out.extend_from_slice(&8i32.to_be_bytes());
+    out.extend_from_slice(&micros.to_be_bytes());
+    Ok(())
+}
+
+pub fn int8_field(out: &mut Vec<u8>, v: i64) {
+    out.extend_from_slice(&8i32.to_be_bytes());
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+pub fn null_field(out: &mut Vec<u8>) {
+    out.extend_from_slice(&(-1i32).to_be_bytes());
+}
+
+fn string_of(t: &str, strip_nul: bool) -> Result<std::borrow::Cow<'_, str>, BinError> {
+    if t.starts_with('"') {
+        unescape(t, strip_nul).map_err(|e| match e {
+            crate::encode::EncodeError::Nul => BinError::Nul,
+            _ => BinError::Fallback,
+        })
+    } else {
+        Err(BinError::Fallback)
+    }
+}
+
+fn encode_value(
+    out: &mut Vec<u8>,
+    t: &str,
+    kind: BinKind,
+    strip_nul: bool,
+) -> Result<(), BinError> {
+    use BinKind::*;
+    match kind {
+        Int2 => {
+            let v: i16 = t.parse().map_err(|_| Fallback)?;
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        Int4 => {
+            let v: i32 = t.parse().map_err(|_| Fallback)?;
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        Int8 => {
+            let v: i64 = t.parse().map_err(|_| Fallback)?;
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        Float4 => {
+            let v: f32 = float_special(t)
+                .map(|f| f as f32)
+                .map_or_else(
+                    || {
+                        finite_float(t)
+                            .and_then(|_| t.parse::<f32>().ok())
+                            .filter(|f| f.is_finite())
+                    },
+                    Some,
+                )
+                .ok_or(Fallback)?;
+            if v == 0.0 && has_nonzero_digit(t) {
+                return Err(BinError::Fallback);
+            }
+            out.extend_from_slice(&v.to_bits().to_be_bytes());
+        }
+        Float8 => {
+            let v: f64 = float_special(t)
+                .or_else(|| {
+                    finite_float(t)
+                        .and_then(|_| t.parse::<f64>().ok())
+                        .filter(|f| f.is_finite())
+                })
+                .ok_or(Fallback)?;
+            if v == 0.0 && has_nonzero_digit(t) {
+                return Err(BinError::Fallback);
+            }
+            out.extend_from_slice(&v.to_bits().to_be_bytes());
+        }
+        Bool => match t {
+            "true" => out.push(1),
+            "false" => out.push(0),
+            _ => return Err(BinError::Fallback),
+        },
+        Text => {
+            if t.starts_with('"') {
+                out.extend_from_slice(string_of(t, strip_nul)?.as_bytes());
+            } else if t.starts_with('{') || t.starts_with('[') {
+                // JSON text in a text column: same as text COPY writes.
+                if t.contains("\\u0000") {
+                    return Err(BinError::Fallback);
+                }
+                out.extend_from_slice(t.as_bytes());
+            } else {
+                out.extend_from_slice(t.as_bytes());
+            }
+        }
+        Numeric => {
+            if t.starts_with('"') {
+                let s = string_of(t, strip_nul)?;
+                numeric_special(out, &s).ok_or(Fallback)?;
+            } else {
+                numeric(out, t).ok_or(Fallback)?;
+            }
+        }
+        Timestamptz | Timestamp => {
+            let s = string_of(t, strip_nul)?;
+            let micros = parse_timestamp(&s, kind == Timestamptz)?;
+            out.extend_from_slice(&micros.to_be_bytes());
+        }
+        Date => {
+            let s = string_of(t, strip_nul)?;
+            out.extend_from_slice(&parse_date(&s)?.to_be_bytes());
+        }
+        Uuid => {
+            let s = string_of(t, strip_nul)?;
+            uuid(out, &s).ok_or(Fallback)?;
+        }
+        Jsonb | Json => {
+            // jsonb rejects \u0000; let the text path judge anything unusual.
+            if t.contains("\\u0000") {
+                return Err(BinError::Fallback);
+            }
+            if kind == Jsonb {
+                out.push(1);
+            }
+            out.extend_from_slice(t.as_bytes());
+        }
+        Bytea => {
+            let s = string_of(t, strip_nul)?;
+            let hex = s.strip_prefix("\\x").unwrap_or(&s);
+            if hex.len() & 1 == 1 {
+                return Err(BinError::Fallback);
+            }
+            for pair in hex.as_bytes().chunks(2) {
+                let hi = hex_val(pair[0]).ok_or(Fallback)?;
+                let lo = hex_val(pair[1]).ok_or(Fallback)?;
+                out.push(hi << 4 | lo);
+            }
+        }
+        Array(Scalar(elem), oid) => array(out, t, elem, oid, strip_nul)?,
+    }
+    Ok(())
+}
+
+fn scalar_as_kind(k: BinKindScalar) -> BinKind {
+    use BinKindScalar as S;
+    match k {
+        S::Int2 => BinKind::Int2,
+        S::Int4 => BinKind::Int4,
+        S::Int8 => BinKind::Int8,
+        S::Float4 => BinKind::Float4,
+        S::Float8 => BinKind::Float8,
+        S::Bool => BinKind::Bool,
+        S::Text => BinKind::Text,
+        S::Numeric => BinKind::Numeric,
+        S::Timestamptz => BinKind::Timestamptz,
+        S::Date => BinKind::Date,
+        S::Uuid => BinKind::Uuid,
+    }
+}
+
+/// A JSON array (rectangular, any depth) as a binary array.
+fn array(
+    out: &mut Vec<u8>,
+    t: &str,
+    elem: BinKindScalar,
+    oid: u32,
+    strip_nul: bool,
+) -> Result<(), BinError> {
+    if !t.starts_with('[') {
+        return Err(BinError::Fallback);
+    }
+    // Shape first: walk the first element at each level.
+    let top: Vec<&RawValue> = serde_json::from_str(t).map_err(|_| Fallback)?;
+    let mut dims = Vec::new();
+    if !top.is_empty() {
+        dims.push(top.len());
+        let mut cur = top[0].get();
+        while cur.starts_with('[') {
+            let level: Vec<&RawValue> = serde_json::from_str(cur).map_err(|_| Fallback)?;
+            if level.is_empty() {
+                return Err(BinError::Fallback);
+            }
+            dims.push(level.len());
+            cur = level[0].get();
+        }
+    }
+    if dims.len() > 6 {
+        return Err(BinError::Fallback);
+    }
+    let flags_at = out.len() + 4;
+    out.extend_from_slice(&(dims.len() as i32).to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.extend_from_slice(&oid.to_be_bytes());
+    for d in &dims {
+        out.extend_from_slice(&(*d as i32).to_be_bytes());
+        out.extend_from_slice(&1i32.to_be_bytes());
+    }
+    let mut has_null = false;
+    elements(
+        out,
+        &top,
+        &dims,
+        0,
+        scalar_as_kind(elem),
+        strip_nul,
+        &mut has_null,
+    )?;
+    if has_null {
+        out[flags_at..flags_at + 4].copy_from_slice(&1i32.to_be_bytes());
+    }
+    Ok(())
+}
+
+fn elements(
+    out: &mut Vec<u8>,
+    items: &[&RawValue],
+    dims: &[usize],
+    depth: usize,
+    kind: BinKind,
+    strip_nul: bool,
+    has_null: &mut bool,
+) -> Result<(), BinError> {
+    if items.len() != dims.get(depth).copied().unwrap_or(0) {
+        return Err(BinError::Fallback);
+    }
+    let leaf = depth + 1 == dims.len();
+    for item in items {
+        if leaf {
+            if item.get().starts_with('[') {
+                return Err(BinError::Fallback);
+            }
+            if item.get() == "null" {
+                *has_null = true;
+            }
+            encode_field(out, item, kind, strip_nul)?;
+        } else {
+            let sub: Vec<&RawValue> = serde_json::from_str(item.get()).map_err(|_| Fallback)?;
+            elements(out, &sub, dims, depth + 1, kind, strip_nul, has_null)?;
+        }
+    }
+    Ok(())
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn uuid(out: &mut Vec<u8>, s: &str) -> Option<()> {
+    let b = s.as_bytes();
+    let hex: Vec<u8> = if b.len() == 36 {
+        if b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
+            return None;
+        }
+        b.iter().copied().filter(|&c| c != b'-').collect()
+    } else if b.len() == 32 {
+        b.to_vec()
+    } else {
+        return None;
+    };
+    if hex.len() != 32 {
+        return None;
+    }
+    for pair in hex.chunks(2) {
+        out.push(hex_val(pair[0])? << 4 | hex_val(pair[1])?);
+    }
+    Some(())
+}
+
+fn float_special(t: &str) -> Option<f64> {
+    match t {
+        "\"NaN\"" => Some(f64::NAN),
+        "\"Infinity\"" => Some(f64::INFINITY),
+        "\"-Infinity\"" => Some(f64::NEG_INFINITY),
+        _ => None,
+    }
+}
+
+/// A plain JSON number (not a string, not `NaN` spelled some other way).
+fn finite_float(t: &str) -> Option<()> {
+    let first = *t.as_bytes().first()?;
+    (first == b'-' || first.is_ascii_digit()).then_some(())
+}
+
+fn has_nonzero_digit(t: &str) -> bool {
+    let mantissa = t.split(['e', 'E']).next().unwrap_or("");
+    mantissa.bytes().any(|b| (b'1'..=b'9').contains(&b))
+}
+
+fn numeric_special(out: &mut Vec<u8>, s: &str) -> Option<()> {
+    let sign: u16 = match s {
+        "NaN" => 0xC000,
+        "Infinity" => 0xD000,
+        "-Infinity" => 0xF000,
+        _ => return None,
+    };
+    out.extend_from_slice(&0i16.to_be_bytes());
+    out.extend_from_slice(&0i16.to_be_bytes());
+    out.extend_from_slice(&sign.to_be_bytes());
+    out.extend_from_slice(&0i16.to_be_bytes());
+    Some(())
+}
+
+/// A JSON number's exact decimal text as Postgres' binary numeric
+/// (base-10000 digits, weight, sign, display scale as `numeric_in` gives it).
+fn numeric(out: &mut Vec<u8>, t: &str) -> Option<()> {
+    let (neg, rest) = match t.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, t),
+    };
+    let (mantissa, exp) = match rest.find(['e', 'E']) {
+        Some(i) => {
+            let e = &rest[i + 1..];
+            let e: i32 = e.strip_prefix('+').unwrap_or(e).parse().ok()?;
+            (&rest[..i], e)
+        }
+        None => (rest, 0),
+    };
+    if !(-1000..=1000).contains(&exp) {
+        return None;
+    }
+    let (int_part, frac_part) = match mantissa.split_once('.') {
+        Some((a, b)) => (a, b),
+        None => (mantissa, ""),
+    };
+    if int_part.is_empty()
+        || !int_part
+            .bytes()
+            .chain(frac_part.bytes())
+            .all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let dscale = (frac_part.len() as i32 - exp).max(0);
+    if dscale > 0x3FFF {
+        return None;
+    }
+    let digits: Vec<u8> = int_part
+        .bytes()
+        .chain(frac_part.bytes())
+        .map(|b| b - b'0')
+        .collect();
+    // value = 0.d1d2d3... × 10^point
+    let point = int_part.len() as i32 + exp;
+    let lead = (4 - point.rem_euclid(4)) % 4;
+    let mut padded = vec![0u8; lead as usize];
+    padded.extend_from_slice(&digits);
+    padded.resize(padded.len().div_ceil(4) * 4, 0);
+    let mut weight = (point + lead) / 4 - 1;
+    let mut groups: Vec<i16> = padded
+        .chunks(4)
+        .map(|c| (c[0] as i16) * 1000 + (c[1] as i16) * 100 + (c[2] as i16) * 10 + c[3] as i16)
+        .collect();
+    while groups.first() == Some(&0) {
+        groups.remove(0);
+        weight -= 1;
+    }
+    while groups.last() == Some(&0) {
+        groups.pop();
+    }
+    if groups.is_empty() {
+        weight = 0;
+    }
+    let sign: u16 = if neg && !groups.is_empty() { 0x4000 } else { 0 };
+    out.extend_from_slice(&(groups.len() as i16).to_be_bytes());
+    out.extend_from_slice(&(weight as i16).to_be_bytes());
+    out.extend_from_slice(&sign.to_be_bytes());
+    out.extend_from_slice(&(dscale as i16).to_be_bytes());
+    for g in groups {
+        out.extend_from_slice(&g.to_be_bytes());
+    }
+    Some(())
+}
+
+/// Days from 1970-01-01 in the proleptic Gregorian calendar (any year).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        _ => 28,
+    }
+}
+
+fn digits_n(b: &[u8], at: usize, n: usize) -> Option<i64> {
+    let s = b.get(at..at + n)?;
+    if !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(s.iter().fold(0i64, |a, &c| a * 10 + (c - b'0') as i64))
+}
+
+/// `YYYY-MM-DD` (4 or more year digits) → (days from 2000-01-01, bytes used).
+fn date_part(b: &[u8], bc: bool) -> Option<(i64, usize)> {
+    let ylen = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    if !(4..=6).contains(&ylen) || b.get(ylen) != Some(&b'-') || b.get(ylen + 3) != Some(&b'-') {
+        return None;
+    }
+    let mut y = digits_n(b, 0, ylen)?;
+    let m = digits_n(b, ylen + 1, 2)?;
+    let d = digits_n(b, ylen + 4, 2)?;
+    if bc {
+        if y == 0 {
+            return None;
+        }
+        y = 1 - y;
+    }
+    if !(1..=12).contains(&m) || d < 1 || d > days_in_month(y, m) || !(-4712..=200_000).contains(&y)
+    {
+        return None;
+    }
+    Some((days_from_civil(y, m, d) - PG_EPOCH_DAYS, ylen + 6))
+}
+
+fn parse_date(s: &str) -> Result<i32, Fallback> {
+    match s {
+        "infinity" => return Ok(i32::MAX),
+        "-infinity" => return Ok(i32::MIN),
+        _ => {}
+    }
+    let (body, bc) = match s.strip_suffix(" BC") {
+        Some(b) => (b, true),
+        None => (s, false),
+    };
+    let b = body.as_bytes();
+    let (days, used) = date_part(b, bc).ok_or(Fallback)?;
+    if used != b.len() {
+        return Err(Fallback);
+    }
+    Ok(days as i32)
+}
+
+/// ISO 8601 timestamps as Postgres reads them: microseconds from 2000-01-01
+/// (UTC for `with_tz`; the offset is ignored without it, as Postgres does).
+fn parse_timestamp(s: &str, with_tz: bool) -> Result<i64, Fallback> {
+    match s {
+        "infinity" => return Ok(i64::MAX),
+        "-infinity" => return Ok(i64::MIN),
+        _ => {}
+    }
+    let (body, bc) = match s.strip_suffix(" BC") {
+        Some(b) => (b, true),
+        None => (s, false),
+    };
+    let b = body.as_bytes();
+    let (days, mut i) = date_part(b, bc).ok_or(Fallback)?;
+    let mut micros = 0i64;
+    if i < b.len() {
+        if b[i] != b'T' && b[i] != b' ' {
+            return Err(Fallback);
+        }
+        i += 1;
+        let h = digits_n(b, i, 2).ok_or(Fallback)?;
+        if b.get(i + 2) != Some(&b':') {
+            return Err(Fallback);
+        }
+        let m = digits_n(b, i + 3, 2).ok_or(Fallback)?;
+        i += 5;
+        let mut sec = 0;
+        if b.get(i) == Some(&b':') {
+            sec = digits_n(b, i + 1, 2).ok_or(Fallback)?;
+            i += 3;
+        }
+        let mut frac = 0i64;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            let n = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+            // Past microseconds Postgres rounds; leave that to its own parser.
+            if n == 0 || n > 6 {
+                return Err(Fallback);
+            }
+            frac = digits_n(b, i, n).ok_or(Fallback)? * 10i64.pow(6 - n as u32);
+            i += n;
+        }
+        if h > 23 || m > 59 || sec > 59 {
+            return Err(Fallback);
+        }
+        micros = ((h * 60 + m) * 60 + sec) * 1_000_000 + frac;
+        if i < b.len() {
+            let offset = parse_offset(&b[i..]).ok_or(Fallback)?;
+            if with_tz {
+                micros -= offset * 1_000_000;
+            }
+        }
+    }
+    Ok(days * 86_400_000_000 + micros)
+}
+
+/// `Z`, `+HH`, `+HHMM`, `+HH:MM`, `+HH:MM:SS` → seconds east of UTC.
+fn parse_offset(b: &[u8]) -> Option<i64> {
+    if b == b"Z" || b == b"z" {
+        return Some(0);
+    }
+    let sign = match b.first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let r = &b[1..];
+    let (h, m, s) = match r.len() {
+        2 => (digits_n(r, 0, 2)?, 0, 0),
+        4 => (digits_n(r, 0, 2)?, digits_n(r, 2, 2)?, 0),
+        5 if r[2] == b':' => (digits_n(r, 0, 2)?, digits_n(r, 3, 2)?, 0),
+        8 if r[2] == b':' && r[5] == b':' => {
+            (digits_n(r, 0, 2)?, digits_n(r, 3, 2)?, digits_n(r, 6, 2)?)
+        }
+        _ => return None,
+    };
+    if h > 15 || m > 59 || s > 59 {
+        return None;
+    }
+    Some(sign * (h * 3600 + m * 60 + s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn num(t: &str) -> Vec<i64> {
+        let mut out = Vec::new();
+        numeric(&mut out, t).unwrap();
+        out.chunks(2)
+            .map(|c| i16::from_be_bytes([c[0], c[1]]) as i64)
+            .collect()
+    }
+
+    #[test]
+    fn numerics_match_numeric_in() {
+        // [ndigits, weight, sign, dscale, digits...]
+        assert_eq!(num("0"), vec![0, 0, 0, 0]);
+        assert_eq!(num("1.50"), vec![2, 0, 0, 2, 1, 5000]);
+        assert_eq!(num("-885536.1314"), vec![3, 1, 0x4000, 4, 88, 5536, 1314]);
+        assert_eq!(num("12345678.9"), vec![3, 1, 0, 1, 1234, 5678, 9000]);
+        assert_eq!(num("1e-7"), vec![1, -2, 0, 7, 10]);
+        assert_eq!(num("1.5e3"), vec![1, 0, 0, 0, 1500]);
+        assert_eq!(num("0.0001"), vec![1, -1, 0, 4, 1]);
+        assert_eq!(num("10000"), vec![1, 1, 0, 0, 1]);
+        assert_eq!(num("-0.0"), vec![0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn timestamps_and_dates() {
+        assert_eq!(parse_timestamp("2000-01-01T00:00:00+00:00", true), Ok(0));
+        assert_eq!(parse_timestamp("2000-01-01T01:00:00+01:00", true), Ok(0));
+        assert_eq!(
+            parse_timestamp("2000-01-01T01:00:00+01:00", false),
+            Ok(3_600_000_000)
+        );
+        assert_eq!(parse_timestamp("2000-01-01 00:00:00.5Z", true), Ok(500_000));
+        assert_eq!(parse_timestamp("1999-12-31", true), Ok(-86_400_000_000));
+        assert_eq!(parse_timestamp("infinity", true), Ok(i64::MAX));
+        assert_eq!(
+            parse_timestamp("2000-01-01T00:00:00.1234567Z", true),
+            Err(Fallback)
+        );
+        assert_eq!(parse_timestamp("Jan 1 2000", true), Err(Fallback));
+        assert_eq!(parse_date("2000-01-02"), Ok(1));
+        assert_eq!(
+            parse_date("0001-01-01 BC"),
+            Ok((days_from_civil(0, 1, 1) - PG_EPOCH_DAYS) as i32)
+        );
+        assert_eq!(
+            parse_date("10000-01-01"),
+            Ok((days_from_civil(10000, 1, 1) - PG_EPOCH_DAYS) as i32)
+        );
+        assert_eq!(parse_date("2023-02-29"), Err(Fallback));
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(bin_kind("character varying(255)"), Some(BinKind::Text));
+        assert_eq!(bin_kind("numeric(18,4)"), Some(BinKind::Numeric));
+        assert!(matches!(bin_kind("text[]"), Some(BinKind::Array(_, 25))));
+        assert_eq!(bin_kind("interval"), None);
+        assert_eq!(bin_kind("timestamp(3) with time zone"), None);
+        assert_eq!(bin_kind("integer[][]"), None);
+    }
+}
