@@ -296,3 +296,52 @@ fn closed_stdout_is_a_clean_reported_stop() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn config_files_merge_and_env_fills_gaps() {
+    let db = pg_testkit::cluster().create_database("tap_config_merge");
+    db.client()
+        .batch_execute(
+            "CREATE SCHEMA a; CREATE TABLE a.t (id integer); CREATE TABLE public.u (id integer)",
+        )
+        .unwrap();
+    let full = db.config();
+    let dir = tempfile::tempdir().unwrap();
+    // Connection in one file, a wrong port overridden by a later file, the
+    // database and the schema filter from the environment.
+    let first = write_json(
+        dir.path(),
+        "1.json",
+        &json!({"host": full["host"], "port": 1, "user": full["user"], "password": "", "ssl_mode": "disable"}),
+    );
+    let second = write_json(
+        dir.path(),
+        "2.json",
+        &json!({"port": full["port"].to_string(), "unknown_key": true}),
+    );
+    let out = Command::new(TAP)
+        .args([
+            "--config".as_ref(),
+            first.as_os_str(),
+            "--config".as_ref(),
+            second.as_os_str(),
+            "--discover".as_ref(),
+        ])
+        .env("TAP_POSTGRES_RS_DATABASE", &db.name)
+        .env("TAP_POSTGRES_RS_FILTER_SCHEMAS", "a")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let catalog: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = catalog["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["tap_stream_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a-t"]);
+}

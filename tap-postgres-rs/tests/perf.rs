@@ -40,7 +40,19 @@ fn sync_bench_wide(setup: &Setup) -> (u64, u64, u64, f64) {
     );
     let cat = write_json(setup.dir.path(), "cat.json", &catalog);
     let start = Instant::now();
-    let mut child = Command::new(TAP)
+    // TAP_WRAP="perf record -g -o /tmp/tap.perf --" (or `/usr/bin/time -o F`):
+    // run the tap under a profiler or timer.
+    let wrap = std::env::var("TAP_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(TAP);
+            c
+        }
+        None => Command::new(TAP),
+    };
+    let mut child = cmd
         .arg("--config")
         .arg(&setup.config)
         .arg("--catalog")
