@@ -75,6 +75,8 @@ pub struct Relation {
     pub row_estimate: i64,
     pub primary_key: Vec<String>,
     pub relfilenode: u32,
+    /// SELECT on the whole table (not only on some columns): needed to read `ctid`.
+    pub table_select: bool,
     pub columns: Vec<Column>,
 }
 
@@ -88,7 +90,10 @@ impl Relation {
     }
 }
 
-const RELKINDS: &str = "c.relkind IN ('r','v','m','p','f') AND NOT c.relispartition";
+/// Streams are the relations this user can read (a read-only user with
+/// grants on some schemas sees just those).
+const RELKINDS: &str = "c.relkind IN ('r','v','m','p','f') AND NOT c.relispartition \
+    AND has_schema_privilege(n.oid, 'USAGE') AND has_any_column_privilege(c.oid, 'SELECT')";
 const SYSTEM_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog','information_schema') \
     AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp_'";
 
@@ -122,7 +127,8 @@ pub fn relations(client: &mut Client, scope: &Scope<'_>) -> Result<Vec<Relation>
                 coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord) \
                    FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) \
                    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                  WHERE i.indrelid = c.oid AND i.indisprimary), '{{}}') \
+                  WHERE i.indrelid = c.oid AND i.indisprimary), '{{}}'), \
+                has_table_privilege(c.oid, 'SELECT') \
            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
           WHERE {RELKINDS} AND {filter} \
           ORDER BY n.nspname, c.relname"
@@ -140,6 +146,7 @@ pub fn relations(client: &mut Client, scope: &Scope<'_>) -> Result<Vec<Relation>
            LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A' \
            LEFT JOIN pg_namespace en ON en.oid = et.typnamespace \
           WHERE a.attnum > 0 AND NOT a.attisdropped AND {RELKINDS} AND {filter} \
+            AND has_column_privilege(c.oid, a.attnum, 'SELECT') \
           ORDER BY a.attrelid, a.attnum"
     );
 
@@ -172,6 +179,7 @@ pub fn relations(client: &mut Client, scope: &Scope<'_>) -> Result<Vec<Relation>
             row_estimate: row.get(4),
             relfilenode: row.get(5),
             primary_key: row.get(6),
+            table_select: row.get(7),
             columns: columns.remove(&oid).unwrap_or_default(),
         });
     }

@@ -240,16 +240,17 @@ fn full_table<W: Write>(
     let id = ctx.id;
     let query_err = |e: postgres::Error| stream_err(id, pg_connect::describe(&e));
     let saved = bookmarks::full_table_resume(state, id);
+    // ctid is readable only with SELECT on the whole table.
+    let with_ctid = ctx.rel.kind.has_ctid() && ctx.rel.table_select;
     let resume = saved
         .clone()
-        .filter(|r| ctx.rel.kind.has_ctid() && r.relfilenode == ctx.rel.relfilenode);
+        .filter(|r| with_ctid && r.relfilenode == ctx.rel.relfilenode);
     if saved.is_some() && resume.is_none() {
         tracing::info!(
             stream = id,
             "table was rewritten since the bookmark: starting over"
         );
     }
-    let with_ctid = ctx.rel.kind.has_ctid();
     let mut progress = match &resume {
         Some(r) => r.clone(),
         None => {

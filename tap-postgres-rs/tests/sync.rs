@@ -358,6 +358,10 @@ fn deselected_columns_are_not_read_and_keys_always_are() {
     assert_eq!(props, ["id", "name"]);
 }
 
+fn setup_sync_ok(config: &Value, catalog: &Value) -> Output {
+    Setup::new(config).sync_ok(catalog, None)
+}
+
 #[test]
 fn read_only_user_can_discover_and_sync() {
     let db = pg_testkit::cluster().create_database("tap_readonly");
@@ -372,13 +376,37 @@ fn read_only_user_can_discover_and_sync() {
              CREATE ROLE tap_reader LOGIN PASSWORD 'reader-pw';
              GRANT CONNECT ON DATABASE \"{0}\" TO tap_reader;
              GRANT USAGE ON SCHEMA app TO tap_reader;
-             GRANT SELECT ON ALL TABLES IN SCHEMA app TO tap_reader;",
+             GRANT SELECT ON ALL TABLES IN SCHEMA app TO tap_reader;
+             CREATE TABLE app.private (id integer);
+             CREATE TABLE public.not_granted (id integer);
+             CREATE TABLE app.some_columns (id integer, secret text);
+             INSERT INTO app.some_columns VALUES (1, 'hidden');
+             GRANT SELECT (id) ON app.some_columns TO tap_reader;",
             db.name
         ))
         .unwrap();
     let mut config = db.config();
     config["user"] = json!("tap_reader");
     config["password"] = json!("reader-pw");
+    // Without a schema filter: only what this user may read.
+    let everything = Setup::new(&config).discover();
+    let streams: Vec<&str> = everything["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["tap_stream_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(streams, ["app-some_columns", "app-t"]);
+    let some = everything["streams"][0]["schema"]["properties"]
+        .as_object()
+        .unwrap();
+    assert_eq!(some.keys().collect::<Vec<_>>(), ["id"]);
+    let partial = setup_sync_ok(
+        &config,
+        &select(&everything, &["app-some_columns"], "FULL_TABLE", None),
+    );
+    assert_eq!(partial.records("app-some_columns"), vec![&json!({"id": 1})]);
+
     config["filter_schemas"] = json!(["app"]);
     let setup = Setup::new(&config);
     let discovered = setup.discover();
