@@ -254,4 +254,18 @@ fn bench_wide_throughput() {
         "plain text COPY FROM:  {secs:.2} s, {:.0} rows/s",
         rows as f64 / secs
     );
+    // Every value the target landed equals what plain COPY landed.
+    let differing: i64 = c
+        .query_one(
+            "SELECT count(*) FROM public.bench_wide b FULL JOIN public.copy_wide c USING (id) \
+             WHERE (b.int_col, b.small_col, b.num_col, b.dbl_col, b.bool_col, b.text_col, b.vc_col, b.ts_col, \
+                    b.date_col, b.uuid_col, b.json_col, b.arr_col, b.updated_at) \
+             IS DISTINCT FROM (c.int_col, c.small_col, c.num_col, c.dbl_col, c.bool_col, c.text_col, c.vc_col, \
+                    c.ts_col, c.date_col, c.uuid_col, c.json_col, c.arr_col, c.updated_at)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(differing, 0);
+    println!("all {rows} rows identical to the plain COPY");
 }
