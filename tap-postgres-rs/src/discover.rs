@@ -107,7 +107,11 @@ pub enum Scope<'a> {
 
 /// Reads every relation in scope with its columns, in a deterministic order
 /// (schema, name).
-pub fn relations(client: &mut Client, scope: &Scope<'_>) -> Result<Vec<Relation>, DiscoverError> {
+pub fn relations(
+    client: &mut Client,
+    scope: &Scope<'_>,
+    types: &TypeMap,
+) -> Result<Vec<Relation>, DiscoverError> {
     let (filter, params): (String, Vec<Vec<String>>) = match scope {
         Scope::Schemas([]) => (SYSTEM_SCHEMAS.to_owned(), vec![]),
         Scope::Schemas(list) => ("n.nspname = ANY($1)".to_owned(), vec![list.to_vec()]),
@@ -150,7 +154,6 @@ pub fn relations(client: &mut Client, scope: &Scope<'_>) -> Result<Vec<Relation>
           ORDER BY a.attrelid, a.attnum"
     );
 
-    let types = TypeMap::load(client)?;
     let mut columns: HashMap<u32, Vec<Column>> = HashMap::new();
     for row in client.query(&col_sql, &param_refs)? {
         let relid: u32 = row.get(0);
@@ -197,7 +200,7 @@ struct TypeRow {
 
 /// Every type in the database (a few hundred to a few thousand rows), so that
 /// domains, arrays and enums resolve without a query per column.
-struct TypeMap {
+pub struct TypeMap {
     types: HashMap<u32, TypeRow>,
     enum_labels: HashMap<u32, Vec<String>>,
 }
@@ -212,7 +215,7 @@ struct Resolved {
 }
 
 impl TypeMap {
-    fn load(client: &mut Client) -> Result<TypeMap, DiscoverError> {
+    pub fn load(client: &mut Client) -> Result<TypeMap, DiscoverError> {
         let mut types = HashMap::new();
         for row in client.query(
             "SELECT oid, typname::text, typtype, typbasetype, typelem, typcategory, typdelim \
@@ -501,7 +504,8 @@ pub fn catalog(client: &mut Client, schemas: &[String]) -> Result<Value, Discove
     let database: String = client
         .query_one("SELECT current_database()::text", &[])?
         .get(0);
-    let rels = relations(client, &Scope::Schemas(schemas))?;
+    let types = TypeMap::load(client)?;
+    let rels = relations(client, &Scope::Schemas(schemas), &types)?;
     let streams: Vec<Value> = rels.iter().map(|r| catalog_entry(r, &database)).collect();
     Ok(json!({ "streams": streams }))
 }

@@ -19,7 +19,7 @@ use singer_core::metrics::{tags, Counter};
 use singer_core::{Catalog, CatalogEntry, MessageWriter, State, WriteError};
 
 use crate::codec::{unescape_copy_field, Codec};
-use crate::discover::{self, Column, Relation, Scope};
+use crate::discover::{self, Column, Relation, Scope, TypeMap};
 use crate::settings::{Method, TapSettings};
 use crate::state::{self as bookmarks, FullTableResume};
 
@@ -60,8 +60,10 @@ pub fn run<W: Write>(
     if streams.is_empty() {
         tracing::warn!("no stream is selected in the catalog");
     }
+    // Types are loaded once per run, not once per stream.
+    let types = TypeMap::load(client).map_err(|e| SyncError::Query(e.to_string()))?;
     for entry in streams {
-        sync_stream(client, entry, &mut state, settings, out)?;
+        sync_stream(client, &types, entry, &mut state, settings, out)?;
     }
     state.set_currently_syncing(None);
     out.write_state(&state.to_value())?;
@@ -88,6 +90,7 @@ fn table_of(entry: &CatalogEntry) -> (String, String) {
 
 fn sync_stream<W: Write>(
     client: &mut Client,
+    types: &TypeMap,
     entry: &CatalogEntry,
     state: &mut State,
     settings: &TapSettings,
@@ -101,6 +104,7 @@ fn sync_stream<W: Write>(
             schema: &schema,
             name: &table,
         },
+        types,
     )
     .map_err(|e| stream_err(id, e.to_string()))?
     .into_iter()
