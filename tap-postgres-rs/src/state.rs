@@ -3,8 +3,10 @@
 //! "replication_key_value", "lsn", "last_replication_method", ...}}}`.
 //!
 //! FULL_TABLE resumption adds `ctid` (last row read), `relfilenode` (the heap
-//! file those ctids belong to) and `snapshot_xmin` (rows written by this or
-//! later transactions are re-read on resume, wherever they moved).
+//! file those ctids belong to), and the first run's snapshot as
+//! `snapshot_xmax` and `snapshot_xip` (32-bit xids): row versions written by
+//! transactions that snapshot could not see are re-read on resume, wherever
+//! an UPDATE moved them.
 
 use serde_json::{json, Value};
 use singer_core::State;
@@ -15,7 +17,8 @@ pub const REPLICATION_KEY_VALUE: &str = "replication_key_value";
 pub const LAST_METHOD: &str = "last_replication_method";
 pub const CTID: &str = "ctid";
 pub const RELFILENODE: &str = "relfilenode";
-pub const SNAPSHOT_XMIN: &str = "snapshot_xmin";
+pub const SNAPSHOT_XMAX: &str = "snapshot_xmax";
+pub const SNAPSHOT_XIP: &str = "snapshot_xip";
 
 /// Where an interrupted FULL_TABLE sync stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,8 +27,10 @@ pub struct FullTableResume {
     /// `(page,item)` of the last row emitted.
     pub ctid: String,
     pub relfilenode: u32,
-    /// The 32-bit xid below which every transaction was visible to the first run.
-    pub snapshot_xmin: u32,
+    /// The first run's snapshot: xids from `snapshot_xmax` on, and those in
+    /// `snapshot_xip` (in progress then), were invisible to it.
+    pub snapshot_xmax: u32,
+    pub snapshot_xip: Vec<u32>,
 }
 
 /// A resumable FULL_TABLE bookmark, when the state holds a complete one.
@@ -40,7 +45,13 @@ pub fn full_table_resume(state: &State, stream: &str) -> Option<FullTableResume>
         version: state.get(stream, VERSION)?.as_i64()?,
         ctid: ctid.to_owned(),
         relfilenode: u32::try_from(state.get(stream, RELFILENODE)?.as_u64()?).ok()?,
-        snapshot_xmin: u32::try_from(state.get(stream, SNAPSHOT_XMIN)?.as_u64()?).ok()?,
+        snapshot_xmax: u32::try_from(state.get(stream, SNAPSHOT_XMAX)?.as_u64()?).ok()?,
+        snapshot_xip: state
+            .get(stream, SNAPSHOT_XIP)?
+            .as_array()?
+            .iter()
+            .map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
+            .collect::<Option<Vec<u32>>>()?,
     })
 }
 
@@ -49,13 +60,14 @@ pub fn set_full_table_progress(state: &mut State, stream: &str, r: &FullTableRes
     state.set(stream, VERSION, json!(r.version));
     state.set(stream, CTID, json!(r.ctid));
     state.set(stream, RELFILENODE, json!(r.relfilenode));
-    state.set(stream, SNAPSHOT_XMIN, json!(r.snapshot_xmin));
+    state.set(stream, SNAPSHOT_XMAX, json!(r.snapshot_xmax));
+    state.set(stream, SNAPSHOT_XIP, json!(r.snapshot_xip));
     state.set(stream, LAST_METHOD, json!("FULL_TABLE"));
 }
 
 /// A FULL_TABLE sync finished: the version stays, the resume point goes.
 pub fn finish_full_table(state: &mut State, stream: &str, version: i64) {
-    for key in [CTID, RELFILENODE, SNAPSHOT_XMIN] {
+    for key in [CTID, RELFILENODE, SNAPSHOT_XMAX, SNAPSHOT_XIP] {
         state.remove(stream, key);
     }
     state.set(stream, VERSION, json!(version));
@@ -90,7 +102,8 @@ mod tests {
             version: 17,
             ctid: "(12,3)".into(),
             relfilenode: 16384,
-            snapshot_xmin: 750,
+            snapshot_xmax: 750,
+            snapshot_xip: vec![745, 748],
         };
         set_full_table_progress(&mut s, "public-t", &r);
         assert_eq!(full_table_resume(&s, "public-t"), Some(r));

@@ -5,9 +5,9 @@
 //! FULL_TABLE resumes by physical position: the first run is a plain
 //! sequential scan (synchronized scans and parallel workers off, so rows
 //! arrive in ctid order) and bookmarks the ctid of the last row sent. A
-//! resumed run reads `ctid > bookmark OR age(xmin) <= age(snapshot_xmin)`:
-//! still one sequential pass, and rows written after the first run started
-//! are read again wherever an UPDATE moved them. A changed heap file
+//! resumed run reads `ctid > bookmark OR <xmin invisible to the first run's
+//! snapshot>`: still one sequential pass, and rows written after the first
+//! run started are read again wherever an UPDATE moved them. A changed heap file
 //! (VACUUM FULL, CLUSTER, REFRESH, TRUNCATE) restarts the stream.
 
 use std::io::{BufRead, BufReader, Write};
@@ -258,18 +258,23 @@ fn full_table<W: Write>(
     let mut progress = match &resume {
         Some(r) => r.clone(),
         None => {
-            let xmin: i64 = client
+            // Taken before the COPY's own snapshot: anything that snapshot
+            // cannot see was in progress here or started later.
+            let row = client
                 .query_one(
-                    "SELECT (txid_snapshot_xmin(txid_current_snapshot()) % 4294967296)::bigint",
+                    "SELECT (txid_snapshot_xmax(s) % 4294967296)::bigint, \
+                            ARRAY(SELECT (x % 4294967296)::bigint FROM txid_snapshot_xip(s) x) \
+                       FROM txid_current_snapshot() s",
                     &[],
                 )
-                .map_err(query_err)?
-                .get(0);
+                .map_err(query_err)?;
+            let xip: Vec<i64> = row.get(1);
             FullTableResume {
                 version: chrono::Utc::now().timestamp_millis(),
                 ctid: "(0,0)".into(),
                 relfilenode: ctx.rel.relfilenode,
-                snapshot_xmin: xmin as u32,
+                snapshot_xmax: row.get::<_, i64>(0) as u32,
+                snapshot_xip: xip.into_iter().map(|x| x as u32).collect(),
             }
         }
     };
@@ -280,10 +285,12 @@ fn full_table<W: Write>(
     query.push_str(&format!(" FROM {}", ctx.table()));
     if let Some(r) = &resume {
         tracing::info!(stream = id, ctid = %r.ctid, "resuming after the bookmark");
+        let xip: Vec<String> = r.snapshot_xip.iter().map(u32::to_string).collect();
         query.push_str(&format!(
-            " WHERE ctid > {}::tid OR age(xmin) <= age({}::xid)",
+            " WHERE ctid > {}::tid OR age(xmin) <= age({}::xid) OR xmin = ANY({}::xid[])",
             quote_literal(&r.ctid),
-            quote_literal(&r.snapshot_xmin.to_string())
+            quote_literal(&r.snapshot_xmax.to_string()),
+            quote_literal(&format!("{{{}}}", xip.join(",")))
         ));
     } else {
         bookmarks::finish_full_table(state, id, progress.version);
