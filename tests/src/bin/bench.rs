@@ -13,9 +13,6 @@
 //! cargo run --release --bin bench -- --rows 1000000 --repeat 3
 //! cargo run --release --bin bench -- --rows 100000        # a quick run
 //! ```
-// wait4(2) is the one way to read a child's peak RSS after it exits.
-#![allow(unsafe_code)]
-
 use std::fs::File;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
@@ -54,17 +51,35 @@ fn parse_args() -> Args {
     a
 }
 
-/// Waits for a child and returns its peak RSS in MB.
-fn wait_rss(child: &mut Child) -> (std::process::ExitStatus, f64) {
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid, "wait4 failed");
-    // The child is reaped; std's Child must not wait again, so build the status ourselves.
-    let exit = std::os::unix::process::ExitStatusExt::from_raw(status);
-    (exit, usage.ru_maxrss as f64 / 1024.0)
+/// The child's peak RSS so far (`VmHWM`), in MB. `ru_maxrss` from wait4 can't
+/// be used: a child started with vfork+exec inherits the parent's RSS there.
+fn vm_hwm_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Waits for children, sampling each one's peak RSS until it exits (VmHWM
+/// is gone once a process has exited, so all are sampled together).
+fn wait_all(children: &mut [&mut Child]) -> Vec<(std::process::ExitStatus, f64)> {
+    let mut done: Vec<Option<(std::process::ExitStatus, f64)>> = vec![None; children.len()];
+    let mut peaks = vec![0.0f64; children.len()];
+    while done.iter().any(Option::is_none) {
+        for (i, child) in children.iter_mut().enumerate() {
+            if done[i].is_some() {
+                continue;
+            }
+            if let Some(mb) = vm_hwm_mb(child.id()) {
+                peaks[i] = peaks[i].max(mb);
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                done[i] = Some((status, peaks[i]));
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    done.into_iter().map(Option::unwrap).collect()
 }
 
 /// One measured run: wall seconds and the peak RSS of each side.
@@ -163,8 +178,8 @@ impl Bench {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let (ls, left_rss) = wait_rss(&mut l);
-        let (rs, right_rss) = wait_rss(&mut r);
+        let waited = wait_all(&mut [&mut l, &mut r]);
+        let ((ls, left_rss), (rs, right_rss)) = (waited[0], waited[1]);
         let wall = start.elapsed().as_secs_f64();
         assert!(ls.success() && rs.success(), "pipe failed: {ls} | {rs}");
         Sample {
@@ -182,7 +197,7 @@ impl Bench {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let (s, rss) = wait_rss(&mut c);
+        let (s, rss) = wait_all(&mut [&mut c])[0];
         let wall = start.elapsed().as_secs_f64();
         assert!(s.success(), "{s}");
         Sample {
