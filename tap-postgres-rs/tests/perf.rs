@@ -126,9 +126,9 @@ fn throughput_bench_wide() {
         .query_one("SELECT pg_relation_size('bench_wide') / 8192", &[])
         .unwrap()
         .get(0);
-    let xmin: i64 = client
+    let xmax: i64 = client
         .query_one(
-            "SELECT (txid_snapshot_xmin(txid_current_snapshot()) % 4294967296)::bigint",
+            "SELECT (txid_snapshot_xmax(txid_current_snapshot()) % 4294967296)::bigint",
             &[],
         )
         .unwrap()
@@ -151,7 +151,7 @@ fn throughput_bench_wide() {
     let (_, plain_s) = drain("COPY (SELECT *, ctid FROM bench_wide) TO STDOUT");
     let (_, ordered_s) = drain("COPY (SELECT * FROM bench_wide ORDER BY id) TO STDOUT");
     let (_, resume_s) = drain(&format!(
-        "COPY (SELECT *, ctid FROM bench_wide WHERE ctid > '({},0)'::tid OR age(xmin) <= age('{xmin}'::xid)) TO STDOUT",
+        "COPY (SELECT *, ctid FROM bench_wide WHERE ctid > '({},0)'::tid OR age(xmin) <= age('{xmax}'::xid) OR xmin = ANY('{{}}'::xid[])) TO STDOUT",
         pages / 2
     ));
     // The same rows stored in random key order: what ORDER BY the key costs
