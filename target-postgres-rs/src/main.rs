@@ -98,7 +98,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             name: "target-postgres-rs",
             description: "Singer target for PostgreSQL: COPY staging, upserts, deletes, schema evolution, state after commit.",
             version: env!("CARGO_PKG_VERSION"),
-            capabilities: &["about", "stream-maps", "schema-flattening", "activate-version", "hard-delete", "soft-delete", "validate-records"],
+            // Only what is implemented: no stream maps, no flattening, no record validation.
+            capabilities: &["about", "activate-version", "hard-delete", "soft-delete"],
             settings: &settings,
             env_prefix: ENV_PREFIX,
         };
