@@ -194,6 +194,11 @@ fn encode_array(text: &str, element: &Codec, delimiter: u8, out: &mut String) {
         (true, Some(eq)) => &text[eq + 1..],
         _ => text,
     };
+    if !text.starts_with('{') {
+        // Not array syntax (e.g. int2vector's `1 2 3`): keep the text.
+        push_json_string(out, text);
+        return;
+    }
     let bytes = text.as_bytes();
     let mut scratch = String::new();
     // Whether the next element in the current array needs a comma first.
@@ -346,6 +351,7 @@ mod tests {
         assert_eq!(enc(&int, "{}"), "[]");
         assert_eq!(enc(&int, "[0:1]={7,8}"), "[7,8]");
         assert_eq!(enc(&int, "{{{1},{2}},{{3},{4}}}"), "[[[1],[2]],[[3],[4]]]");
+        assert_eq!(enc(&int, "1 2 3"), "\"1 2 3\"");
         let text = Codec::Array {
             element: Box::new(Codec::Text),
             delimiter: b',',

@@ -285,7 +285,8 @@ impl TypeMap {
         if t.typtype == b'd' {
             return self.resolve(t.base, -1, depth + 1);
         }
-        if t.category == b'A' && t.element != 0 {
+        // int2vector and oidvector print as `1 2 3`, not as arrays.
+        if t.category == b'A' && t.element != 0 && !matches!(oid, 22 | 30) {
             let el = self.resolve(t.element, typmod, depth + 1);
             let delimiter = self.types.get(&t.element).map_or(b',', |e| e.delimiter);
             let mut items = el.schema;
