@@ -1,5 +1,6 @@
 //! One stream's shape (columns from its SCHEMA) and its rows: a RECORD is
-//! split field by field from the raw JSON and appended as one COPY text line.
+//! split field by field from the raw JSON and appended as one COPY line
+//! (text, or a binary tuple when every column has a binary form).
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};

@@ -28,8 +28,15 @@ impl Run {
     }
 }
 
+/// ../shared/vectors beside the repo (as singer-core's tests expect it).
 pub fn vectors() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors")
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors");
+    assert!(
+        dir.is_dir(),
+        "test vectors not found at {}: the repo expects ../shared beside it",
+        dir.display()
+    );
+    dir
 }
 
 pub fn config(db: &TestDb, extra: Value) -> tempfile::NamedTempFile {
