@@ -353,3 +353,70 @@ fn every_type_emits_exact_json_and_round_trips() {
         assert_eq!(declared, want, "case {i} ({ty})");
     }
 }
+
+/// Strings full of what COPY, array and hstore syntax escape, through text,
+/// text[] (with SQL NULLs) and hstore: what arrives is exactly what was stored.
+#[test]
+fn awkward_strings_survive_copy_array_and_hstore_syntax() {
+    const ALPHABET: &[char] = &[
+        'a', 'Z', '"', '\\', '{', '}', ',', ' ', '\t', '\n', '\r', '=', '>', 'N', 'U', 'L', 'é',
+        '漢', '😀', '\u{1}', '\u{7f}', '\'', ';', '(', ')', '[', ']', ':',
+    ];
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let mut word = |next: &mut dyn FnMut(usize) -> usize| -> String {
+        let len = next(10);
+        (0..len).map(|_| ALPHABET[next(ALPHABET.len())]).collect()
+    };
+    let db = pg_testkit::cluster().create_database("tap_awkward");
+    let mut client = db.client();
+    client
+        .batch_execute(
+            "CREATE EXTENSION hstore;
+             CREATE TABLE w (id integer PRIMARY KEY, s text, arr text[], h public.hstore)",
+        )
+        .unwrap();
+    let mut expected = Vec::new();
+    for id in 0..300i32 {
+        let s = word(&mut next);
+        let mut arr: Vec<Option<String>> = (0..next(4)).map(|_| Some(word(&mut next))).collect();
+        if id % 7 == 0 {
+            arr.push(None);
+            arr.push(Some("NULL".into()));
+        }
+        let keys: Vec<String> = (0..next(3))
+            .map(|k| format!("{k}{}", word(&mut next)))
+            .collect();
+        let values: Vec<Option<String>> = keys
+            .iter()
+            .map(|_| (next(5) > 0).then(|| word(&mut next)))
+            .collect();
+        client
+            .execute(
+                "INSERT INTO w VALUES ($1, $2, $3, public.hstore($4::text[], $5::text[]))",
+                &[&id, &s, &arr, &keys, &values],
+            )
+            .unwrap();
+        let h: serde_json::Map<String, serde_json::Value> = keys
+            .iter()
+            .cloned()
+            .zip(values.iter().map(|v| serde_json::json!(v)))
+            .collect();
+        expected.push(serde_json::json!({"id": id, "s": s, "arr": arr, "h": h}));
+    }
+    let setup = Setup::new(&db.config());
+    let out = setup.sync_ok(
+        &select(&setup.discover(), &["public-w"], "FULL_TABLE", None),
+        None,
+    );
+    let got = out.records("public-w");
+    assert_eq!(got.len(), expected.len());
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(*g, e);
+    }
+}
