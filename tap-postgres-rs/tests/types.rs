@@ -369,7 +369,7 @@ fn awkward_strings_survive_copy_array_and_hstore_syntax() {
         seed ^= seed << 17;
         (seed % n as u64) as usize
     };
-    let mut word = |next: &mut dyn FnMut(usize) -> usize| -> String {
+    let word = |next: &mut dyn FnMut(usize) -> usize| -> String {
         let len = next(10);
         (0..len).map(|_| ALPHABET[next(ALPHABET.len())]).collect()
     };
