@@ -910,3 +910,48 @@ fn binary_copy_lands_exactly_what_text_copy_lands() {
         r.stderr
     );
 }
+
+#[test]
+fn schema_mapping_input_file_and_environment_settings() {
+    let db = pg_testkit::cluster().create_database("mapping");
+    let data = lines(&[
+        schema("src-t", json!({"id": {"type": "integer"}}), &["id"]),
+        record("src-t", json!({"id": 1})),
+        schema("other-t", json!({"id": {"type": "integer"}}), &["id"]),
+        record("other-t", json!({"id": 2})),
+        json!({"type": "STATE", "value": {"done": true}}).to_string(),
+    ]);
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(&data).unwrap();
+    // Connection from one config file, the mapping from a second one, the
+    // default schema from the environment.
+    let conn = config(&db, json!({}));
+    let mut mapping = tempfile::NamedTempFile::new().unwrap();
+    mapping
+        .write_all(
+            json!({"schema_mapping": {"src": "dst"}})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_target-postgres-rs"))
+        .arg("--config")
+        .arg(conn.path())
+        .arg("--config")
+        .arg(mapping.path())
+        .arg("--input")
+        .arg(file.path())
+        .env("TARGET_POSTGRES_RS_DEFAULT_TARGET_SCHEMA", "landing")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"done\":true}\n");
+    assert_eq!(count(&db, "dst", "t"), Some(1));
+    assert_eq!(count(&db, "landing", "t"), Some(1));
+    assert_eq!(count(&db, "src", "t"), None);
+}
