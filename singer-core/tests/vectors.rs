@@ -1,4 +1,4 @@
-//! Every Singer message file in ../shared/vectors parses, except the ones
+//! Every Singer message file in testdata/vectors (copied from the team's shared material, checksums in SHA256SUMS) parses, except the ones
 //! that are broken on purpose, which fail at the right line.
 
 use std::path::{Path, PathBuf};
@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use singer_core::{Message, MessageReader};
 
 fn vectors_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/vectors");
     assert!(
         dir.is_dir(),
-        "test vectors not found at {}: the repo expects ../shared beside it",
+        "test vectors not found at {}: the repo expects testdata/vectors",
         dir.display()
     );
     dir

@@ -1,5 +1,5 @@
-//! Every file in ../shared/vectors, fed to the binary against a fresh database,
-//! with the outcomes ../shared/vectors/README.md and reference-results/ describe
+//! Every file in testdata/vectors, fed to the binary against a fresh database,
+//! with the outcomes testdata/vectors/README.md and reference-results/ describe
 //! (and the right thing where the reference target is wrong).
 
 mod common;

@@ -219,7 +219,7 @@ fn expected_from_vector(path: &Path) -> (BTreeMap<String, usize>, Option<Value>)
 
 fn vector(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/vectors/pipelinewise-target-postgres")
+        .join("../testdata/vectors/pipelinewise-target-postgres")
         .join(name)
 }
 
