@@ -457,3 +457,44 @@ fn views_matviews_and_partitioned_parents_sync_in_full() {
         assert!(since <= 1000);
     }
 }
+
+#[test]
+fn default_replication_method_applies_only_where_the_catalog_names_none() {
+    let db = pg_testkit::cluster().create_database("tap_default_method");
+    db.client()
+        .batch_execute(
+            "CREATE TABLE a (id integer PRIMARY KEY, at date); INSERT INTO a VALUES (1, '2024-01-01'), (2, '2024-01-02');
+             CREATE TABLE b (id integer PRIMARY KEY); INSERT INTO b VALUES (1);",
+        )
+        .unwrap();
+    let mut config = db.config();
+    config["default_replication_method"] = json!("incremental");
+    let setup = Setup::new(&config);
+    let mut catalog = select(
+        &setup.discover(),
+        &["public-a", "public-b"],
+        "FULL_TABLE",
+        None,
+    );
+    for s in catalog["streams"].as_array_mut().unwrap() {
+        let is_a = s["tap_stream_id"] == "public-a";
+        let meta = &mut s["metadata"][0]["metadata"];
+        if is_a {
+            // No method named: the default (INCREMENTAL) applies.
+            meta.as_object_mut().unwrap().remove("replication-method");
+            meta["replication-key"] = json!("at");
+        }
+    }
+    let out = setup.sync_ok(&catalog, None);
+    let state = out.last_state();
+    assert_eq!(
+        state["bookmarks"]["public-a"],
+        json!({"replication_key": "at", "replication_key_value": "2024-01-02", "last_replication_method": "INCREMENTAL"})
+    );
+    assert_eq!(
+        state["bookmarks"]["public-b"]["last_replication_method"],
+        "FULL_TABLE"
+    );
+    let activates: Vec<&Value> = out.of_type("ACTIVATE_VERSION");
+    assert!(activates.iter().all(|m| m["stream"] == "public-b"));
+}
