@@ -250,7 +250,7 @@ fn pipelinewise_tap_postgres_recordings_load_through_our_target() {
     let vectors = vector("");
     assert!(
         vectors.is_dir(),
-        "{} is missing: the shared test vectors sit beside the repo",
+        "{} is missing: the repo keeps its test vectors in testdata/vectors",
         vectors.display()
     );
     for file in [
