@@ -176,7 +176,15 @@ fn sync_stream<W: Write>(
         .collect();
     let schema_json = json!({"type": "object", "properties": properties});
     let bookmark_props = replication_key.as_ref().map(|k| vec![k.clone()]);
-    out.write_schema(id, &schema_json, &key_properties, bookmark_props.as_deref())?;
+    // Messages carry the catalog's `stream` name (equal to the id unless a
+    // user renamed it); state is keyed by `tap_stream_id`.
+    let name = entry.stream.as_str();
+    out.write_schema(
+        name,
+        &schema_json,
+        &key_properties,
+        bookmark_props.as_deref(),
+    )?;
 
     state.set_currently_syncing(Some(id));
     out.write_state(&state.to_value())?;
@@ -184,6 +192,7 @@ fn sync_stream<W: Write>(
 
     let ctx = StreamCtx {
         id,
+        name,
         rel: &rel,
         columns: &columns,
         interval: settings.state_interval,
@@ -204,6 +213,7 @@ fn sync_stream<W: Write>(
 
 struct StreamCtx<'a> {
     id: &'a str,
+    name: &'a str,
     rel: &'a Relation,
     columns: &'a [&'a Column],
     interval: u64,
@@ -294,7 +304,7 @@ fn full_table<W: Write>(
         ));
     } else {
         bookmarks::finish_full_table(state, id, progress.version);
-        out.write_activate_version(id, progress.version)?;
+        out.write_activate_version(ctx.name, progress.version)?;
     }
 
     let version = progress.version;
@@ -321,7 +331,7 @@ fn full_table<W: Write>(
         },
     )?;
     bookmarks::finish_full_table(state, id, version);
-    out.write_activate_version(id, version)?;
+    out.write_activate_version(ctx.name, version)?;
     Ok(count)
 }
 
@@ -486,7 +496,7 @@ fn emit_rows<W: Write>(
                 tracker.ctid.push_str(ctid);
             }
         }
-        out.write_record_raw(id, &record, version, Some(&ctx.time_extracted))?;
+        out.write_record_raw(ctx.name, &record, version, Some(&ctx.time_extracted))?;
         count += 1;
         since_checkpoint += 1;
         counter.add(1);

@@ -498,3 +498,23 @@ fn default_replication_method_applies_only_where_the_catalog_names_none() {
     let activates: Vec<&Value> = out.of_type("ACTIVATE_VERSION");
     assert!(activates.iter().all(|m| m["stream"] == "public-b"));
 }
+
+#[test]
+fn messages_use_the_catalog_stream_name_and_state_the_stream_id() {
+    let db = pg_testkit::cluster().create_database("tap_stream_name");
+    db.client()
+        .batch_execute("CREATE TABLE t (id integer PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let setup = Setup::new(&db.config());
+    let mut catalog = select(&setup.discover(), &["public-t"], "FULL_TABLE", None);
+    catalog["streams"][0]["stream"] = json!("renamed");
+    let out = setup.sync_ok(&catalog, None);
+    let names: BTreeSet<&str> = out
+        .messages
+        .iter()
+        .filter(|m| m["type"] != "STATE")
+        .map(|m| m["stream"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["renamed"]));
+    assert!(out.last_state()["bookmarks"]["public-t"]["version"].is_i64());
+}
