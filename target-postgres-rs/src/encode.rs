@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use serde_json::value::RawValue;
 
-use crate::types::ColumnKind;
+use crate::types::{ColumnKind, Element};
 
 /// Why a value can't be written (the caller names stream, line and column).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,9 +60,17 @@ pub fn encode_value(
                 }
             }
         },
-        Some(b'[') if kind == ColumnKind::Array => {
+        Some(b'[') if matches!(kind, ColumnKind::Array(_)) => {
+            let ColumnKind::Array(element) = kind else {
+                unreachable!()
+            };
             let mut lit = String::with_capacity(raw.len() + 2);
-            array_literal(&mut lit, raw, strip_nul)?;
+            array_literal(&mut lit, raw, element, strip_nul)?;
+            copy_escape(out, lit.as_bytes());
+        }
+        Some(b'{') if kind == ColumnKind::Hstore => {
+            let mut lit = String::with_capacity(raw.len());
+            hstore_literal(&mut lit, raw, strip_nul)?;
             copy_escape(out, lit.as_bytes());
         }
         Some(b'[' | b'{') => json_text(out, raw, strip_nul)?,
@@ -140,7 +148,12 @@ fn strip_nul_escapes(raw: &str) -> String {
 }
 
 /// A JSON array as a Postgres array literal: `{1,NULL,"a\"b",{2,3}}`.
-fn array_literal(lit: &mut String, raw: &str, strip_nul: bool) -> Result<(), EncodeError> {
+fn array_literal(
+    lit: &mut String,
+    raw: &str,
+    element: Element,
+    strip_nul: bool,
+) -> Result<(), EncodeError> {
     let items: Vec<&RawValue> =
         serde_json::from_str(raw).map_err(|e| EncodeError::Json(e.to_string()))?;
     lit.push('{');
@@ -149,11 +162,31 @@ fn array_literal(lit: &mut String, raw: &str, strip_nul: bool) -> Result<(), Enc
             lit.push(',');
         }
         let t = item.get();
-        match t.as_bytes().first() {
-            Some(b'n') => lit.push_str("NULL"),
-            Some(b'[') => array_literal(lit, t, strip_nul)?,
-            Some(b'"') => quote_element(lit, &unescape(t, strip_nul)?),
-            Some(b'{') => {
+        match (t.as_bytes().first(), element) {
+            (Some(b'n'), _) => lit.push_str("NULL"),
+            // Each item of a json[] is one JSON value, whatever its shape.
+            (Some(_), Element::Json) => {
+                if has_nul_escape(t) && !strip_nul {
+                    return Err(EncodeError::Nul);
+                }
+                quote_element(lit, &strip_nul_escapes(t))
+            }
+            (Some(b'['), _) => array_literal(lit, t, element, strip_nul)?,
+            (Some(b'"'), Element::Bytea) => {
+                let s = unescape(t, strip_nul)?;
+                if s.starts_with("\\x") {
+                    quote_element(lit, &s)
+                } else {
+                    quote_element(lit, &format!("\\x{s}"))
+                }
+            }
+            (Some(b'{'), Element::Hstore) => {
+                let mut h = String::new();
+                hstore_literal(&mut h, t, strip_nul)?;
+                quote_element(lit, &h)
+            }
+            (Some(b'"'), _) => quote_element(lit, &unescape(t, strip_nul)?),
+            (Some(b'{'), _) => {
                 if has_nul_escape(t) && !strip_nul {
                     return Err(EncodeError::Nul);
                 }
@@ -164,6 +197,35 @@ fn array_literal(lit: &mut String, raw: &str, strip_nul: bool) -> Result<(), Enc
     }
     lit.push('}');
     Ok(())
+}
+
+/// A JSON object of strings (or nulls) as an hstore literal: `"k"=>"v", "n"=>NULL`.
+fn hstore_literal(lit: &mut String, raw: &str, strip_nul: bool) -> Result<(), EncodeError> {
+    let pairs: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(raw).map_err(|e| EncodeError::Json(e.to_string()))?;
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            lit.push_str(", ");
+        }
+        quote_element(lit, &nul_checked(k, strip_nul)?);
+        lit.push_str("=>");
+        match v {
+            serde_json::Value::Null => lit.push_str("NULL"),
+            serde_json::Value::String(s) => quote_element(lit, &nul_checked(s, strip_nul)?),
+            other => quote_element(lit, &other.to_string()),
+        }
+    }
+    Ok(())
+}
+
+fn nul_checked(s: &str, strip_nul: bool) -> Result<Cow<'_, str>, EncodeError> {
+    if !s.contains('\0') {
+        return Ok(Cow::Borrowed(s));
+    }
+    if !strip_nul {
+        return Err(EncodeError::Nul);
+    }
+    Ok(Cow::Owned(s.replace('\0', "")))
 }
 
 fn quote_element(lit: &mut String, s: &str) {
@@ -242,13 +304,33 @@ mod tests {
     #[test]
     fn arrays_become_literals() {
         use ColumnKind::*;
-        assert_eq!(enc("[1,null,3]", Array), "{1,NULL,3}");
-        assert_eq!(enc("[[1,2],[3,4]]", Array), "{{1,2},{3,4}}");
+        let array = Array(Element::Scalar);
+        assert_eq!(enc("[1,null,3]", array), "{1,NULL,3}");
+        assert_eq!(enc("[[1,2],[3,4]]", array), "{{1,2},{3,4}}");
         assert_eq!(
-            enc(r#"["a,b","q\"t","back\\s","NULL"]"#, Array),
+            enc(r#"["a,b","q\"t","back\\s","NULL"]"#, array),
             r#"{"a,b","q\\"t","back\\\\s","NULL"}"#
         );
-        assert_eq!(enc("[]", Array), "{}");
+        assert_eq!(enc("[]", array), "{}");
+        // json[]: a JSON array item is a value, not a dimension.
+        assert_eq!(
+            enc(r#"[{"a":1},[1,2],"s",null]"#, Array(Element::Json)),
+            r#"{"{\\"a\\":1}","[1,2]","\\"s\\"",NULL}"#
+        );
+        // bytea[]: hex gets the \x prefix inside the element.
+        assert_eq!(
+            enc(r#"["00ff","",null]"#, Array(Element::Bytea)),
+            r#"{"\\\\x00ff","\\\\x",NULL}"#
+        );
+    }
+
+    #[test]
+    fn hstore_objects_become_literals() {
+        assert_eq!(
+            enc(r#"{"a":"1","b c":null,"q\"uote":"x"}"#, ColumnKind::Hstore),
+            r#""a"=>"1", "b c"=>NULL, "q\\"uote"=>"x""#
+        );
+        assert_eq!(enc("{}", ColumnKind::Hstore), "");
     }
 
     #[test]

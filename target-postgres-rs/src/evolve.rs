@@ -150,7 +150,12 @@ pub fn resolve_type(client: &mut Client, declared: &str) -> Option<String> {
     let canonical: Option<String> = row.get(0);
     let canonical = canonical?;
     let without_mod = strip_typmod(declared);
-    if without_mod == canonical {
+    // Interval field qualifiers (`interval year to month`) are a typmod too,
+    // but not in parentheses: to_regtype accepted the text, so keep it.
+    let same_interval = declared.starts_with("interval")
+        && canonical.starts_with("interval")
+        && declared.ends_with("[]") == canonical.ends_with("[]");
+    if without_mod == canonical || same_interval {
         Some(declared.to_owned())
     } else {
         Some(canonical)

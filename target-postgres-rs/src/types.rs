@@ -13,15 +13,43 @@ pub enum ColumnKind {
     /// `json`/`jsonb`: the value's JSON text, strings included.
     Json,
     /// A Postgres array: JSON arrays become array literals.
-    Array,
+    Array(Element),
     /// `bytea`: hex strings get the `\x` prefix Postgres needs.
     Bytea,
+    /// `hstore`: a JSON object of strings becomes an hstore literal.
+    Hstore,
+}
+
+/// How the elements of an array column are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Element {
+    /// Nested JSON arrays are dimensions; scalars are written as their text.
+    Scalar,
+    /// `json[]`/`jsonb[]`: each item of the top-level array is one JSON value
+    /// (a JSON array item is a value, not a dimension).
+    Json,
+    /// `bytea[]`: hex strings with the `\x` prefix.
+    Bytea,
+    /// `hstore[]`: objects as hstore literals.
+    Hstore,
+}
+
+fn is_hstore(t: &str) -> bool {
+    t == "hstore" || t.ends_with(".hstore")
 }
 
 /// The kind of a column of type `sql_type` (as `format_type()` prints it).
 pub fn kind_of(sql_type: &str) -> ColumnKind {
-    if sql_type.ends_with("[]") {
-        ColumnKind::Array
+    if let Some(elem) = sql_type.strip_suffix("[]") {
+        let elem = elem.trim_end_matches("[]");
+        ColumnKind::Array(match elem {
+            "json" | "jsonb" => Element::Json,
+            "bytea" => Element::Bytea,
+            e if is_hstore(e) => Element::Hstore,
+            _ => Element::Scalar,
+        })
+    } else if is_hstore(sql_type) {
+        ColumnKind::Hstore
     } else if sql_type == "json" || sql_type == "jsonb" {
         ColumnKind::Json
     } else if sql_type == "bytea" {
@@ -269,7 +297,10 @@ mod tests {
 
     #[test]
     fn kinds() {
-        assert_eq!(kind_of("integer[]"), ColumnKind::Array);
+        assert_eq!(kind_of("integer[]"), ColumnKind::Array(Element::Scalar));
+        assert_eq!(kind_of("jsonb[]"), ColumnKind::Array(Element::Json));
+        assert_eq!(kind_of("bytea[]"), ColumnKind::Array(Element::Bytea));
+        assert_eq!(kind_of("public.hstore"), ColumnKind::Hstore);
         assert_eq!(kind_of("jsonb"), ColumnKind::Json);
         assert_eq!(kind_of("bytea"), ColumnKind::Bytea);
         assert_eq!(
