@@ -59,11 +59,17 @@ pub fn extra_properties() -> Vec<(String, Value)> {
     ]
 }
 
-fn db_err(id: &str) -> impl Fn(pg_logical::LogicalError) -> SyncError + '_ {
-    move |e| stream_err(id, e.to_string())
-}
-
 fn lsn_of(state: &State, id: &str, key: &str) -> Option<Lsn> {
+    // An LSN left from an earlier LOG_BASED period is stale once the stream
+    // was synced another way: copy it again.
+    if state
+        .get(id, LAST_METHOD)
+        .and_then(Value::as_str)
+        .is_some_and(|m| m != "LOG_BASED")
+        && key == LSN
+    {
+        return None;
+    }
     match state.get(id, key)? {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => s.parse().ok().or_else(|| pg_logical::parse_lsn(s)),
@@ -108,7 +114,10 @@ pub fn sync<W: Write>(
     let setup = |e: pg_logical::LogicalError| SyncError::Query(format!("LOG_BASED: {e}"));
     slot::check_prerequisites(client).map_err(setup)?;
     check_replica_identity(client, prepared)?;
-    let tables: Vec<(String, String)> = prepared.iter().map(|p| (p.rel.schema.clone(), p.rel.name.clone())).collect();
+    let tables: Vec<(String, String)> = prepared
+        .iter()
+        .map(|p| (p.rel.schema.clone(), p.rel.name.clone()))
+        .collect();
     slot::ensure_publication(client, publication, &tables).map_err(setup)?;
     let (info, created) = slot::create_slot_if_missing(client, slot_name).map_err(setup)?;
     report_lag(&info, settings, "before the run");
@@ -144,7 +153,9 @@ pub fn sync<W: Write>(
         let start = match lsn_of(state, &p.id, INITIAL_COPY_LSN) {
             Some(l) => l,
             None => {
-                let l = slot::current_flush_lsn(client).map_err(setup)?.max(confirmed);
+                let l = slot::current_flush_lsn(client)
+                    .map_err(setup)?
+                    .max(confirmed);
                 state.set(&p.id, INITIAL_COPY_LSN, json!(l));
                 state.set(&p.id, LAST_METHOD, json!("LOG_BASED"));
                 l
@@ -253,7 +264,10 @@ fn pg_time(micros: i64) -> String {
 /// (`$1,234.56`, `-$5.00`, `($5.00)`); COPY reads it as numeric instead.
 fn money_to_numeric(text: &str) -> String {
     let negative = text.contains('-') || text.starts_with('(');
-    let digits: String = text.chars().filter(|c| c.is_ascii_digit() || *c == '.').collect();
+    let digits: String = text
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
     if negative {
         format!("-{digits}")
     } else {
@@ -302,7 +316,9 @@ impl<W: Write> Emitter<'_, W> {
         r.push('{');
         let mut first = true;
         for (i, v) in values.iter().enumerate() {
-            let Some(Some(col_index)) = s.mapping.get(i) else { continue };
+            let Some(Some(col_index)) = s.mapping.get(i) else {
+                continue;
+            };
             let col: &Column = &s.p.columns[*col_index];
             let text = match v {
                 // Not known here (a delete's non-key column): leave it out
@@ -335,8 +351,12 @@ impl<W: Write> Emitter<'_, W> {
             None => r.push_str("null"),
         }
         r.push('}');
-        self.out
-            .write_record_raw(&s.p.id, &self.record, Some(s.version), Some(&self.time_extracted))?;
+        self.out.write_record_raw(
+            &s.p.name,
+            &self.record,
+            Some(s.version),
+            Some(&self.time_extracted),
+        )?;
         self.counters
             .entry(s.p.id.clone())
             .or_insert_with(|| Counter::new("record_count", tags([("stream", json!(s.p.id))])))
@@ -353,9 +373,16 @@ struct ToastFiller<'c> {
 }
 
 impl ToastFiller<'_> {
-    fn fill(&mut self, s: &LogStream<'_>, rel: &WalRelation, new: &mut [Cell]) -> Result<(), SyncError> {
+    fn fill(
+        &mut self,
+        s: &LogStream<'_>,
+        rel: &WalRelation,
+        new: &mut [Cell],
+    ) -> Result<(), SyncError> {
         let missing: Vec<usize> = (0..new.len())
-            .filter(|i| new[*i] == Cell::UnchangedToast && s.mapping.get(*i).is_some_and(Option::is_some))
+            .filter(|i| {
+                new[*i] == Cell::UnchangedToast && s.mapping.get(*i).is_some_and(Option::is_some)
+            })
             .collect();
         if missing.is_empty() {
             return Ok(());
@@ -364,18 +391,36 @@ impl ToastFiller<'_> {
             return Ok(());
         }
         if self.client.is_none() {
-            self.client = Some(self.connector.connect().map_err(|e| stream_err(&s.p.id, e.to_string()))?);
+            self.client = Some(
+                self.connector
+                    .connect()
+                    .map_err(|e| stream_err(&s.p.id, e.to_string()))?,
+            );
         }
         let client = self.client.as_mut().expect("just connected");
-        let select: Vec<String> = missing.iter().map(|i| format!("{}::text", quote_ident(&rel.columns[*i].name))).collect();
+        let select: Vec<String> = missing
+            .iter()
+            .map(|i| format!("{}::text", quote_ident(&rel.columns[*i].name)))
+            .collect();
         let mut params: Vec<String> = Vec::new();
         let mut conds: Vec<String> = Vec::new();
         for k in &s.key_indexes {
-            let Cell::Text(t) = &new[*k] else { return Ok(()) };
+            let Cell::Text(t) = &new[*k] else {
+                return Ok(());
+            };
             params.push(t.clone());
-            let col = &s.p.rel.columns.iter().find(|c| c.name == rel.columns[*k].name);
+            let col =
+                &s.p.rel
+                    .columns
+                    .iter()
+                    .find(|c| c.name == rel.columns[*k].name);
             let ty = col.map_or("text", |c| c.sql_datatype.as_str());
-            conds.push(format!("{} = ${}::text::{}", quote_ident(&rel.columns[*k].name), params.len(), ty));
+            conds.push(format!(
+                "{} = ${}::text::{}",
+                quote_ident(&rel.columns[*k].name),
+                params.len(),
+                ty
+            ));
         }
         let sql = format!(
             "SELECT {} FROM {} WHERE {}",
@@ -383,8 +428,10 @@ impl ToastFiller<'_> {
             quote_qualified(&s.p.rel.schema, &s.p.rel.name),
             conds.join(" AND ")
         );
-        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-            params.iter().map(|p| p as &(dyn postgres::types::ToSql + Sync)).collect();
+        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|p| p as &(dyn postgres::types::ToSql + Sync))
+            .collect();
         let row = client
             .query_opt(&sql, &refs)
             .map_err(|e| stream_err(&s.p.id, pg_connect::describe(&e)))?;
@@ -419,29 +466,50 @@ fn read_changes<W: Write>(
         .collect();
     let started = Instant::now();
     let deadline = settings.max_run_seconds.map(Duration::from_secs);
-    let mut toast = ToastFiller { connector, client: None };
+    let mut toast = ToastFiller {
+        connector,
+        client: None,
+    };
     let mut emit = Emitter {
         out,
         record: String::with_capacity(4096),
-        time_extracted: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string(),
+        time_extracted: chrono::Utc::now()
+            .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+            .to_string(),
         counters: HashMap::new(),
     };
     tracing::info!(upto = %format_lsn(end), "reading the log");
-    let mut changes = ChangeStream::open(client, &settings.replication_slot, &settings.publication, end).map_err(setup)?;
+    let mut changes = ChangeStream::open(
+        client,
+        &settings.replication_slot,
+        &settings.publication,
+        end,
+    )
+    .map_err(setup)?;
     let mut final_lsn: Lsn = 0;
     let mut commit_time = String::new();
     let mut since_state: u64 = 0;
     let mut transactions: u64 = 0;
     let mut finished = true;
-    let stream_of = |rel: &WalRelation| by_table.get(&(rel.namespace.clone(), rel.name.clone())).copied();
+    let stream_of = |rel: &WalRelation| {
+        by_table
+            .get(&(rel.namespace.clone(), rel.name.clone()))
+            .copied()
+    };
     while let Some((lsn, change)) = changes.next_change().map_err(setup)? {
         match change {
-            Change::Begin { final_lsn: f, commit_time: t, .. } => {
+            Change::Begin {
+                final_lsn: f,
+                commit_time: t,
+                ..
+            } => {
                 final_lsn = f;
                 commit_time = pg_time(t);
             }
             Change::Insert { relation, new } => {
-                let Some(i) = stream_of(&relation) else { continue };
+                let Some(i) = stream_of(&relation) else {
+                    continue;
+                };
                 let s = &mut streams[i];
                 if final_lsn < s.lsn {
                     continue;
@@ -450,8 +518,14 @@ fn read_changes<W: Write>(
                 emit.row(s, &new, lsn, None)?;
                 since_state += 1;
             }
-            Change::Update { relation, old, mut new } => {
-                let Some(i) = stream_of(&relation) else { continue };
+            Change::Update {
+                relation,
+                old,
+                mut new,
+            } => {
+                let Some(i) = stream_of(&relation) else {
+                    continue;
+                };
                 let s = &mut streams[i];
                 if final_lsn < s.lsn {
                     continue;
@@ -467,12 +541,21 @@ fn read_changes<W: Write>(
                         }
                     }
                     // The key changed: the old key's row is gone.
-                    let key_changed = s.key_indexes.iter().any(|k| old.get(*k) != new.get(*k) && old.get(*k) != Some(&Cell::Null));
+                    let key_changed = s
+                        .key_indexes
+                        .iter()
+                        .any(|k| old.get(*k) != new.get(*k) && old.get(*k) != Some(&Cell::Null));
                     if key_changed {
                         let key_only: Vec<Cell> = old
                             .iter()
                             .enumerate()
-                            .map(|(j, v)| if s.key_indexes.contains(&j) { v.clone() } else { Cell::Null })
+                            .map(|(j, v)| {
+                                if s.key_indexes.contains(&j) {
+                                    v.clone()
+                                } else {
+                                    Cell::Null
+                                }
+                            })
                             .collect();
                         emit.row(s, &key_only, lsn, Some(&commit_time))?;
                         since_state += 1;
@@ -483,7 +566,9 @@ fn read_changes<W: Write>(
                 since_state += 1;
             }
             Change::Delete { relation, old } => {
-                let Some(i) = stream_of(&relation) else { continue };
+                let Some(i) = stream_of(&relation) else {
+                    continue;
+                };
                 let s = &mut streams[i];
                 if final_lsn < s.lsn {
                     continue;
@@ -494,7 +579,9 @@ fn read_changes<W: Write>(
             }
             Change::Truncate { relations } => {
                 for relation in relations {
-                    let Some(i) = stream_of(&relation) else { continue };
+                    let Some(i) = stream_of(&relation) else {
+                        continue;
+                    };
                     let s = &mut streams[i];
                     if final_lsn < s.lsn {
                         continue;
@@ -502,7 +589,7 @@ fn read_changes<W: Write>(
                     // A new version: the target drops (or marks) every older row.
                     s.version = s.version.max(chrono::Utc::now().timestamp_millis()) + 1;
                     state.set(&s.p.id, "version", json!(s.version));
-                    emit.out.write_activate_version(&s.p.id, s.version)?;
+                    emit.out.write_activate_version(&s.p.name, s.version)?;
                     tracing::info!(stream = %s.p.id, version = s.version, "TRUNCATE in the log: activating a new version");
                 }
             }
@@ -520,7 +607,10 @@ fn read_changes<W: Write>(
                     since_state = 0;
                 }
                 if out_of_time {
-                    tracing::info!(seconds = started.elapsed().as_secs(), "max_run_seconds reached: stopping after a whole transaction");
+                    tracing::info!(
+                        seconds = started.elapsed().as_secs(),
+                        "max_run_seconds reached: stopping after a whole transaction"
+                    );
                     finished = false;
                     break;
                 }

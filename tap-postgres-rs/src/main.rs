@@ -6,6 +6,7 @@
 
 mod codec;
 mod discover;
+mod log_based;
 mod settings;
 mod state;
 mod sync;
@@ -25,10 +26,11 @@ const CAPABILITIES: &[&str] = &[
     "state",
     "activate-version",
     "properties",
+    "log-based",
 ];
 
-/// Singer tap for PostgreSQL: discovery, FULL_TABLE and INCREMENTAL sync,
-/// lossless values.
+/// Singer tap for PostgreSQL: discovery, FULL_TABLE, INCREMENTAL and
+/// LOG_BASED (pgoutput logical replication) sync, lossless values.
 #[derive(Debug, Parser)]
 #[command(name = NAME, version)]
 struct Args {
@@ -47,6 +49,10 @@ struct Args {
     /// Print the tap's name, version, capabilities and settings.
     #[arg(long)]
     about: bool,
+    /// Drop the LOG_BASED replication slot and publication (named by the
+    /// config), so the server stops keeping WAL for this pipeline; then exit.
+    #[arg(long)]
+    drop_slot: bool,
     /// Format of --about.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     format: Format,
@@ -110,7 +116,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let about = About {
             name: NAME,
             description:
-                "Singer tap for PostgreSQL: lossless discovery, FULL_TABLE and INCREMENTAL sync.",
+                "Singer tap for PostgreSQL: lossless discovery, FULL_TABLE, INCREMENTAL and LOG_BASED (pgoutput) sync.",
             version: env!("CARGO_PKG_VERSION"),
             capabilities: CAPABILITIES,
             settings: &all_settings,
@@ -138,6 +144,19 @@ fn run(args: Args) -> anyhow::Result<()> {
     let settings = settings::TapSettings::from_config(&config)?;
     let connector = pg_connect::Connector::new(settings.connection.clone(), NAME)?;
 
+    if args.drop_slot {
+        let mut client = connector.connect()?;
+        let (slot, publication) = log_based::drop_slot(&mut client, &settings)?;
+        let said = |dropped: bool| if dropped { "dropped" } else { "did not exist" };
+        tracing::info!(
+            slot = %settings.replication_slot,
+            publication = %settings.publication,
+            "replication slot {}, publication {}",
+            said(slot),
+            said(publication)
+        );
+        return Ok(());
+    }
     if args.discover {
         let mut client = connector.connect()?;
         let catalog = discover::catalog(&mut client, &settings.filter_schemas)?;
@@ -169,6 +188,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut client = connector.connect()?;
     let stdout = std::io::stdout();
     let mut out = MessageWriter::new(stdout.lock());
-    sync::run(&mut client, &catalog, state, &settings, &mut out)?;
+    sync::run(
+        &mut client,
+        &connector,
+        &catalog,
+        state,
+        &settings,
+        &mut out,
+    )?;
     Ok(())
 }

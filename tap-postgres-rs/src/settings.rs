@@ -27,7 +27,37 @@ const STATE_INTERVAL: Setting = Setting::new(
 .default("10000");
 
 /// The tap's own settings (connection settings come first in [`all`]).
-pub const TAP_SETTINGS: &[Setting] = &[FILTER_SCHEMAS, DEFAULT_METHOD, STATE_INTERVAL];
+const SLOT_NAME: Setting = Setting::new(
+    "replication_slot_name",
+    SettingKind::String,
+    "LOG_BASED: the logical replication slot (created on first use). Default: tap_postgres_rs_<database>.",
+);
+const PUBLICATION_NAME: Setting = Setting::new(
+    "publication_name",
+    SettingKind::String,
+    "LOG_BASED: the publication to read through; created for the selected tables (or extended) when this role may, else it must exist. Default: tap_postgres_rs_<database>.",
+);
+const MAX_RUN_SECONDS: Setting = Setting::new(
+    "max_run_seconds",
+    SettingKind::Integer,
+    "LOG_BASED: stop reading the log after this many seconds, at a transaction boundary (the next run goes on from there). Default: no limit; a run always ends at the WAL position it saw at start.",
+);
+const SLOT_LAG_WARNING: Setting = Setting::new(
+    "slot_lag_warning_bytes",
+    SettingKind::Integer,
+    "LOG_BASED: warn when the slot keeps more WAL than this on the server.",
+)
+.default("1073741824");
+
+pub const TAP_SETTINGS: &[Setting] = &[
+    FILTER_SCHEMAS,
+    DEFAULT_METHOD,
+    STATE_INTERVAL,
+    SLOT_NAME,
+    PUBLICATION_NAME,
+    MAX_RUN_SECONDS,
+    SLOT_LAG_WARNING,
+];
 
 /// Every setting, for `--about`, `--help` and the environment.
 pub fn all() -> Vec<Setting> {
@@ -74,6 +104,10 @@ pub struct TapSettings {
     pub filter_schemas: Vec<String>,
     pub default_method: Method,
     pub state_interval: u64,
+    pub replication_slot: String,
+    pub publication: String,
+    pub max_run_seconds: Option<u64>,
+    pub slot_lag_warning_bytes: i64,
 }
 
 impl TapSettings {
@@ -94,7 +128,40 @@ impl TapSettings {
                 problem: format!("must be at least 1, not {interval}"),
             });
         }
+        let derived =
+            pg_logical::slot::object_name(&format!("tap_postgres_rs_{}", connection.database));
+        let object = |setting: &Setting| -> Result<String, ConfigError> {
+            Ok(
+                match config.string(setting)?.filter(|v| !v.trim().is_empty()) {
+                    Some(v) => v,
+                    None => derived.clone(),
+                },
+            )
+        };
+        let replication_slot = object(&SLOT_NAME)?;
+        if replication_slot != pg_logical::slot::object_name(&replication_slot) {
+            return Err(ConfigError::Invalid {
+                key: SLOT_NAME.name.into(),
+                problem: format!(
+                    "must use only lower-case letters, digits and underscores (at most 63), not {replication_slot:?}"
+                ),
+            });
+        }
+        let max_run_seconds = match config.integer(&MAX_RUN_SECONDS)? {
+            None | Some(0) => None,
+            Some(n) if n > 0 => Some(n as u64),
+            Some(n) => {
+                return Err(ConfigError::Invalid {
+                    key: MAX_RUN_SECONDS.name.into(),
+                    problem: format!("must be a positive number of seconds, not {n}"),
+                })
+            }
+        };
         Ok(TapSettings {
+            publication: object(&PUBLICATION_NAME)?,
+            replication_slot,
+            max_run_seconds,
+            slot_lag_warning_bytes: config.integer(&SLOT_LAG_WARNING)?.unwrap_or(1 << 30),
             connection,
             filter_schemas,
             default_method,

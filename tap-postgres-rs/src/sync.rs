@@ -34,7 +34,7 @@ pub enum SyncError {
     Query(String),
 }
 
-fn stream_err(stream: &str, problem: impl Into<String>) -> SyncError {
+pub fn stream_err(stream: &str, problem: impl Into<String>) -> SyncError {
     SyncError::Stream {
         stream: stream.to_owned(),
         problem: problem.into(),
@@ -42,9 +42,10 @@ fn stream_err(stream: &str, problem: impl Into<String>) -> SyncError {
 }
 
 /// Syncs every selected stream of the catalog, the one the state says was
-/// interrupted first.
+/// interrupted first; LOG_BASED streams last, together, from one slot.
 pub fn run<W: Write>(
     client: &mut Client,
+    connector: &pg_connect::Connector,
     catalog: &Catalog,
     mut state: State,
     settings: &TapSettings,
@@ -62,8 +63,20 @@ pub fn run<W: Write>(
     }
     // Types are loaded once per run, not once per stream.
     let types = TypeMap::load(client).map_err(|e| SyncError::Query(e.to_string()))?;
+    let mut log_based = Vec::new();
     for entry in streams {
-        sync_stream(client, &types, entry, &mut state, settings, out)?;
+        let p = prepare(client, &types, entry, settings)?;
+        if p.method == Method::LogBased {
+            log_based.push(p);
+            continue;
+        }
+        sync_prepared(client, &p, &mut state, settings, out)?;
+    }
+    if !log_based.is_empty() {
+        for p in &log_based {
+            write_schema(p, out)?;
+        }
+        crate::log_based::sync(client, connector, &log_based, &mut state, settings, out)?;
     }
     state.set_currently_syncing(None);
     out.write_state(&state.to_value())?;
@@ -88,14 +101,26 @@ fn table_of(entry: &CatalogEntry) -> (String, String) {
     (schema, table)
 }
 
-fn sync_stream<W: Write>(
+/// A selected stream, resolved against the database: what to read and how.
+pub struct Prepared {
+    /// `tap_stream_id`: the state's key.
+    pub id: String,
+    /// The catalog's `stream` name: what messages carry.
+    pub name: String,
+    pub rel: Relation,
+    /// The columns read, in table order.
+    pub columns: Vec<Column>,
+    pub key_properties: Vec<String>,
+    pub method: Method,
+    pub replication_key: Option<String>,
+}
+
+fn prepare(
     client: &mut Client,
     types: &TypeMap,
     entry: &CatalogEntry,
-    state: &mut State,
     settings: &TapSettings,
-    out: &mut MessageWriter<W>,
-) -> Result<(), SyncError> {
+) -> Result<Prepared, SyncError> {
     let id = entry.tap_stream_id.as_str();
     let (schema, table) = table_of(entry);
     let rel = discover::relations(
@@ -131,8 +156,7 @@ fn sync_stream<W: Write>(
         None => settings.default_method,
     };
     let replication_key = match method {
-        Method::LogBased => return Err(stream_err(id, "LOG_BASED is not supported yet")),
-        Method::FullTable => None,
+        Method::FullTable | Method::LogBased => None,
         Method::Incremental => {
             let key = entry.replication_key().ok_or_else(|| {
                 stream_err(
@@ -152,12 +176,19 @@ fn sync_stream<W: Write>(
             Some(key)
         }
     };
+    if method == Method::LogBased && rel.kind != discover::RelKind::Table {
+        return Err(stream_err(
+            id,
+            "LOG_BASED works on ordinary tables only (views, materialized views, foreign and partitioned \
+             tables have no change log of their own): use FULL_TABLE or INCREMENTAL for this stream",
+        ));
+    }
 
     let mut key_properties = entry.key_properties();
     if key_properties.is_empty() {
         key_properties = rel.primary_key.clone();
     }
-    let columns: Vec<&Column> = rel
+    let columns: Vec<Column> = rel
         .columns
         .iter()
         .filter(|c| {
@@ -165,57 +196,119 @@ fn sync_stream<W: Write>(
                 || key_properties.contains(&c.name)
                 || replication_key.as_deref() == Some(c.name.as_str())
         })
+        .cloned()
         .collect();
     if columns.is_empty() {
         return Err(stream_err(id, "no column is selected"));
     }
+    Ok(Prepared {
+        id: id.to_owned(),
+        name: entry.stream.clone(),
+        rel,
+        columns,
+        key_properties,
+        method,
+        replication_key,
+    })
+}
 
-    let properties: serde_json::Map<String, Value> = columns
+/// The stream's SCHEMA message (LOG_BASED streams also carry `_sdc_lsn` and
+/// `_sdc_deleted_at`).
+fn write_schema<W: Write>(p: &Prepared, out: &mut MessageWriter<W>) -> Result<(), SyncError> {
+    let mut properties: serde_json::Map<String, Value> = p
+        .columns
         .iter()
         .map(|c| (c.name.clone(), discover::property_schema(c)))
         .collect();
+    if p.method == Method::LogBased {
+        properties.extend(crate::log_based::extra_properties());
+    }
     let schema_json = json!({"type": "object", "properties": properties});
-    let bookmark_props = replication_key.as_ref().map(|k| vec![k.clone()]);
-    // Messages carry the catalog's `stream` name (equal to the id unless a
-    // user renamed it); state is keyed by `tap_stream_id`.
-    let name = entry.stream.as_str();
+    let bookmark_props = p.replication_key.as_ref().map(|k| vec![k.clone()]);
     out.write_schema(
-        name,
+        &p.name,
         &schema_json,
-        &key_properties,
+        &p.key_properties,
         bookmark_props.as_deref(),
     )?;
+    Ok(())
+}
 
-    state.set_currently_syncing(Some(id));
+fn sync_prepared<W: Write>(
+    client: &mut Client,
+    p: &Prepared,
+    state: &mut State,
+    settings: &TapSettings,
+    out: &mut MessageWriter<W>,
+) -> Result<(), SyncError> {
+    write_schema(p, out)?;
+    match &p.replication_key {
+        None => {
+            copy_stream(client, p, state, settings, out)?;
+        }
+        Some(key) => {
+            let ctx = begin(p, state, settings, out)?;
+            let count = incremental(client, &ctx, key, state, out)?;
+            end(p, count, state, out)?;
+        }
+    }
+    Ok(())
+}
+
+fn begin<'a, W: Write>(
+    p: &'a Prepared,
+    state: &mut State,
+    settings: &TapSettings,
+    out: &mut MessageWriter<W>,
+) -> Result<StreamCtx<'a>, SyncError> {
+    state.set_currently_syncing(Some(&p.id));
     out.write_state(&state.to_value())?;
-    tracing::info!(stream = id, method = method.as_str(), "sync started");
-
-    let ctx = StreamCtx {
-        id,
-        name,
-        rel: &rel,
-        columns: &columns,
+    tracing::info!(stream = %p.id, method = p.method.as_str(), "sync started");
+    Ok(StreamCtx {
+        id: &p.id,
+        name: &p.name,
+        rel: &p.rel,
+        columns: p.columns.iter().collect(),
         interval: settings.state_interval,
         time_extracted: chrono::Utc::now()
             .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
             .to_string(),
-    };
-    let count = match replication_key {
-        None => full_table(client, &ctx, state, out)?,
-        Some(key) => incremental(client, &ctx, &key, state, out)?,
-    };
+    })
+}
+
+fn end<W: Write>(
+    p: &Prepared,
+    count: u64,
+    state: &mut State,
+    out: &mut MessageWriter<W>,
+) -> Result<(), SyncError> {
     state.set_currently_syncing(None);
     out.write_state(&state.to_value())?;
     out.flush()?;
-    tracing::info!(stream = id, records = count, "sync finished");
+    tracing::info!(stream = %p.id, records = count, "sync finished");
     Ok(())
+}
+
+/// A whole-table copy of a prepared stream (FULL_TABLE, and LOG_BASED's
+/// initial copy): resumable, framed by ACTIVATE_VERSION.
+pub fn copy_stream<W: Write>(
+    client: &mut Client,
+    p: &Prepared,
+    state: &mut State,
+    settings: &TapSettings,
+    out: &mut MessageWriter<W>,
+) -> Result<u64, SyncError> {
+    let ctx = begin(p, state, settings, out)?;
+    let count = full_table(client, &ctx, state, out)?;
+    end(p, count, state, out)?;
+    Ok(count)
 }
 
 struct StreamCtx<'a> {
     id: &'a str,
     name: &'a str,
     rel: &'a Relation,
-    columns: &'a [&'a Column],
+    columns: Vec<&'a Column>,
     interval: u64,
     time_extracted: String,
 }

@@ -40,7 +40,8 @@ fn about_version_and_help() {
                 "discover",
                 "state",
                 "activate-version",
-                "properties"
+                "properties",
+                "log-based"
             ])
         );
         let props = about["settings"]["properties"].as_object().unwrap();
@@ -161,7 +162,8 @@ fn sync_errors_name_the_stream() {
     let mut client = db.client();
     client
         .batch_execute(
-            "CREATE TABLE t (id integer PRIMARY KEY, v text); CREATE TABLE gone (id integer);",
+            "CREATE TABLE t (id integer PRIMARY KEY, v text); CREATE TABLE gone (id integer);
+             CREATE TABLE keyless (v text); CREATE VIEW v AS SELECT * FROM t;",
         )
         .unwrap();
     let setup = Setup::new(&db.config());
@@ -183,10 +185,18 @@ fn sync_errors_name_the_stream() {
         None,
     );
     assert_fails_with(&r, "tap-postgres-rs: stream public-t: INCREMENTAL needs a replication-key in the catalog metadata");
-    let r = setup.sync(&select(&discovered, &["public-t"], "LOG_BASED", None), None);
+    let r = setup.sync(&select(&discovered, &["public-v"], "LOG_BASED", None), None);
     assert_fails_with(
         &r,
-        "tap-postgres-rs: stream public-t: LOG_BASED is not supported yet",
+        "tap-postgres-rs: stream public-v: LOG_BASED works on ordinary tables only (views, materialized views, foreign and partitioned tables have no change log of their own): use FULL_TABLE or INCREMENTAL for this stream",
+    );
+    let r = setup.sync(
+        &select(&discovered, &["public-keyless"], "LOG_BASED", None),
+        None,
+    );
+    assert_fails_with(
+        &r,
+        "tap-postgres-rs: stream public-keyless: LOG_BASED needs a replica identity, and \"public\".\"keyless\" has none (no primary key, REPLICA IDENTITY DEFAULT): publishing it would make the application's own UPDATEs and DELETEs fail. Add a primary key, or run `ALTER TABLE \"public\".\"keyless\" REPLICA IDENTITY FULL`, or sync it FULL_TABLE.",
     );
     let r = setup.sync(&select(&discovered, &["public-t"], "SOMETIMES", None), None);
     assert_fails_with(&r, "tap-postgres-rs: stream public-t: unknown replication method \"SOMETIMES\" (use FULL_TABLE, INCREMENTAL or LOG_BASED)");
