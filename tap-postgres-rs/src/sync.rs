@@ -188,6 +188,23 @@ fn prepare(
     if key_properties.is_empty() {
         key_properties = rel.primary_key.clone();
     }
+    if key_properties.is_empty() && method == Method::LogBased {
+        // Without a primary key, the replica identity index identifies rows
+        // in the log; the target needs the same key to apply updates and deletes.
+        key_properties = client
+            .query(
+                "SELECT a.attname::text FROM pg_index i \
+                 JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) ON true \
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND i.indisreplident ORDER BY k.ord",
+                &[&rel.schema, &rel.name],
+            )
+            .map_err(|e| stream_err(id, pg_connect::describe(&e)))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    }
     let columns: Vec<Column> = rel
         .columns
         .iter()

@@ -232,6 +232,18 @@ fn rows_text(
     table: &str,
     columns: &[&str],
 ) -> Vec<String> {
+    table_rows(client, schema, table, columns, None)
+}
+
+/// Rows of `columns` (one text COPY line each, under pinned session settings),
+/// sorted; `filter` is an SQL condition such as `_sdc_deleted_at IS NULL`.
+pub fn table_rows(
+    client: &mut postgres::Client,
+    schema: &str,
+    table: &str,
+    columns: &[&str],
+    filter: Option<&str>,
+) -> Vec<String> {
     client
         .batch_execute(
             "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; \
@@ -239,14 +251,15 @@ fn rows_text(
         )
         .unwrap();
     let sql = format!(
-        "COPY (SELECT {c} FROM {s}.{t}) TO STDOUT",
+        "COPY (SELECT {c} FROM {s}.{t} WHERE {f}) TO STDOUT",
         c = columns
             .iter()
             .map(|c| quote_ident(c))
             .collect::<Vec<_>>()
             .join(", "),
         s = quote_ident(schema),
-        t = quote_ident(table)
+        t = quote_ident(table),
+        f = filter.unwrap_or("true")
     );
     let mut text = String::new();
     client
