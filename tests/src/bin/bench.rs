@@ -24,6 +24,8 @@ struct Args {
     rows: u64,
     repeat: usize,
     table: String,
+    /// LOG_BASED mode: apply this many mixed changes and measure their replay.
+    cdc: Option<u64>,
 }
 
 fn parse_args() -> Args {
@@ -31,6 +33,7 @@ fn parse_args() -> Args {
         rows: 1_000_000,
         repeat: 3,
         table: "bench_wide".into(),
+        cdc: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -39,6 +42,7 @@ fn parse_args() -> Args {
             "--rows" => a.rows = value().replace('_', "").parse().expect("--rows N"),
             "--repeat" => a.repeat = value().parse().expect("--repeat N"),
             "--table" => a.table = value(),
+            "--cdc" => a.cdc = Some(value().replace('_', "").parse().expect("--cdc N")),
             "-h" | "--help" => {
                 println!(
                     "bench [--rows N (1000000)] [--repeat N (3)] [--table bench_wide|bench_narrow]"
@@ -271,6 +275,9 @@ fn main() {
     };
     let bytes_per_row = copy_bytes / args.rows as f64;
 
+    if let Some(changes) = args.cdc {
+        return cdc(&b, &args, changes);
+    }
     let conn = |db: &str| json!({"host": "127.0.0.1", "port": b.port, "user": "postgres", "password": "", "database": db, "ssl_mode": "disable"});
     let tap_config = write_json(b.dir.path(), "tap.json", &conn("bench_src"));
     write_json(b.dir.path(), "target.json", &conn("bench_dst"));
@@ -356,4 +363,168 @@ fn main() {
         );
     }
     println!("\n(single-process rows show the same process in both RSS columns; raw COPY sides are psql)");
+}
+
+/// LOG_BASED: initial copy of `rows`, then `changes` mixed changes (half
+/// inserts, 30% updates, 20% deletes, in transactions of 10,000), replayed by
+/// one `tap | target` run. Prints changes/s and each side's peak RSS.
+fn cdc(b: &Bench, args: &Args, changes: u64) {
+    let table = &args.table;
+    let conn = |db: &str| json!({"host": "127.0.0.1", "port": b.port, "user": "postgres", "password": "", "database": db, "ssl_mode": "disable"});
+    write_json(b.dir.path(), "tap.json", &conn("bench_src"));
+    write_json(b.dir.path(), "target.json", &conn("bench_dst"));
+    let mut catalog = e2e_tests::discover(&b.dir.path().join("tap.json"));
+    select(
+        &mut catalog,
+        &[&format!("public-{table}")],
+        "LOG_BASED",
+        None,
+    );
+    write_json(b.dir.path(), "catalog.json", &catalog);
+    b.fresh_dst(false);
+    let run = |state: Option<&std::path::Path>| -> (Sample, serde_json::Value) {
+        let mut tap = b.tap();
+        if let Some(s) = state {
+            tap.arg("--state").arg(s);
+        }
+        let states = b.dir.path().join("states.jsonl");
+        let start = Instant::now();
+        let mut l = tap
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut r = b
+            .target()
+            .stdin(Stdio::from(l.stdout.take().unwrap()))
+            .stdout(Stdio::from(File::create(&states).unwrap()))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let waited = wait_all(&mut [&mut l, &mut r]);
+        let wall = start.elapsed().as_secs_f64();
+        assert!(
+            waited[0].0.success() && waited[1].0.success(),
+            "cdc pipe failed"
+        );
+        let last = std::fs::read_to_string(&states)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .to_owned();
+        (
+            Sample {
+                wall,
+                left_rss: waited[0].1,
+                right_rss: waited[1].1,
+            },
+            serde_json::from_str(&last).unwrap(),
+        )
+    };
+    let (copy, state) = run(None);
+    eprintln!(
+        "bench: initial copy of {} rows in {:.2} s",
+        args.rows, copy.wall
+    );
+    let state_path = write_json(b.dir.path(), "state.json", &state);
+
+    let inserts = changes / 2;
+    let updates = changes * 3 / 10;
+    let deletes = changes - inserts - updates;
+    assert!(
+        updates + deletes <= args.rows,
+        "--rows must be at least 50% of --cdc"
+    );
+    let t = Instant::now();
+    let step = 10_000;
+    let mut i = 0;
+    while i < inserts {
+        let n = step.min(inserts - i);
+        b.sql("bench_src", &format!(
+            "INSERT INTO public.\"{table}\" SELECT id + {off}, {cols} FROM public.\"{table}\" WHERE id > {a} AND id <= {z}",
+            off = args.rows * 2, cols = "int_col, small_col, num_col, dbl_col, bool_col, text_col, vc_col, ts_col, date_col, uuid_col, json_col, arr_col, updated_at",
+            a = i, z = i + n));
+        i += n;
+    }
+    i = 0;
+    while i < updates {
+        let n = step.min(updates - i);
+        b.sql("bench_src", &format!(
+            "UPDATE public.\"{table}\" SET text_col = text_col || '+', num_col = num_col + 1, updated_at = updated_at + interval '1 second' WHERE id > {a} AND id <= {z}",
+            a = i, z = i + n));
+        i += n;
+    }
+    i = 0;
+    while i < deletes {
+        let n = step.min(deletes - i);
+        b.sql(
+            "bench_src",
+            &format!(
+                "DELETE FROM public.\"{table}\" WHERE id > {a} AND id <= {z}",
+                a = args.rows - deletes + i,
+                z = args.rows - deletes + i + n
+            ),
+        );
+        i += n;
+    }
+    eprintln!(
+        "bench: applied {changes} changes in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    b.sql("postgres", "CHECKPOINT");
+    let (replay, _) = run(Some(&state_path));
+    let src_count = {
+        let out = b
+            .psql("bench_src")
+            .args([
+                "-At",
+                "-c",
+                &format!("SELECT count(*) FROM public.\"{table}\""),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let live = {
+        let out = b
+            .psql("bench_dst")
+            .args([
+                "-At",
+                "-c",
+                &format!("SELECT count(*) FROM public.\"{table}\" WHERE _sdc_deleted_at IS NULL"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert_eq!(live, src_count, "live rows after the replay");
+    println!(
+        "\nLOG_BASED: {changes} changes ({inserts} inserts, {updates} updates, {deletes} deletes, transactions of {step}) on {} rows of {table}",
+        args.rows
+    );
+    println!(
+        "\n| run | wall s | changes/s | tap RSS MB | target RSS MB |\n|---|---:|---:|---:|---:|"
+    );
+    println!(
+        "| initial copy ({} rows) | {:.2} | {:.0} rows/s | {:.1} | {:.1} |",
+        args.rows,
+        copy.wall,
+        args.rows as f64 / copy.wall,
+        copy.left_rss,
+        copy.right_rss
+    );
+    println!(
+        "| replay of {changes} changes | {:.2} | {:.0} | {:.1} | {:.1} |",
+        replay.wall,
+        changes as f64 / replay.wall,
+        replay.left_rss,
+        replay.right_rss
+    );
 }
