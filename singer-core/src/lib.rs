@@ -17,6 +17,7 @@
 mod catalog;
 pub mod config;
 mod io;
+pub mod logging;
 mod message;
 pub mod metrics;
 mod schema;

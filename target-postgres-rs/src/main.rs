@@ -43,6 +43,9 @@ struct Args {
     /// Format for --about.
     #[arg(long, value_enum, default_value = "json")]
     format: AboutFormat,
+    /// Log lines on stderr as `text` or `json` (one object per line).
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    log_format: singer_core::logging::LogFormat,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -58,14 +61,7 @@ const IN_FLIGHT: usize = 16;
 
 fn main() {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(io::stderr)
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    singer_core::logging::init_logging(args.log_format);
     if let Err(e) = run(args) {
         let mut msg = String::new();
         for (i, cause) in e.chain().enumerate() {
