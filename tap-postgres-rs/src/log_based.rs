@@ -448,6 +448,23 @@ impl ToastFiller<'_> {
     }
 }
 
+/// The selected stream a change belongs to, unless its transaction committed
+/// before the stream's bookmark (the stream's initial copy already has it).
+fn covering<'s, 'p>(
+    streams: &'s mut [LogStream<'p>],
+    by_table: &HashMap<(String, String), usize>,
+    rel: &WalRelation,
+    final_lsn: Lsn,
+) -> Option<&'s mut LogStream<'p>> {
+    let i = *by_table.get(&(rel.namespace.clone(), rel.name.clone()))?;
+    let s = &mut streams[i];
+    if final_lsn < s.lsn {
+        return None;
+    }
+    s.map_relation(rel);
+    Some(s)
+}
+
 fn read_changes<W: Write>(
     client: &mut Client,
     connector: &Connector,
@@ -491,11 +508,6 @@ fn read_changes<W: Write>(
     let mut since_state: u64 = 0;
     let mut transactions: u64 = 0;
     let mut finished = true;
-    let stream_of = |rel: &WalRelation| {
-        by_table
-            .get(&(rel.namespace.clone(), rel.name.clone()))
-            .copied()
-    };
     while let Some((lsn, change)) = changes.next_change().map_err(setup)? {
         match change {
             Change::Begin {
@@ -507,14 +519,9 @@ fn read_changes<W: Write>(
                 commit_time = pg_time(t);
             }
             Change::Insert { relation, new } => {
-                let Some(i) = stream_of(&relation) else {
+                let Some(s) = covering(streams, &by_table, &relation, final_lsn) else {
                     continue;
                 };
-                let s = &mut streams[i];
-                if final_lsn < s.lsn {
-                    continue;
-                }
-                s.map_relation(&relation);
                 emit.row(s, &new, lsn, None)?;
                 since_state += 1;
             }
@@ -523,14 +530,9 @@ fn read_changes<W: Write>(
                 old,
                 mut new,
             } => {
-                let Some(i) = stream_of(&relation) else {
+                let Some(s) = covering(streams, &by_table, &relation, final_lsn) else {
                     continue;
                 };
-                let s = &mut streams[i];
-                if final_lsn < s.lsn {
-                    continue;
-                }
-                s.map_relation(&relation);
                 if let Some(old) = &old {
                     // REPLICA IDENTITY FULL carries the old row: take unchanged TOAST from it.
                     if relation.replica_identity == ReplicaIdentity::Full {
@@ -566,26 +568,17 @@ fn read_changes<W: Write>(
                 since_state += 1;
             }
             Change::Delete { relation, old } => {
-                let Some(i) = stream_of(&relation) else {
+                let Some(s) = covering(streams, &by_table, &relation, final_lsn) else {
                     continue;
                 };
-                let s = &mut streams[i];
-                if final_lsn < s.lsn {
-                    continue;
-                }
-                s.map_relation(&relation);
                 emit.row(s, &old, lsn, Some(&commit_time))?;
                 since_state += 1;
             }
             Change::Truncate { relations } => {
                 for relation in relations {
-                    let Some(i) = stream_of(&relation) else {
+                    let Some(s) = covering(streams, &by_table, &relation, final_lsn) else {
                         continue;
                     };
-                    let s = &mut streams[i];
-                    if final_lsn < s.lsn {
-                        continue;
-                    }
                     // A new version: the target drops (or marks) every older row.
                     s.version = s.version.max(chrono::Utc::now().timestamp_millis()) + 1;
                     state.set(&s.p.id, "version", json!(s.version));
