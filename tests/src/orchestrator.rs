@@ -84,6 +84,40 @@ pub fn plugin_block() -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Each log line as Meltano 4.4.1's structured-log parser (`singer-sdk`, the
+/// default `log_parser`) reads it: `Some((level, message))`, or `None` when
+/// Meltano would relay the line as unparsed text.
+pub fn meltano_parse_logs(lines: &[&str]) -> Vec<Option<(String, String)>> {
+    let python = venv("meltano", &[MELTANO]).join("bin/python");
+    let script = "import sys, json, logging\n\
+        from meltano.core.logging.parsers import SingerSDKLogParser\n\
+        p = SingerSDKLogParser()\n\
+        for line in sys.stdin:\n\
+        \x20   r = p.parse(line)\n\
+        \x20   print(json.dumps(r and [logging.getLevelName(r.level), r.message]))\n";
+    let mut child = Command::new(python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let writer = crate::feed(child.stdin.take().unwrap(), input.into_bytes());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "Meltano's log parser failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// A Meltano project in a temp dir: the shipped `meltano/meltano.yml`, copied
 /// verbatim and included, plus a `dev` environment that points both plugins
 /// at test databases.

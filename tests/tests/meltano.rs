@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e_tests::orchestrator::{plugin_block, MeltanoProject};
+use e2e_tests::orchestrator::{meltano_parse_logs, plugin_block, MeltanoProject};
 use e2e_tests::{bin, compare_table};
 use pg_testkit::cluster;
 use serde_json::{json, Value};
@@ -798,4 +798,44 @@ fn meltano_log_based_replicates_inserts_updates_and_deletes() {
         "a run without changes re-sent rows:\n{}",
         third_run.stderr
     );
+}
+
+/// `--log-format json` lines are what Meltano's structured-log parser (the
+/// `singer-sdk` one, Meltano's default) understands: each line parses with its
+/// level and message, so Meltano shows the binaries' levels instead of
+/// relaying every line as `info` text.
+#[test]
+#[ignore = "issue 8: the JSON log lines lack the fields Meltano's singer-sdk parser requires \
+            (pid, logger_name, ts, thread_name, app_name); run with --ignored once they have them"]
+fn json_logs_parse_as_meltano_structured_logs() {
+    let _serial = serial();
+    let src = cluster().create_database("meltano_logjson_src");
+    src.client().batch_execute(SOURCE).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = e2e_tests::write_json(dir.path(), "tap.json", &src.config());
+    let mut catalog = e2e_tests::discover(&config);
+    e2e_tests::select(&mut catalog, &["public-customers"], "FULL_TABLE", None);
+    let catalog = e2e_tests::write_json(dir.path(), "catalog.json", &catalog);
+    let tap = Command::new(bin("tap-postgres-rs"))
+        .args(["--log-format", "json", "--config"])
+        .arg(&config)
+        .arg("--catalog")
+        .arg(&catalog)
+        .output()
+        .unwrap();
+    assert!(tap.status.success());
+    let stderr = String::from_utf8_lossy(&tap.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("INFO METRIC: "))
+        .collect();
+    assert!(!lines.is_empty(), "the tap logged nothing");
+    let parsed = meltano_parse_logs(&lines);
+    for (line, p) in lines.iter().zip(&parsed) {
+        let Some((level, message)) = p else {
+            panic!("Meltano cannot parse this log line as a structured log: {line}");
+        };
+        assert_eq!(level, "INFO", "{line}");
+        assert!(!message.is_empty(), "{line}");
+    }
 }
