@@ -130,11 +130,14 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Config {
         for s in settings {
-            let var = format!(
-                "{prefix}_{}",
-                s.name.to_ascii_uppercase().replace('.', "__")
-            );
-            let Some(raw) = env(&var) else { continue };
+            // `SSH_TUNNEL__HOST`, and Meltano's spelling of nested settings, `SSH_TUNNEL_HOST`.
+            let upper = s.name.to_ascii_uppercase();
+            let Some(raw) = [upper.replace('.', "__"), upper.replace('.', "_")]
+                .iter()
+                .find_map(|name| env(&format!("{prefix}_{name}")))
+            else {
+                continue;
+            };
             if self.lookup(s.name).is_some() || s.aliases.iter().any(|a| self.lookup(a).is_some()) {
                 continue;
             }
@@ -444,6 +447,7 @@ mod tests {
     const MODE: Setting =
         Setting::new("load_method", SettingKind::String, "How").choices(&["upsert", "append-only"]);
     const SSH_HOST: Setting = Setting::new("ssh_tunnel.host", SettingKind::String, "Bastion");
+    const SSH_PORT: Setting = Setting::new("ssh_tunnel.port", SettingKind::Integer, "Port");
     const PASSWORD: Setting = Setting::new("password", SettingKind::Password, "Password");
 
     fn cfg(v: Value) -> Config {
@@ -505,16 +509,22 @@ mod tests {
             "T_HOST" => Some("env-host".to_owned()),
             "T_PASSWORD" => Some("s3cret".to_owned()),
             "T_SSH_TUNNEL__HOST" => Some("env-bastion".to_owned()),
+            "T_SSH_TUNNEL_PORT" => Some("2222".to_owned()),
             _ => None,
         };
         let c =
             Config::from_files(&[&a, &b])
                 .unwrap()
-                .with_env("T", &[HOST, PASSWORD, SSH_HOST], env);
+                .with_env("T", &[HOST, PASSWORD, SSH_HOST, SSH_PORT], env);
         assert_eq!(c.string(&HOST).unwrap().as_deref(), Some("b"));
         assert_eq!(c.integer(&PORT).unwrap(), Some(1));
         assert_eq!(c.string(&PASSWORD).unwrap().as_deref(), Some("s3cret"));
         assert_eq!(c.string(&SSH_HOST).unwrap().as_deref(), Some("y"));
+        // The file's ssh_tunnel.port wins over Meltano's single-underscore variable,
+        assert_eq!(c.integer(&SSH_PORT).unwrap(), Some(22));
+        // which is read when no file sets it.
+        let only_env = Config::default().with_env("T", &[SSH_PORT], env);
+        assert_eq!(only_env.integer(&SSH_PORT).unwrap(), Some(2222));
         std::fs::write(&a, "{").unwrap();
         let err = Config::from_files(&[&a]).unwrap_err().to_string();
         assert!(

@@ -10,7 +10,9 @@ pub enum LogFormat {
     /// `2026-01-01T00:00:00Z  INFO target: message key=value`
     #[default]
     Text,
-    /// `{"timestamp":…,"level":"INFO","message":…,"target":…, <fields>}`
+    /// One JSON object per line in the Meltano SDK's structured-log shape:
+    /// `{"level":"info","pid":…,"logger_name":…,"ts":…,"thread_name":…,
+    /// "app_name":…,"stream_name":…,"message":…,"extra":{<fields>}}`.
     Json,
 }
 
@@ -25,8 +27,9 @@ impl FromStr for LogFormat {
     }
 }
 
-/// Installs the global subscriber. Call once, first thing in `main`.
-pub fn init_logging(format: LogFormat) {
+/// Installs the global subscriber for connector `app_name`. Call once, first
+/// thing in `main`.
+pub fn init_logging(format: LogFormat, app_name: &'static str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -35,12 +38,68 @@ pub fn init_logging(format: LogFormat) {
         .with_ansi(false);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .init(),
+        LogFormat::Json => builder.event_format(MeltanoJson { app_name }).init(),
+    }
+}
+
+/// The Meltano SDK's structured log line, which Meltano parses as such.
+struct MeltanoJson {
+    app_name: &'static str,
+}
+
+#[derive(Default)]
+struct Fields(serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}").into());
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for MeltanoJson
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let message = fields.0.remove("message").unwrap_or_default();
+        let stream = fields.0.remove("stream").unwrap_or(serde_json::Value::Null);
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        let line = serde_json::json!({
+            "level": event.metadata().level().as_str().to_ascii_lowercase(),
+            "pid": std::process::id(),
+            "logger_name": event.metadata().target(),
+            "ts": ts,
+            "thread_name": thread.name().unwrap_or("main"),
+            "app_name": self.app_name,
+            "stream_name": stream,
+            "message": message,
+            "extra": fields.0,
+        });
+        writeln!(writer, "{line}")
     }
 }
 

@@ -56,8 +56,9 @@ struct Args {
     /// Format of --about.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     format: Format,
-    /// Log lines on stderr as `text` or `json` (one object per line).
-    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    /// Log lines on stderr as `text` or `json` (one object per line, in the
+    /// Meltano SDK's structured-log shape).
+    #[arg(long, value_name = "FORMAT", default_value = "text", env = "TAP_POSTGRES_RS_LOG_FORMAT")]
     log_format: singer_core::logging::LogFormat,
 }
 
@@ -79,7 +80,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    singer_core::logging::init_logging(args.log_format);
+    singer_core::logging::init_logging(args.log_format, NAME);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_closed_pipe(&e) => {

@@ -29,6 +29,60 @@ use crate::types::{declared_sql_type, json_schema_type, kind_of, ColumnKind};
 /// batch is assumed to (memory stays bounded).
 const MAX_TRACKED_KEYS: usize = 200_000;
 
+/// Integer keys as disjoint ranges (`start -> end`, inclusive): a handful of
+/// entries for serial keys however many rows, so memory stays flat.
+#[derive(Debug, Default)]
+struct KeyRanges {
+    ranges: std::collections::BTreeMap<i64, i64>,
+}
+
+impl KeyRanges {
+    /// Past this many ranges (checked between batches) the keys are too
+    /// scattered to track, and the stream's batches are staged.
+    const MAX_RANGES: usize = 50_000;
+
+    /// Adds `k`; `false` when it was there already.
+    fn insert(&mut self, k: i64) -> bool {
+        let before = self.ranges.range(..=k).next_back().map(|(s, e)| (*s, *e));
+        if before.is_some_and(|(_, e)| k <= e) {
+            return false;
+        }
+        let joins_before = before
+            .filter(|(_, e)| e.checked_add(1) == Some(k))
+            .map(|(s, _)| s);
+        let after = k
+            .checked_add(1)
+            .and_then(|n| self.ranges.get(&n).map(|e| (n, *e)));
+        match (joins_before, after) {
+            (Some(s), Some((n, e))) => {
+                self.ranges.remove(&n);
+                self.ranges.insert(s, e);
+            }
+            (Some(s), None) => {
+                self.ranges.insert(s, k);
+            }
+            (None, Some((n, e))) => {
+                self.ranges.remove(&n);
+                self.ranges.insert(k, e);
+            }
+            (None, None) => {
+                self.ranges.insert(k, k);
+            }
+        }
+        true
+    }
+
+    fn too_big(&self) -> bool {
+        self.ranges.len() > Self::MAX_RANGES
+    }
+}
+
+/// The single integer key of a row's key buffer (the key's JSON text, NUL-terminated).
+fn integer_of(key: &[u8]) -> Option<i64> {
+    let k = key.split(|&b| b == 0).next()?;
+    std::str::from_utf8(k).ok()?.parse().ok()
+}
+
 /// One input item from the reader thread.
 pub type Item = Result<(usize, Message), ReadError>;
 
@@ -124,10 +178,16 @@ struct StreamLoad {
     staged: bool,
     /// Keys seen in this batch (`None`: not tracked; too many, or `ascending` instead).
     seen: Option<HashSet<Box<[u8]>>>,
-    /// Ordered mode for a single integer key (taps send full tables in key
-    /// order): the last key taken directly; every new key must be greater, so
-    /// the batch can't conflict with rows already in the table or with itself.
-    ascending: Option<i64>,
+    /// Integer-key mode for this batch: a row goes straight into the table
+    /// when its key is above `floor` and not yet loaded in this run, so it
+    /// can't conflict with a row already there.
+    integer_direct: bool,
+    /// The table's largest key when this run first wrote to it (for a single
+    /// integer key); every row at or below it may exist already.
+    floor: Option<i64>,
+    /// Keys this run has loaded (directly or through staging). `None` once
+    /// they no longer fit compactly: then every batch is staged.
+    run_keys: Option<KeyRanges>,
     /// How this batch lands has been decided (at its first record).
     decided: bool,
     repeats: bool,
@@ -148,7 +208,7 @@ impl StreamLoad {
         self.deletes = false;
         self.pending = false;
         self.seen = None;
-        self.ascending = None;
+        self.integer_direct = false;
         self.direct = false;
         self.decided = false;
     }
@@ -176,19 +236,30 @@ impl StreamLoad {
             return Ok(());
         }
         if let Some(k) = self.integer_key() {
-            let max: Option<i64> = client
-                .query_one(
-                    &format!(
-                        "SELECT max({})::bigint FROM {}",
-                        quote_ident(&self.shape.columns[k].name),
-                        self.shape.table.qualified()
-                    ),
-                    &[],
-                )?
-                .get(0);
-            self.ascending = Some(max.unwrap_or(i64::MIN));
-            self.direct = true;
-            return Ok(());
+            if self.floor.is_none() {
+                let max: Option<i64> = client
+                    .query_one(
+                        &format!(
+                            "SELECT max({})::bigint FROM {}",
+                            quote_ident(&self.shape.columns[k].name),
+                            self.shape.table.qualified()
+                        ),
+                        &[],
+                    )?
+                    .get(0);
+                self.floor = Some(max.unwrap_or(i64::MIN));
+                self.run_keys = Some(KeyRanges::default());
+            }
+            // Judged between batches only: within one, the ranges grow by at
+            // most the batch size, and a row accepted directly stays accepted.
+            if self.run_keys.as_ref().is_some_and(KeyRanges::too_big) {
+                self.run_keys = None;
+            }
+            if self.run_keys.is_some() {
+                self.integer_direct = true;
+                self.direct = true;
+                return Ok(());
+            }
         }
         self.seen = Some(HashSet::new());
         self.direct = self.info.empty && self.info.unique_on_keys;
@@ -340,7 +411,9 @@ impl<W: Write> Loader<W> {
             direct: false,
             staged: false,
             seen: None,
-            ascending: None,
+            integer_direct: false,
+            floor: None,
+            run_keys: None,
             decided: false,
             repeats: false,
             deletes: false,
@@ -399,6 +472,8 @@ impl<W: Write> Loader<W> {
                 .map_err(|e| db_err(&stream, &table, "emptying the table (overwrite)", &e))?;
             overwritten.insert(table.clone());
             st.info.empty = true;
+            st.floor = None;
+            st.run_keys = None;
             st.start_batch();
         }
         if !st.decided {
@@ -459,7 +534,7 @@ impl<W: Write> Loader<W> {
         while let Some((line, rec)) = next.take() {
             row.clear();
             ctx.sequence = sequence_base + line as i64;
-            let want_key = st.seen.is_some() || st.ascending.is_some();
+            let want_key = st.seen.is_some() || st.run_keys.is_some();
             let appended = match &st.bins {
                 Some(bins) => match append_row_binary(
                     &st.shape,
@@ -499,22 +574,26 @@ impl<W: Write> Loader<W> {
                 }
                 Ok(deleted) => st.deletes |= deleted,
             }
-            if let Some(last) = st.ascending {
-                let k = key.split(|&b| b == 0).next().unwrap_or_default();
-                match std::str::from_utf8(k)
-                    .ok()
-                    .and_then(|t| t.parse::<i64>().ok())
-                {
-                    Some(k) if k > last => st.ascending = Some(k),
-                    _ => {
-                        // Out of order: this row and the rest of the batch go
-                        // through staging, where repeats are tracked from here.
-                        st.ascending = None;
-                        st.seen = Some(HashSet::new());
-                        to_staging = Some((line, rec));
-                        break;
-                    }
+            let int_key = st.run_keys.as_ref().and_then(|_| integer_of(&key));
+            if st.integer_direct {
+                let fresh = match (int_key, st.floor, st.run_keys.as_mut()) {
+                    (Some(k), Some(floor), Some(keys)) if k > floor => keys.insert(k),
+                    _ => false,
+                };
+                if !fresh {
+                    // A key that may exist already (or repeats in this run):
+                    // this row and the rest of the batch go through staging.
+                    st.integer_direct = false;
+                    st.seen = Some(HashSet::new());
+                    to_staging = Some((line, rec));
+                    break;
                 }
+            } else if let (Some(k), Some(keys)) = (int_key, st.run_keys.as_mut()) {
+                // Staged keys count too: a later batch must not copy them directly.
+                keys.insert(k);
+            }
+            if st.integer_direct {
+                // Tracked by `run_keys` instead of `seen`.
             } else if let Some(seen) = &mut st.seen {
                 if !seen.contains(key.as_slice()) {
                     seen.insert(key.as_slice().into());
@@ -794,4 +873,35 @@ fn copy_error(e: &postgres::Error, st: &StreamLoad, lines: &[usize]) -> LoadErro
         }
     }
     db_err(&stream, &st.shape.table, "COPY", e)
+}
+
+#[cfg(test)]
+mod key_range_tests {
+    use super::{integer_of, KeyRanges};
+
+    #[test]
+    fn ranges_merge_and_detect_repeats() {
+        let mut r = KeyRanges::default();
+        for k in [5, 7, 6, 1, 3, 2, 4, i64::MAX, i64::MIN] {
+            assert!(r.insert(k), "{k}");
+        }
+        assert_eq!(
+            r.ranges.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>(),
+            vec![(i64::MIN, i64::MIN), (1, 7), (i64::MAX, i64::MAX)]
+        );
+        for k in [1, 4, 7, i64::MAX, i64::MIN] {
+            assert!(!r.insert(k), "{k} repeats");
+        }
+        assert!(r.insert(8));
+        assert_eq!(r.ranges.len(), 3);
+        assert!(!r.too_big());
+    }
+
+    #[test]
+    fn integer_keys_from_the_key_buffer() {
+        assert_eq!(integer_of(b"42\0"), Some(42));
+        assert_eq!(integer_of(b"-7\0"), Some(-7));
+        assert_eq!(integer_of(b"\"a\"\0"), None);
+        assert_eq!(integer_of(b"1.5\0"), None);
+    }
 }

@@ -43,8 +43,14 @@ struct Args {
     /// Format for --about.
     #[arg(long, value_enum, default_value = "json")]
     format: AboutFormat,
-    /// Log lines on stderr as `text` or `json` (one object per line).
-    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    /// Log lines on stderr as `text` or `json` (one object per line, in the
+    /// Meltano SDK's structured-log shape).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "text",
+        env = "TARGET_POSTGRES_RS_LOG_FORMAT"
+    )]
     log_format: singer_core::logging::LogFormat,
 }
 
@@ -61,7 +67,7 @@ const IN_FLIGHT: usize = 16;
 
 fn main() {
     let args = Args::parse();
-    singer_core::logging::init_logging(args.log_format);
+    singer_core::logging::init_logging(args.log_format, "target-postgres-rs");
     if let Err(e) = run(args) {
         let mut msg = String::new();
         for (i, cause) in e.chain().enumerate() {

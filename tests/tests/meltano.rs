@@ -805,8 +805,6 @@ fn meltano_log_based_replicates_inserts_updates_and_deletes() {
 /// level and message, so Meltano shows the binaries' levels instead of
 /// relaying every line as `info` text.
 #[test]
-#[ignore = "issue 8: the JSON log lines lack the fields Meltano's singer-sdk parser requires \
-            (pid, logger_name, ts, thread_name, app_name); run with --ignored once they have them"]
 fn json_logs_parse_as_meltano_structured_logs() {
     let _serial = serial();
     let src = cluster().create_database("meltano_logjson_src");
