@@ -50,6 +50,7 @@ fn plain_cluster() -> &'static Cluster {
         start_cluster(ClusterOptions {
             tls: false,
             private_network: false,
+            ..Default::default()
         })
     })
 }

@@ -16,6 +16,7 @@ fn hidden() -> &'static (Cluster, Bastion) {
         let c = start_cluster(ClusterOptions {
             tls: true,
             private_network: true,
+            ..Default::default()
         });
         let b = Bastion::start(&c);
         (c, b)

@@ -53,14 +53,17 @@ pub struct ClusterOptions {
     /// process still reaches it as superuser over its Unix socket
     /// ([`Cluster::client`]), and [`bastion::Bastion`] can forward into it.
     pub private_network: bool,
+    /// `wal_level` (the shared cluster's is `logical`).
+    pub wal_level: &'static str,
 }
 
 impl Default for ClusterOptions {
-    /// The shared cluster's options: TLS on, loopback.
+    /// The shared cluster's options: TLS on, loopback, logical WAL.
     fn default() -> Self {
         ClusterOptions {
             tls: true,
             private_network: false,
+            wal_level: "logical",
         }
     }
 }
@@ -250,11 +253,12 @@ impl Cluster {
         };
         let mut opts = format!(
             "-c port={port} -c listen_addresses={listen} -c unix_socket_directories={dir} \
-             -c wal_level=logical -c max_replication_slots=64 -c max_wal_senders=32 \
+             -c wal_level={wal_level} -c max_replication_slots=64 -c max_wal_senders=32 \
              -c max_connections=300 -c fsync=off -c full_page_writes=off \
              -c shared_buffers=128MB",
             port = self.port,
             dir = self.dir.display(),
+            wal_level = self.options.wal_level,
         );
         if self.options.tls {
             opts.push_str(&format!(

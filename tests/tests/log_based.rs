@@ -384,3 +384,94 @@ fn log_based_errors_are_clear_and_drop_slot_cleans_up() {
         .get(0);
     assert_eq!(left, 0);
 }
+
+#[test]
+fn wal_level_and_busy_slot_are_refused_clearly() {
+    // A server without logical WAL.
+    let replica = pg_testkit::start_cluster(pg_testkit::ClusterOptions {
+        tls: false,
+        wal_level: "replica",
+        ..Default::default()
+    });
+    let db = replica.create_database("cdc_walrep");
+    replica
+        .client(&db.name)
+        .batch_execute("CREATE TABLE t (id integer PRIMARY KEY)")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_json(dir.path(), "tap.json", &db.config());
+    let mut catalog = discover(&config);
+    select(&mut catalog, &["public-t"], "LOG_BASED", None);
+    let catalog = write_json(dir.path(), "catalog.json", &catalog);
+    let out = Command::new(bin("tap-postgres-rs"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--catalog")
+        .arg(&catalog)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).lines().last().unwrap(),
+        "tap-postgres-rs: LOG_BASED: wal_level is `replica`, but LOG_BASED replication needs `logical`: \
+         set wal_level = logical in postgresql.conf and restart the server"
+    );
+
+    // A slot another reader holds.
+    let cdc = Cdc::new("cdc_busy", false);
+    cdc.src
+        .client()
+        .batch_execute("CREATE TABLE t (id integer PRIMARY KEY)")
+        .unwrap();
+    cdc.run(&["public-t"], None);
+    let mut holder = Command::new(cluster().bindir().join("pg_recvlogical"))
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
+        .arg(cluster().port().to_string())
+        .args([
+            "-d",
+            &cdc.src.name,
+            "-S",
+            &cdc.slot,
+            "--start",
+            "-f",
+            "/dev/null",
+        ])
+        .args(["-o", "proto_version=1", "-o"])
+        .arg(format!("publication_names=pub_{}", cdc.src.name))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let held = TestDb::wait_for(std::time::Duration::from_secs(20), || {
+        cdc.src
+            .client()
+            .query_one(
+                "SELECT active_pid IS NOT NULL FROM pg_replication_slots WHERE slot_name = $1",
+                &[&cdc.slot],
+            )
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false)
+    });
+    assert!(held, "pg_recvlogical did not take the slot");
+    let out = Command::new(bin("tap-postgres-rs"))
+        .arg("--config")
+        .arg(cdc.tap_config())
+        .arg("--catalog")
+        .arg(cdc.catalog(&["public-t"]))
+        .output()
+        .unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(!out.status.success());
+    let last = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    assert!(
+        last.starts_with(&format!(
+            "tap-postgres-rs: LOG_BASED: replication slot `{}` is in use by another process (pid ",
+            cdc.slot
+        )) && last.ends_with("): stop the other reader or choose another replication_slot_name"),
+        "{last}"
+    );
+}

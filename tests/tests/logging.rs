@@ -60,7 +60,12 @@ fn both_binaries_log_json_lines() {
         String::from_utf8_lossy(&target.stderr)
     );
     assert!(assert_json_lines("tap-postgres-rs", &String::from_utf8_lossy(&tap.stderr)) >= 2);
-    assert!(assert_json_lines("target-postgres-rs", &String::from_utf8_lossy(&target.stderr)) >= 1);
+    assert!(
+        assert_json_lines(
+            "target-postgres-rs",
+            &String::from_utf8_lossy(&target.stderr)
+        ) >= 1
+    );
 
     let bad = Command::new(bin("tap-postgres-rs"))
         .args(["--log-format", "yaml", "--about"])

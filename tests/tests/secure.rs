@@ -116,6 +116,7 @@ fn through_an_ssh_tunnel_to_databases_only_the_bastion_reaches() {
     let hidden = start_cluster(ClusterOptions {
         tls: true,
         private_network: true,
+        ..Default::default()
     });
     let bastion = Bastion::start(&hidden);
     // Nothing outside the namespace reaches the server over TCP.
