@@ -107,7 +107,8 @@ pub fn find_bindir() -> Result<PathBuf, String> {
             return Ok(dir);
         }
         return Err(format!(
-            "PG_BINDIR={} has no initdb/pg_ctl/postgres",
+            "PG_BINDIR={} has no initdb/pg_ctl/postgres: point it at the PostgreSQL server \
+             binaries, or unset it (install them with `apt-get install -y postgresql`)",
             dir.display()
         ));
     }

@@ -102,3 +102,38 @@ fn cluster_is_gone_after_the_run() {
     });
     assert!(refused, "a server still listens on port {port}");
 }
+
+/// Run as a child process with `PG_BINDIR` pointing nowhere.
+#[test]
+#[ignore = "helper: run by missing_binaries_fail_at_once_with_the_fix in a child process"]
+fn child_without_binaries() {
+    pg_testkit::cluster();
+}
+
+#[test]
+fn missing_binaries_fail_at_once_with_the_fix() {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args([
+            "--ignored",
+            "--exact",
+            "child_without_binaries",
+            "--nocapture",
+        ])
+        .env("PG_BINDIR", "/nonexistent/pg/bin")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the harness must fail, never skip");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(
+            "pg-testkit: PG_BINDIR=/nonexistent/pg/bin has no initdb/pg_ctl/postgres: point it at the \
+             PostgreSQL server binaries, or unset it (install them with `apt-get install -y postgresql`)"
+        ),
+        "{text}"
+    );
+}

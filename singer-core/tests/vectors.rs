@@ -98,3 +98,20 @@ fn countries_vector_activates_each_stream_before_its_records() {
     assert_eq!(records, 257);
     assert_eq!(activated, vec!["continents", "countries"]);
 }
+
+#[test]
+fn vendored_vectors_match_their_checksums() {
+    // Byte-for-byte copies of other projects' files: any edit would silently
+    // change what the tests assert.
+    let out = std::process::Command::new("sha256sum")
+        .args(["--check", "--quiet", "SHA256SUMS"])
+        .current_dir(vectors_dir())
+        .output()
+        .expect("sha256sum (coreutils) runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
