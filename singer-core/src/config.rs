@@ -312,6 +312,25 @@ impl Config {
     }
 }
 
+/// The settings as `--help` text (for clap's `after_long_help`).
+pub fn settings_help(env_prefix: &str, settings: &[Setting]) -> String {
+    let mut out = format!("Settings (in --config files, or {env_prefix}_<NAME> env vars):\n");
+    for s in settings {
+        let mut line = format!("  {}", s.name);
+        if !s.aliases.is_empty() {
+            line.push_str(&format!(" (alias {})", s.aliases.join(", ")));
+        }
+        if s.required {
+            line.push_str(" [required]");
+        }
+        if let Some(d) = s.default {
+            line.push_str(&format!(" [default: {d}]"));
+        }
+        out.push_str(&format!("{line}\n      {}\n", s.description));
+    }
+    out
+}
+
 fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -512,10 +531,11 @@ mod tests {
             "T_SSH_TUNNEL_PORT" => Some("2222".to_owned()),
             _ => None,
         };
-        let c =
-            Config::from_files(&[&a, &b])
-                .unwrap()
-                .with_env("T", &[HOST, PASSWORD, SSH_HOST, SSH_PORT], env);
+        let c = Config::from_files(&[&a, &b]).unwrap().with_env(
+            "T",
+            &[HOST, PASSWORD, SSH_HOST, SSH_PORT],
+            env,
+        );
         assert_eq!(c.string(&HOST).unwrap().as_deref(), Some("b"));
         assert_eq!(c.integer(&PORT).unwrap(), Some(1));
         assert_eq!(c.string(&PASSWORD).unwrap().as_deref(), Some("s3cret"));

@@ -58,7 +58,12 @@ struct Args {
     format: Format,
     /// Log lines on stderr as `text` or `json` (one object per line, in the
     /// Meltano SDK's structured-log shape).
-    #[arg(long, value_name = "FORMAT", default_value = "text", env = "TAP_POSTGRES_RS_LOG_FORMAT")]
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "text",
+        env = "TAP_POSTGRES_RS_LOG_FORMAT"
+    )]
     log_format: singer_core::logging::LogFormat,
 }
 

@@ -172,22 +172,7 @@ impl TapSettings {
 
 /// The settings as `--help` text.
 pub fn help_text() -> String {
-    let mut out =
-        String::from("Settings (in --config files, or TAP_POSTGRES_RS_<NAME> env vars):\n");
-    for s in all() {
-        let mut line = format!("  {}", s.name);
-        if !s.aliases.is_empty() {
-            line.push_str(&format!(" (alias {})", s.aliases.join(", ")));
-        }
-        if s.required {
-            line.push_str(" [required]");
-        }
-        if let Some(d) = s.default {
-            line.push_str(&format!(" [default: {d}]"));
-        }
-        out.push_str(&format!("{line}\n      {}\n", s.description));
-    }
-    out
+    singer_core::config::settings_help(ENV_PREFIX, &all())
 }
 
 #[cfg(test)]

@@ -66,7 +66,16 @@ const CHUNK: usize = 256;
 const IN_FLIGHT: usize = 16;
 
 fn main() {
-    let args = Args::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let help = singer_core::config::settings_help(ENV_PREFIX, &all_settings());
+    let args = match Args::command()
+        .after_long_help(help)
+        .try_get_matches()
+        .and_then(|m| Args::from_arg_matches(&m))
+    {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
     singer_core::logging::init_logging(args.log_format, "target-postgres-rs");
     if let Err(e) = run(args) {
         let mut msg = String::new();
