@@ -37,13 +37,13 @@ use singer_core::{push_json_string, MessageWriter, State};
 use crate::codec::Codec;
 use crate::discover::Column;
 use crate::settings::TapSettings;
+use crate::state::{LAST_METHOD, VERSION};
 use crate::sync::{stream_err, Prepared, SyncError};
 
 /// Bookmark keys of LOG_BASED streams (pipelinewise-compatible `lsn`).
 pub const LSN: &str = "lsn";
 /// The LSN read before an initial copy that has not finished yet.
 pub const INITIAL_COPY_LSN: &str = "initial_copy_lsn";
-const LAST_METHOD: &str = "last_replication_method";
 
 /// Extra properties every LOG_BASED stream's SCHEMA carries.
 pub fn extra_properties() -> Vec<(String, Value)> {
@@ -177,7 +177,7 @@ pub fn sync<W: Write>(
             p,
             lsn: lsn_of(state, &p.id, LSN).unwrap_or(0),
             version: state
-                .get(&p.id, "version")
+                .get(&p.id, VERSION)
                 .and_then(Value::as_i64)
                 .unwrap_or_else(|| chrono::Utc::now().timestamp_millis()),
             mapping: Vec::new(),
@@ -581,7 +581,7 @@ fn read_changes<W: Write>(
                     };
                     // A new version: the target drops (or marks) every older row.
                     s.version = s.version.max(chrono::Utc::now().timestamp_millis()) + 1;
-                    state.set(&s.p.id, "version", json!(s.version));
+                    state.set(&s.p.id, VERSION, json!(s.version));
                     emit.out.write_activate_version(&s.p.name, s.version)?;
                     tracing::info!(stream = %s.p.id, version = s.version, "TRUNCATE in the log: activating a new version");
                 }

@@ -572,16 +572,21 @@ fn date_part(b: &[u8], bc: bool) -> Option<(i64, usize)> {
     Some((days_from_civil(y, m, d) - PG_EPOCH_DAYS, ylen + 6))
 }
 
+/// The text without a trailing ` BC`, and whether it had one.
+fn strip_bc(s: &str) -> (&str, bool) {
+    match s.strip_suffix(" BC") {
+        Some(b) => (b, true),
+        None => (s, false),
+    }
+}
+
 fn parse_date(s: &str) -> Result<i32, Fallback> {
     match s {
         "infinity" => return Ok(i32::MAX),
         "-infinity" => return Ok(i32::MIN),
         _ => {}
     }
-    let (body, bc) = match s.strip_suffix(" BC") {
-        Some(b) => (b, true),
-        None => (s, false),
-    };
+    let (body, bc) = strip_bc(s);
     let b = body.as_bytes();
     let (days, used) = date_part(b, bc).ok_or(Fallback)?;
     if used != b.len() {
@@ -598,10 +603,7 @@ fn parse_timestamp(s: &str, with_tz: bool) -> Result<i64, Fallback> {
         "-infinity" => return Ok(i64::MIN),
         _ => {}
     }
-    let (body, bc) = match s.strip_suffix(" BC") {
-        Some(b) => (b, true),
-        None => (s, false),
-    };
+    let (body, bc) = strip_bc(s);
     let b = body.as_bytes();
     let (days, mut i) = date_part(b, bc).ok_or(Fallback)?;
     let mut micros = 0i64;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 
+use pg_connect::{quote_ident, quote_qualified};
 use serde_json::{json, Value};
 
 // --- Orchestrator and peer-connector helpers (Meltano, singer-tools, target-jsonl,
@@ -212,10 +213,6 @@ pub fn columns(client: &mut postgres::Client, schema: &str, table: &str) -> Vec<
         .collect()
 }
 
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
 /// The values of `columns` (one text COPY line per row), sorted.
 fn column_values(
     client: &mut postgres::Client,
@@ -251,14 +248,13 @@ pub fn table_rows(
         )
         .unwrap();
     let sql = format!(
-        "COPY (SELECT {c} FROM {s}.{t} WHERE {f}) TO STDOUT",
+        "COPY (SELECT {c} FROM {t} WHERE {f}) TO STDOUT",
         c = columns
             .iter()
             .map(|c| quote_ident(c))
             .collect::<Vec<_>>()
             .join(", "),
-        s = quote_ident(schema),
-        t = quote_ident(table),
+        t = quote_qualified(schema, table),
         f = filter.unwrap_or("true")
     );
     let mut text = String::new();
@@ -317,7 +313,7 @@ pub fn compare_table(
     let count = |c: &mut postgres::Client, s: &str, t: &str| -> usize {
         let n: i64 = c
             .query_one(
-                &format!("SELECT count(*) FROM {}.{}", quote_ident(s), quote_ident(t)),
+                &format!("SELECT count(*) FROM {}", quote_qualified(s, t)),
                 &[],
             )
             .unwrap()

@@ -152,20 +152,21 @@ impl Bench {
         self.sql("postgres", "CHECKPOINT");
     }
 
-    fn count_dst(&self) -> u64 {
-        let out = self
-            .psql("bench_dst")
-            .args([
-                "-At",
-                "-c",
-                &format!("SELECT count(*) FROM public.\"{}\"", self.table),
-            ])
-            .output()
-            .unwrap();
+    /// Rows of the benchmark table in `db` that match `filter`.
+    fn count(&self, db: &str, filter: &str) -> u64 {
+        let sql = format!(
+            "SELECT count(*) FROM {} WHERE {filter}",
+            pg_connect::quote_qualified("public", &self.table)
+        );
+        let out = self.psql(db).args(["-At", "-c", &sql]).output().unwrap();
         String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
             .unwrap_or(0)
+    }
+
+    fn count_dst(&self) -> u64 {
+        self.count("bench_dst", "true")
     }
 
     /// `left | right`, both measured.
@@ -268,7 +269,13 @@ fn main() {
     let copy_bytes = {
         let out = b
             .psql("bench_src")
-            .args(["-c", &format!("\\copy public.\"{}\" TO STDOUT", args.table)])
+            .args([
+                "-c",
+                &format!(
+                    "\\copy {} TO STDOUT",
+                    pg_connect::quote_qualified("public", &args.table)
+                ),
+            ])
             .output()
             .unwrap();
         out.stdout.len() as f64
@@ -309,11 +316,20 @@ fn main() {
         eprintln!("bench: pass {pass}/{}", args.repeat);
         b.fresh_dst(true);
         let mut left = b.psql("bench_src");
-        left.args(["-c", &format!("\\copy public.\"{}\" TO STDOUT", args.table)]);
+        left.args([
+            "-c",
+            &format!(
+                "\\copy {} TO STDOUT",
+                pg_connect::quote_qualified("public", &args.table)
+            ),
+        ]);
         let mut right = b.psql("bench_dst");
         right.args([
             "-c",
-            &format!("\\copy public.\"{}\" FROM STDIN", args.table),
+            &format!(
+                "\\copy {} FROM STDIN",
+                pg_connect::quote_qualified("public", &args.table)
+            ),
         ]);
         samples[0].push(b.pipe(left, right));
         assert_eq!(b.count_dst(), args.rows);
@@ -438,72 +454,38 @@ fn cdc(b: &Bench, args: &Args, changes: u64) {
     );
     let t = Instant::now();
     let step = 10_000;
-    let mut i = 0;
-    while i < inserts {
-        let n = step.min(inserts - i);
-        b.sql("bench_src", &format!(
-            "INSERT INTO public.\"{table}\" SELECT id + {off}, {cols} FROM public.\"{table}\" WHERE id > {a} AND id <= {z}",
-            off = args.rows * 2, cols = "int_col, small_col, num_col, dbl_col, bool_col, text_col, vc_col, ts_col, date_col, uuid_col, json_col, arr_col, updated_at",
-            a = i, z = i + n));
-        i += n;
-    }
-    i = 0;
-    while i < updates {
-        let n = step.min(updates - i);
-        b.sql("bench_src", &format!(
-            "UPDATE public.\"{table}\" SET text_col = text_col || '+', num_col = num_col + 1, updated_at = updated_at + interval '1 second' WHERE id > {a} AND id <= {z}",
-            a = i, z = i + n));
-        i += n;
-    }
-    i = 0;
-    while i < deletes {
-        let n = step.min(deletes - i);
-        b.sql(
-            "bench_src",
-            &format!(
-                "DELETE FROM public.\"{table}\" WHERE id > {a} AND id <= {z}",
-                a = args.rows - deletes + i,
-                z = args.rows - deletes + i + n
-            ),
-        );
-        i += n;
-    }
+    let qt = pg_connect::quote_qualified("public", table);
+    // Runs `sql(from, to)` over key ranges of at most `step` ids, one transaction each.
+    let batches = |first: u64, count: u64, sql: &dyn Fn(u64, u64) -> String| {
+        let mut i = 0;
+        while i < count {
+            let n = step.min(count - i);
+            b.sql("bench_src", &sql(first + i, first + i + n));
+            i += n;
+        }
+    };
+    let cols = "int_col, small_col, num_col, dbl_col, bool_col, text_col, vc_col, ts_col, date_col, uuid_col, json_col, arr_col, updated_at";
+    let off = args.rows * 2;
+    batches(0, inserts, &|a, z| {
+        format!("INSERT INTO {qt} SELECT id + {off}, {cols} FROM {qt} WHERE id > {a} AND id <= {z}")
+    });
+    batches(0, updates, &|a, z| {
+        format!(
+            "UPDATE {qt} SET text_col = text_col || '+', num_col = num_col + 1, \
+             updated_at = updated_at + interval '1 second' WHERE id > {a} AND id <= {z}"
+        )
+    });
+    batches(args.rows - deletes, deletes, &|a, z| {
+        format!("DELETE FROM {qt} WHERE id > {a} AND id <= {z}")
+    });
     eprintln!(
         "bench: applied {changes} changes in {:.1} s",
         t.elapsed().as_secs_f64()
     );
     b.sql("postgres", "CHECKPOINT");
     let (replay, _) = run(Some(&state_path));
-    let src_count = {
-        let out = b
-            .psql("bench_src")
-            .args([
-                "-At",
-                "-c",
-                &format!("SELECT count(*) FROM public.\"{table}\""),
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse::<u64>()
-            .unwrap()
-    };
-    let live = {
-        let out = b
-            .psql("bench_dst")
-            .args([
-                "-At",
-                "-c",
-                &format!("SELECT count(*) FROM public.\"{table}\" WHERE _sdc_deleted_at IS NULL"),
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse::<u64>()
-            .unwrap()
-    };
+    let src_count = b.count("bench_src", "true");
+    let live = b.count("bench_dst", "_sdc_deleted_at IS NULL");
     assert_eq!(live, src_count, "live rows after the replay");
     println!(
         "\nLOG_BASED: {changes} changes ({inserts} inserts, {updates} updates, {deletes} deletes, transactions of {step}) on {} rows of {table}",

@@ -369,7 +369,10 @@ fn run(server: &Server, source: &str, target: &str, scale: u64) -> bool {
         let (schema, table) = stream.split_once('-').unwrap_or(("public", stream));
         let count = |c: &mut postgres::Client| -> i64 {
             c.query_one(
-                &format!("SELECT count(*) FROM \"{schema}\".\"{table}\""),
+                &format!(
+                    "SELECT count(*) FROM {}",
+                    pg_connect::quote_qualified(schema, table)
+                ),
                 &[],
             )
             .map(|r| r.get(0))
