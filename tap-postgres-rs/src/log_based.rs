@@ -452,17 +452,38 @@ impl ToastFiller<'_> {
 /// before the stream's bookmark (the stream's initial copy already has it).
 fn covering<'s, 'p>(
     streams: &'s mut [LogStream<'p>],
-    by_table: &HashMap<(String, String), usize>,
+    by_table: &mut StreamIndex,
     rel: &WalRelation,
     final_lsn: Lsn,
 ) -> Option<&'s mut LogStream<'p>> {
-    let i = *by_table.get(&(rel.namespace.clone(), rel.name.clone()))?;
+    let i = by_table.stream_of(rel)?;
     let s = &mut streams[i];
     if final_lsn < s.lsn {
         return None;
     }
     s.map_relation(rel);
     Some(s)
+}
+
+/// Which selected stream a WAL relation feeds: looked up by name once per
+/// relation OID, then by OID, so a change costs no allocation.
+struct StreamIndex {
+    by_name: HashMap<(String, String), usize>,
+    by_oid: HashMap<u32, Option<usize>>,
+}
+
+impl StreamIndex {
+    fn stream_of(&mut self, rel: &WalRelation) -> Option<usize> {
+        if let Some(hit) = self.by_oid.get(&rel.id) {
+            return *hit;
+        }
+        let i = self
+            .by_name
+            .get(&(rel.namespace.clone(), rel.name.clone()))
+            .copied();
+        self.by_oid.insert(rel.id, i);
+        i
+    }
 }
 
 fn read_changes<W: Write>(
@@ -476,11 +497,14 @@ fn read_changes<W: Write>(
     let setup = |e: pg_logical::LogicalError| SyncError::Query(format!("LOG_BASED: {e}"));
     slot::heartbeat(client, "tap-postgres-rs").map_err(setup)?;
     let end = slot::current_flush_lsn(client).map_err(setup)?;
-    let by_table: HashMap<(String, String), usize> = streams
-        .iter()
-        .enumerate()
-        .map(|(i, s)| ((s.p.rel.schema.clone(), s.p.rel.name.clone()), i))
-        .collect();
+    let mut by_table = StreamIndex {
+        by_name: streams
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ((s.p.rel.schema.clone(), s.p.rel.name.clone()), i))
+            .collect(),
+        by_oid: HashMap::new(),
+    };
     let started = Instant::now();
     let deadline = settings.max_run_seconds.map(Duration::from_secs);
     let mut toast = ToastFiller {
@@ -519,7 +543,7 @@ fn read_changes<W: Write>(
                 commit_time = pg_time(t);
             }
             Change::Insert { relation, new } => {
-                let Some(s) = covering(streams, &by_table, &relation, final_lsn) else {
+                let Some(s) = covering(streams, &mut by_table, &relation, final_lsn) else {
                     continue;
                 };
                 emit.row(s, &new, lsn, None)?;
@@ -530,7 +554,7 @@ fn read_changes<W: Write>(
                 old,
                 mut new,
             } => {
-                let Some(s) = covering(streams, &by_table, &relation, final_lsn) else {
+                let Some(s) = covering(streams, &mut by_table, &relation, final_lsn) else {
                     continue;
                 };
                 if let Some(old) = &old {
@@ -568,7 +592,7 @@ fn read_changes<W: Write>(
                 since_state += 1;
             }
             Change::Delete { relation, old } => {
-                let Some(s) = covering(streams, &by_table, &relation, final_lsn) else {
+                let Some(s) = covering(streams, &mut by_table, &relation, final_lsn) else {
                     continue;
                 };
                 emit.row(s, &old, lsn, Some(&commit_time))?;
@@ -576,7 +600,7 @@ fn read_changes<W: Write>(
             }
             Change::Truncate { relations } => {
                 for relation in relations {
-                    let Some(s) = covering(streams, &by_table, &relation, final_lsn) else {
+                    let Some(s) = covering(streams, &mut by_table, &relation, final_lsn) else {
                         continue;
                     };
                     // A new version: the target drops (or marks) every older row.
