@@ -9,17 +9,8 @@ use postgres::Client;
 use serde_json::{json, Map, Value};
 
 use crate::codec::Codec;
-
-/// A catalog query failed.
-#[derive(Debug, thiserror::Error)]
-#[error("discovery query failed: {0}")]
-pub struct DiscoverError(String);
-
-impl From<postgres::Error> for DiscoverError {
-    fn from(e: postgres::Error) -> Self {
-        DiscoverError(pg_connect::describe(&e))
-    }
-}
+use crate::error::{DiscoverError, DiscoverPhase as Phase};
+use crate::pg_type::{PgType, TypeMap};
 
 /// What kind of relation a stream reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,15 +46,11 @@ pub struct Column {
     pub name: String,
     /// `format_type()`, user-defined types schema-qualified.
     pub sql_datatype: String,
+    pub ty: PgType,
+    /// `ty`'s codec, built once.
     pub codec: Codec,
     /// The property schema (without `x-sql-datatype`, null included when nullable).
     pub schema: Value,
-    /// money is read as `::numeric` (its text form depends on lc_monetary).
-    pub read_as_numeric: bool,
-    /// Orderable in a way INCREMENTAL can bookmark.
-    pub replication_key_candidate: bool,
-    /// numeric/real/double: bookmark values are kept as strings (exact digits).
-    pub numeric_like: bool,
 }
 
 /// One table, view, materialized view, partitioned parent or foreign table.
@@ -155,22 +142,26 @@ pub fn relations(
     );
 
     let mut columns: HashMap<u32, Vec<Column>> = HashMap::new();
-    for row in client.query(&col_sql, &param_refs)? {
+    for row in client
+        .query(&col_sql, &param_refs)
+        .map_err(DiscoverError::at(Phase::Columns))?
+    {
         let relid: u32 = row.get(0);
-        let type_oid: u32 = row.get(2);
-        let typmod: i32 = row.get(3);
+        let ty = types.parse(row.get(2), row.get(3));
         let not_null: bool = row.get(4);
-        let sql_datatype: String = row.get(5);
-        columns.entry(relid).or_default().push(types.column(
-            row.get(1),
-            type_oid,
-            typmod,
-            not_null,
-            sql_datatype,
-        ));
+        columns.entry(relid).or_default().push(Column {
+            name: row.get(1),
+            sql_datatype: row.get(5),
+            codec: ty.codec(),
+            schema: ty.schema(!not_null),
+            ty,
+        });
     }
     let mut out = Vec::new();
-    for row in client.query(&rel_sql, &param_refs)? {
+    for row in client
+        .query(&rel_sql, &param_refs)
+        .map_err(DiscoverError::at(Phase::Relations))?
+    {
         let oid: u32 = row.get(0);
         let Some(kind) = RelKind::from_char(row.get(3)) else {
             continue;
@@ -187,258 +178,6 @@ pub fn relations(
         });
     }
     Ok(out)
-}
-
-struct TypeRow {
-    name: String,
-    typtype: u8,
-    base: u32,
-    element: u32,
-    category: u8,
-    delimiter: u8,
-}
-
-/// Every type in the database (a few hundred to a few thousand rows), so that
-/// domains, arrays and enums resolve without a query per column.
-pub struct TypeMap {
-    types: HashMap<u32, TypeRow>,
-    enum_labels: HashMap<u32, Vec<String>>,
-}
-
-/// How a type behaves, once domains and arrays are resolved.
-struct Resolved {
-    codec: Codec,
-    schema: Map<String, Value>,
-    money: bool,
-    candidate: bool,
-    numeric_like: bool,
-}
-
-impl TypeMap {
-    pub fn load(client: &mut Client) -> Result<TypeMap, DiscoverError> {
-        let mut types = HashMap::new();
-        for row in client.query(
-            "SELECT oid, typname::text, typtype, typbasetype, typelem, typcategory, typdelim \
-               FROM pg_type WHERE typtype <> 'c' OR typrelid IN \
-                 (SELECT oid FROM pg_class WHERE relkind = 'c')",
-            &[],
-        )? {
-            let oid: u32 = row.get(0);
-            types.insert(
-                oid,
-                TypeRow {
-                    name: row.get(1),
-                    typtype: row.get::<_, i8>(2) as u8,
-                    base: row.get(3),
-                    element: row.get(4),
-                    category: row.get::<_, i8>(5) as u8,
-                    delimiter: row.get::<_, i8>(6) as u8,
-                },
-            );
-        }
-        let mut enum_labels = HashMap::new();
-        for row in client.query(
-            "SELECT enumtypid, array_agg(enumlabel::text ORDER BY enumsortorder) \
-               FROM pg_enum GROUP BY enumtypid",
-            &[],
-        )? {
-            enum_labels.insert(row.get::<_, u32>(0), row.get::<_, Vec<String>>(1));
-        }
-        Ok(TypeMap { types, enum_labels })
-    }
-
-    fn column(
-        &self,
-        name: String,
-        type_oid: u32,
-        typmod: i32,
-        not_null: bool,
-        sql_datatype: String,
-    ) -> Column {
-        let r = self.resolve(type_oid, typmod, 0);
-        let mut schema = r.schema;
-        if !not_null {
-            add_null(&mut schema);
-        }
-        Column {
-            name,
-            sql_datatype,
-            codec: r.codec,
-            schema: Value::Object(schema),
-            read_as_numeric: r.money,
-            replication_key_candidate: r.candidate,
-            numeric_like: r.numeric_like,
-        }
-    }
-
-    fn resolve(&self, oid: u32, typmod: i32, depth: u32) -> Resolved {
-        let text = |schema: Value| Resolved {
-            codec: Codec::Text,
-            schema: obj(schema),
-            money: false,
-            candidate: false,
-            numeric_like: false,
-        };
-        let Some(t) = self.types.get(&oid).filter(|_| depth < 16) else {
-            return text(json!({"type": ["string"]}));
-        };
-        if t.typtype == b'd' {
-            return self.resolve(t.base, -1, depth + 1);
-        }
-        // int2vector and oidvector print as `1 2 3`, not as arrays.
-        if t.category == b'A' && t.element != 0 && !matches!(oid, 22 | 30) {
-            let el = self.resolve(t.element, typmod, depth + 1);
-            let delimiter = self.types.get(&t.element).map_or(b',', |e| e.delimiter);
-            let mut items = el.schema;
-            // Elements may be NULL, and multi-dimensional arrays nest.
-            add_null(&mut items);
-            add_type(&mut items, "array");
-            return Resolved {
-                codec: Codec::Array {
-                    element: Box::new(el.codec),
-                    delimiter,
-                },
-                schema: obj(json!({"type": ["array"], "items": items})),
-                money: el.money,
-                candidate: false,
-                numeric_like: false,
-            };
-        }
-        if t.typtype == b'e' {
-            let labels = self.enum_labels.get(&oid).cloned().unwrap_or_default();
-            return text(json!({"type": ["string"], "enum": labels}));
-        }
-        let resolved = |codec, schema: Value, candidate, numeric_like| Resolved {
-            codec,
-            schema: obj(schema),
-            money: false,
-            candidate,
-            numeric_like,
-        };
-        // Lengths from the typmod of char(n) / varchar(n).
-        let max_length = (typmod > 4).then(|| typmod - 4);
-        match oid {
-            21 => resolved(Codec::Integer, int_schema(-32768, 32767), true, false),
-            23 => resolved(
-                Codec::Integer,
-                int_schema(-2147483648, 2147483647),
-                true,
-                false,
-            ),
-            20 => resolved(Codec::Integer, int_schema(i64::MIN, i64::MAX), true, false),
-            26 | 28 | 29 => resolved(Codec::Integer, int_schema(0, 4294967295), false, false),
-            1700 | 700 | 701 => resolved(
-                Codec::Number,
-                json!({"type": ["number", "string"]}),
-                true,
-                true,
-            ),
-            790 => Resolved {
-                money: true,
-                ..resolved(Codec::Number, json!({"type": ["number"]}), false, false)
-            },
-            16 => resolved(Codec::Boolean, json!({"type": ["boolean"]}), false, false),
-            17 => resolved(
-                Codec::Bytea,
-                json!({"type": ["string"], "contentEncoding": "base16"}),
-                false,
-                false,
-            ),
-            114 | 3802 => resolved(
-                Codec::Json,
-                json!({"type": ["object", "array", "string", "number", "boolean"]}),
-                false,
-                false,
-            ),
-            1082 => resolved(
-                Codec::Text,
-                json!({"type": ["string"], "format": "date"}),
-                true,
-                false,
-            ),
-            1083 => resolved(
-                Codec::Text,
-                json!({"type": ["string"], "format": "time"}),
-                false,
-                false,
-            ),
-            1266 => resolved(
-                Codec::Timetz,
-                json!({"type": ["string"], "format": "time"}),
-                false,
-                false,
-            ),
-            1114 => resolved(
-                Codec::Timestamp,
-                json!({"type": ["string"], "format": "date-time"}),
-                true,
-                false,
-            ),
-            1184 => resolved(
-                Codec::Timestamptz,
-                json!({"type": ["string"], "format": "date-time"}),
-                true,
-                false,
-            ),
-            2950 => resolved(
-                Codec::Text,
-                json!({"type": ["string"], "format": "uuid"}),
-                false,
-                false,
-            ),
-            25 | 19 => resolved(Codec::Text, json!({"type": ["string"]}), true, false),
-            1042 | 1043 => {
-                let mut s = json!({"type": ["string"]});
-                if let Some(n) = max_length {
-                    s["maxLength"] = json!(n);
-                }
-                resolved(Codec::Text, s, true, false)
-            }
-            _ => match t.name.as_str() {
-                "hstore" => resolved(
-                    Codec::Hstore,
-                    json!({"type": ["object"], "additionalProperties": {"type": ["string", "null"]}}),
-                    false,
-                    false,
-                ),
-                "citext" => resolved(Codec::Text, json!({"type": ["string"]}), true, false),
-                _ => text(json!({"type": ["string"]})),
-            },
-        }
-    }
-}
-
-fn obj(v: Value) -> Map<String, Value> {
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
-}
-
-fn int_schema(min: i64, max: i64) -> Value {
-    json!({"type": ["integer"], "minimum": min, "maximum": max})
-}
-
-fn add_type(schema: &mut Map<String, Value>, name: &str) {
-    if let Some(Value::Array(types)) = schema.get_mut("type") {
-        if !types.iter().any(|t| t == name) {
-            types.push(json!(name));
-        }
-    }
-}
-
-/// Makes a property nullable: `"null"` first in its types (and in `enum`).
-fn add_null(schema: &mut Map<String, Value>) {
-    if let Some(Value::Array(types)) = schema.get_mut("type") {
-        if !types.iter().any(|t| t == "null") {
-            types.insert(0, json!("null"));
-        }
-    }
-    if let Some(Value::Array(labels)) = schema.get_mut("enum") {
-        if !labels.iter().any(Value::is_null) {
-            labels.push(Value::Null);
-        }
-    }
 }
 
 /// A property's schema with `x-sql-datatype`.
@@ -459,7 +198,7 @@ pub fn catalog_entry(rel: &Relation, database: &str) -> Value {
     let valid_keys: Vec<&str> = rel
         .columns
         .iter()
-        .filter(|c| c.replication_key_candidate)
+        .filter(|c| c.ty.bookmarkable())
         .map(|c| c.name.as_str())
         .collect();
     let mut stream_meta = json!({
@@ -503,7 +242,8 @@ pub fn catalog_entry(rel: &Relation, database: &str) -> Value {
 /// The whole catalog for the configured schemas.
 pub fn catalog(client: &mut Client, schemas: &[String]) -> Result<Value, DiscoverError> {
     let database: String = client
-        .query_one("SELECT current_database()::text", &[])?
+        .query_one("SELECT current_database()::text", &[])
+        .map_err(DiscoverError::at(Phase::Database))?
         .get(0);
     let types = TypeMap::load(client)?;
     let rels = relations(client, &Scope::Schemas(schemas), &types)?;

@@ -1,12 +1,20 @@
 //! `tap-postgres-rs`: a Singer tap for PostgreSQL.
 //!
 //! `--discover` prints the catalog; `--catalog` syncs its selected streams
-//! (FULL_TABLE, INCREMENTAL) as Singer messages on stdout; `--about` describes
+//! (FULL_TABLE, INCREMENTAL, LOG_BASED) as Singer messages on stdout;
+//! `--drop-slot` drops LOG_BASED's slot and publication; `--about` describes
 //! the tap. Logs and metrics go to stderr.
 
 mod codec;
+mod copy;
 mod discover;
+mod error;
+mod full_table;
+mod incremental;
 mod log_based;
+mod pg_type;
+mod plan;
+mod record;
 mod settings;
 mod state;
 mod sync;

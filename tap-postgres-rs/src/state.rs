@@ -19,6 +19,11 @@ pub const CTID: &str = "ctid";
 pub const RELFILENODE: &str = "relfilenode";
 pub const SNAPSHOT_XMAX: &str = "snapshot_xmax";
 pub const SNAPSHOT_XIP: &str = "snapshot_xip";
+/// LOG_BASED: changes committed before this LSN are in the destination
+/// (pipelinewise-compatible `lsn`).
+pub const LSN: &str = "lsn";
+/// LOG_BASED: the LSN read before an initial copy that has not finished yet.
+pub const INITIAL_COPY_LSN: &str = "initial_copy_lsn";
 
 /// Where an interrupted FULL_TABLE sync stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,171 @@
+//! The tap's errors: what failed, in which stream and phase, with the cause
+//! as `source()`. Each level says only its own part; main.rs renders the
+//! chain once, joined by `: `, into the one line a failed run ends with.
+
+use pg_connect::ConnectError;
+use pg_logical::{format_lsn, LogicalError, Lsn};
+use singer_core::WriteError;
+
+/// A query failed, shown as [`pg_connect::describe`] renders it: severity,
+/// message, detail and hint on one line. That already says all that the
+/// `postgres::Error`'s own chain would, so the chain ends here.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", pg_connect::describe(.0))]
+pub struct QueryError(pub postgres::Error);
+
+/// A catalog query failed.
+#[derive(Debug, thiserror::Error)]
+#[error("discovery query failed")]
+pub struct DiscoverError {
+    pub phase: DiscoverPhase,
+    #[source]
+    pub source: QueryError,
+}
+
+/// The catalog queries discovery runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscoverPhase {
+    Database,
+    Relations,
+    Columns,
+    Types,
+    EnumLabels,
+}
+
+impl DiscoverError {
+    /// For `map_err`: a failed query of this phase.
+    pub fn at(phase: DiscoverPhase) -> impl FnOnce(postgres::Error) -> DiscoverError {
+        move |e| DiscoverError {
+            phase,
+            source: QueryError(e),
+        }
+    }
+}
+
+/// A sync failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("stream {stream}")]
+    Stream {
+        stream: String,
+        #[source]
+        source: StreamError,
+    },
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// Setting up the session for scans.
+    #[error(transparent)]
+    Session(QueryError),
+    /// Loading the database's types.
+    #[error(transparent)]
+    Types(DiscoverError),
+    /// Setting up or reading LOG_BASED replication.
+    #[error("LOG_BASED")]
+    LogBased(#[source] LogicalError),
+    /// `--drop-slot`.
+    #[error(transparent)]
+    DropSlot(LogicalError),
+}
+
+/// One stream failed; the variant is the phase it failed in.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// Reading the stream's table from the catalog.
+    #[error(transparent)]
+    Discover(#[from] DiscoverError),
+    #[error("table {table} does not exist (or this user cannot see it)")]
+    NoTable { table: String },
+    #[error("unknown replication method {0:?} (use FULL_TABLE, INCREMENTAL or LOG_BASED)")]
+    UnknownMethod(String),
+    #[error("INCREMENTAL needs a replication-key in the catalog metadata")]
+    NoReplicationKey,
+    #[error("replication key {key:?} is not a column of {table}")]
+    KeyNotAColumn { key: String, table: String },
+    #[error(
+        "LOG_BASED works on ordinary tables only (views, materialized views, foreign and partitioned \
+         tables have no change log of their own): use FULL_TABLE or INCREMENTAL for this stream"
+    )]
+    LogBasedNotATable,
+    #[error("no column is selected")]
+    NoColumn,
+    /// Reading the replica identity index of a table without a primary key.
+    #[error(transparent)]
+    ReplicaIdentityKey(QueryError),
+    /// Taking the snapshot a FULL_TABLE resume needs.
+    #[error(transparent)]
+    Snapshot(QueryError),
+    /// Starting the COPY.
+    #[error(transparent)]
+    Copy(QueryError),
+    /// Reading the COPY's rows (the postgres error inside, in one line).
+    #[error("reading rows failed: {}", io_reason(.0))]
+    ReadRows(std::io::Error),
+    #[error("row {row} is not UTF-8")]
+    NotUtf8 {
+        row: u64,
+        #[source]
+        source: std::str::Utf8Error,
+    },
+    #[error("row {row} has too few fields")]
+    TooFewFields { row: u64 },
+    #[error("bookmark replication_key_value {0} is neither a string nor a number")]
+    BadBookmark(serde_json::Value),
+    /// Checking the table's replica identity.
+    #[error(transparent)]
+    ReplicaIdentityCheck(QueryError),
+    #[error(
+        "LOG_BASED needs a replica identity, and {table} has none (no primary key, REPLICA IDENTITY {identity}): \
+         publishing it would make the application's own UPDATEs and DELETEs fail. Add a primary key, \
+         or run `ALTER TABLE {table} REPLICA IDENTITY FULL`, or sync it FULL_TABLE."
+    )]
+    NoReplicaIdentity {
+        table: String,
+        identity: &'static str,
+    },
+    #[error(
+        "the state's LSN {} is older than replication slot `{slot}`'s confirmed position {}: \
+         the changes in between are gone. Remove the stream's bookmark from the state to copy it again.",
+        format_lsn(*.state),
+        format_lsn(*.confirmed)
+    )]
+    StateBehindSlot {
+        slot: String,
+        state: Lsn,
+        confirmed: Lsn,
+    },
+    /// Opening the second session that reads unchanged TOASTed values.
+    #[error(transparent)]
+    ToastConnect(ConnectError),
+    /// Reading unchanged TOASTed values.
+    #[error(transparent)]
+    ToastQuery(QueryError),
+}
+
+impl StreamError {
+    /// This error, in `stream`.
+    pub fn at(self, stream: &str) -> SyncError {
+        SyncError::Stream {
+            stream: stream.to_owned(),
+            source: self,
+        }
+    }
+}
+
+/// For `map_err`: a query of `phase` failed in `stream`.
+pub fn query_failed(
+    stream: &str,
+    phase: fn(QueryError) -> StreamError,
+) -> impl FnOnce(postgres::Error) -> SyncError + '_ {
+    move |e| phase(QueryError(e)).at(stream)
+}
+
+/// The postgres error inside an I/O error from a COPY reader, in one line.
+fn io_reason(e: &std::io::Error) -> String {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<postgres::Error>())
+    {
+        Some(pg) => pg_connect::describe(pg),
+        None => e.to_string(),
+    }
+}

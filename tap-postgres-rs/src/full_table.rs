@@ -1,0 +1,125 @@
+//! FULL_TABLE: a whole-table copy, framed by ACTIVATE_VERSION, that resumes
+//! by physical position. Also LOG_BASED's initial copy.
+//!
+//! The first run is a plain sequential scan (synchronized scans and parallel
+//! workers off, so rows arrive in ctid order) and bookmarks the ctid of the
+//! last row sent. A resumed run reads `ctid > bookmark OR <xmin invisible to
+//! the first run's snapshot>`: still one sequential pass, and rows written
+//! after the first run started are read again wherever an UPDATE moved them.
+//! A changed heap file (VACUUM FULL, CLUSTER, REFRESH, TRUNCATE) restarts the
+//! stream.
+
+use std::io::Write;
+
+use pg_connect::quote_literal;
+use postgres::Client;
+use singer_core::{MessageWriter, State};
+
+use crate::copy::{emit_rows, CopyQuery, StreamCtx};
+use crate::error::{query_failed, StreamError, SyncError};
+use crate::plan::Prepared;
+use crate::settings::TapSettings;
+use crate::state::{self as bookmarks, FullTableResume};
+
+/// Copies a prepared stream's whole table (FULL_TABLE, and LOG_BASED's
+/// initial copy): resumable, framed by ACTIVATE_VERSION. Returns the number
+/// of records.
+pub fn copy_stream<W: Write>(
+    client: &mut Client,
+    p: &Prepared,
+    state: &mut State,
+    settings: &TapSettings,
+    out: &mut MessageWriter<W>,
+) -> Result<u64, SyncError> {
+    let ctx = StreamCtx::begin(p, state, settings, out)?;
+    let count = full_table(client, &ctx, state, out)?;
+    ctx.end(count, state, out)?;
+    Ok(count)
+}
+
+fn full_table<W: Write>(
+    client: &mut Client,
+    ctx: &StreamCtx<'_>,
+    state: &mut State,
+    out: &mut MessageWriter<W>,
+) -> Result<u64, SyncError> {
+    let id = ctx.p.id.as_str();
+    let rel = &ctx.p.rel;
+    let saved = bookmarks::full_table_resume(state, id);
+    // ctid is readable only with SELECT on the whole table.
+    let with_ctid = rel.kind.has_ctid() && rel.table_select;
+    let resume = saved
+        .clone()
+        .filter(|r| with_ctid && r.relfilenode == rel.relfilenode);
+    if saved.is_some() && resume.is_none() {
+        tracing::info!(
+            stream = id,
+            "table was rewritten since the bookmark: starting over"
+        );
+    }
+    let mut progress = match &resume {
+        Some(r) => r.clone(),
+        None => {
+            // Taken before the COPY's own snapshot: anything that snapshot
+            // cannot see was in progress here or started later.
+            let row = client
+                .query_one(
+                    "SELECT (txid_snapshot_xmax(s) % 4294967296)::bigint, \
+                            ARRAY(SELECT (x % 4294967296)::bigint FROM txid_snapshot_xip(s) x) \
+                       FROM txid_current_snapshot() s",
+                    &[],
+                )
+                .map_err(query_failed(id, StreamError::Snapshot))?;
+            let xip: Vec<i64> = row.get(1);
+            FullTableResume {
+                version: chrono::Utc::now().timestamp_millis(),
+                ctid: "(0,0)".into(),
+                relfilenode: rel.relfilenode,
+                snapshot_xmax: row.get::<_, i64>(0) as u32,
+                snapshot_xip: xip.into_iter().map(|x| x as u32).collect(),
+            }
+        }
+    };
+    let mut query = format!("SELECT {}", ctx.select_list());
+    if with_ctid {
+        query.push_str(", ctid");
+    }
+    query.push_str(&format!(" FROM {}", ctx.table()));
+    if let Some(r) = &resume {
+        tracing::info!(stream = id, ctid = %r.ctid, "resuming after the bookmark");
+        let xip: Vec<String> = r.snapshot_xip.iter().map(u32::to_string).collect();
+        query.push_str(&format!(
+            " WHERE ctid > {}::tid OR age(xmin) <= age({}::xid) OR xmin = ANY({}::xid[])",
+            quote_literal(&r.ctid),
+            quote_literal(&r.snapshot_xmax.to_string()),
+            quote_literal(&format!("{{{}}}", xip.join(",")))
+        ));
+    } else {
+        bookmarks::finish_full_table(state, id, progress.version);
+        out.write_activate_version(&ctx.p.name, progress.version)?;
+    }
+
+    let version = progress.version;
+    let copy = CopyQuery {
+        sql: &query,
+        version: Some(version),
+        with_ctid,
+        key_index: None,
+        // The stream's final STATE follows the closing ACTIVATE_VERSION.
+        final_checkpoint: false,
+    };
+    let count = emit_rows(client, ctx, &copy, out, |tracker, out| {
+        // Without ctids (views, partitioned parents, foreign tables) an
+        // interrupted sync starts over; the STATE still lets targets flush.
+        if with_ctid {
+            progress.ctid.clear();
+            progress.ctid.push_str(&tracker.ctid);
+            bookmarks::set_full_table_progress(state, id, &progress);
+        }
+        out.write_state(&state.to_value())?;
+        Ok(())
+    })?;
+    bookmarks::finish_full_table(state, id, version);
+    out.write_activate_version(&ctx.p.name, version)?;
+    Ok(count)
+}

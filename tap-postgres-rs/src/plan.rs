@@ -1,0 +1,164 @@
+//! Stream planning, below every sync method: a selected catalog entry
+//! resolved against the live database into a [`Prepared`] stream (its table,
+//! columns, key, method and replication key), and its SCHEMA message.
+
+use std::io::Write;
+
+use pg_connect::quote_qualified;
+use postgres::Client;
+use serde_json::{json, Value};
+use singer_core::{CatalogEntry, MessageWriter};
+
+use crate::discover::{self, Column, Relation, Scope};
+use crate::error::{query_failed, StreamError, SyncError};
+use crate::pg_type::TypeMap;
+use crate::record;
+use crate::settings::{Method, TapSettings};
+
+/// A selected stream, resolved against the database: what to read and how.
+pub struct Prepared {
+    /// `tap_stream_id`: the state's key.
+    pub id: String,
+    /// The catalog's `stream` name: what messages carry.
+    pub name: String,
+    pub rel: Relation,
+    /// The columns read, in table order.
+    pub columns: Vec<Column>,
+    pub key_properties: Vec<String>,
+    pub method: Method,
+    pub replication_key: Option<String>,
+}
+
+/// The `(schema, table)` a catalog entry reads.
+fn table_of(entry: &CatalogEntry) -> (String, String) {
+    let id = &entry.tap_stream_id;
+    let split = id.split_once('-');
+    let schema = entry
+        .stream_metadata_str("schema-name")
+        .map(str::to_owned)
+        .or_else(|| split.map(|(s, _)| s.to_owned()))
+        .unwrap_or_else(|| "public".to_owned());
+    let table = entry
+        .table_name
+        .clone()
+        .or_else(|| split.map(|(_, t)| t.to_owned()))
+        .unwrap_or_else(|| id.clone());
+    (schema, table)
+}
+
+pub fn prepare(
+    client: &mut Client,
+    types: &TypeMap,
+    entry: &CatalogEntry,
+    settings: &TapSettings,
+) -> Result<Prepared, SyncError> {
+    let id = entry.tap_stream_id.as_str();
+    let (schema, table) = table_of(entry);
+    let rel = discover::relations(
+        client,
+        &Scope::One {
+            schema: &schema,
+            name: &table,
+        },
+        types,
+    )
+    .map_err(|e| StreamError::from(e).at(id))?
+    .into_iter()
+    .next()
+    .ok_or_else(|| {
+        StreamError::NoTable {
+            table: quote_qualified(&schema, &table),
+        }
+        .at(id)
+    })?;
+
+    let method = match entry.replication_method() {
+        Some(m) => Method::parse(&m).ok_or_else(|| StreamError::UnknownMethod(m).at(id))?,
+        None => settings.default_method,
+    };
+    let replication_key = match method {
+        Method::FullTable | Method::LogBased => None,
+        Method::Incremental => {
+            let key = entry
+                .replication_key()
+                .ok_or_else(|| StreamError::NoReplicationKey.at(id))?;
+            if rel.column(&key).is_none() {
+                return Err(StreamError::KeyNotAColumn {
+                    key,
+                    table: quote_qualified(&rel.schema, &rel.name),
+                }
+                .at(id));
+            }
+            Some(key)
+        }
+    };
+    if method == Method::LogBased && rel.kind != discover::RelKind::Table {
+        return Err(StreamError::LogBasedNotATable.at(id));
+    }
+
+    let mut key_properties = entry.key_properties();
+    if key_properties.is_empty() {
+        key_properties = rel.primary_key.clone();
+    }
+    if key_properties.is_empty() && method == Method::LogBased {
+        // Without a primary key, the replica identity index identifies rows
+        // in the log; the target needs the same key to apply updates and deletes.
+        key_properties = client
+            .query(
+                "SELECT a.attname::text FROM pg_index i \
+                 JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) ON true \
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND i.indisreplident ORDER BY k.ord",
+                &[&rel.schema, &rel.name],
+            )
+            .map_err(query_failed(id, StreamError::ReplicaIdentityKey))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    }
+    let columns: Vec<Column> = rel
+        .columns
+        .iter()
+        .filter(|c| {
+            entry.is_column_selected(&c.name)
+                || key_properties.contains(&c.name)
+                || replication_key.as_deref() == Some(c.name.as_str())
+        })
+        .cloned()
+        .collect();
+    if columns.is_empty() {
+        return Err(StreamError::NoColumn.at(id));
+    }
+    Ok(Prepared {
+        id: id.to_owned(),
+        name: entry.stream.clone(),
+        rel,
+        columns,
+        key_properties,
+        method,
+        replication_key,
+    })
+}
+
+/// The stream's SCHEMA message (LOG_BASED streams also carry `_sdc_lsn` and
+/// `_sdc_deleted_at`).
+pub fn write_schema<W: Write>(p: &Prepared, out: &mut MessageWriter<W>) -> Result<(), SyncError> {
+    let mut properties: serde_json::Map<String, Value> = p
+        .columns
+        .iter()
+        .map(|c| (c.name.clone(), discover::property_schema(c)))
+        .collect();
+    if p.method == Method::LogBased {
+        properties.extend(record::log_properties());
+    }
+    let schema_json = json!({"type": "object", "properties": properties});
+    let bookmark_props = p.replication_key.as_ref().map(|k| vec![k.clone()]);
+    out.write_schema(
+        &p.name,
+        &schema_json,
+        &p.key_properties,
+        bookmark_props.as_deref(),
+    )?;
+    Ok(())
+}

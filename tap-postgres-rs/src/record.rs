@@ -1,0 +1,118 @@
+//! One RECORD's JSON, for every sync method: COPY rows and pgoutput tuples
+//! both arrive as Postgres's text form, and both become records here, in one
+//! reused buffer. Also the fields LOG_BASED adds (`_sdc_lsn`,
+//! `_sdc_deleted_at`) and the one format of the times the tap writes.
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use singer_core::push_json_string;
+
+use crate::discover::Column;
+
+/// Where a change is in the source's WAL.
+const SDC_LSN: &str = "_sdc_lsn";
+/// When a DELETE committed.
+const SDC_DELETED_AT: &str = "_sdc_deleted_at";
+
+/// A time as the tap writes it (`time_extracted`, `_sdc_deleted_at`).
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+}
+
+/// The extra properties every LOG_BASED stream's SCHEMA carries.
+pub fn log_properties() -> Vec<(String, Value)> {
+    vec![
+        (
+            SDC_LSN.into(),
+            json!({"type": ["null", "integer"], "minimum": 0, "description": "LSN of the change in the source's WAL"}),
+        ),
+        (
+            SDC_DELETED_AT.into(),
+            json!({"type": ["null", "string"], "format": "date-time", "description": "Commit time of the DELETE that removed the row"}),
+        ),
+    ]
+}
+
+/// Builds records of one stream's columns, one at a time.
+pub struct RecordBuilder<'c> {
+    columns: &'c [Column],
+    /// `"name":` of each column, escaped once.
+    keys: Vec<String>,
+    record: String,
+    empty: bool,
+}
+
+impl<'c> RecordBuilder<'c> {
+    pub fn new(columns: &'c [Column]) -> Self {
+        let keys = columns
+            .iter()
+            .map(|c| {
+                let mut k = String::new();
+                push_json_string(&mut k, &c.name);
+                k.push(':');
+                k
+            })
+            .collect();
+        RecordBuilder {
+            columns,
+            keys,
+            record: String::with_capacity(4096),
+            empty: true,
+        }
+    }
+
+    /// Starts a new record.
+    pub fn begin(&mut self) {
+        self.record.clear();
+        self.record.push('{');
+        self.empty = true;
+    }
+
+    /// The comma before the next field, unless it is the first.
+    fn separate(&mut self) {
+        if !self.empty {
+            self.record.push(',');
+        }
+        self.empty = false;
+    }
+
+    /// Adds column `i` (of the builder's columns): NULL, or its text form.
+    pub fn field(&mut self, i: usize, text: Option<&str>) {
+        self.separate();
+        self.record.push_str(&self.keys[i]);
+        match text {
+            None => self.record.push_str("null"),
+            Some(t) => self.columns[i].codec.encode(t, &mut self.record),
+        }
+    }
+
+    /// Adds LOG_BASED's `_sdc_lsn` and `_sdc_deleted_at`.
+    pub fn log_position(&mut self, lsn: u64, deleted_at: Option<&str>) {
+        self.separate();
+        push_json_string(&mut self.record, SDC_LSN);
+        self.record.push(':');
+        self.record.push_str(&lsn.to_string());
+        self.separate();
+        push_json_string(&mut self.record, SDC_DELETED_AT);
+        self.record.push(':');
+        match deleted_at {
+            Some(t) => push_json_string(&mut self.record, t),
+            None => self.record.push_str("null"),
+        }
+    }
+
+    /// The finished record.
+    pub fn finish(&mut self) -> &str {
+        self.record.push('}');
+        &self.record
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times() {
+        let t = chrono::DateTime::from_timestamp(946_684_800, 0).unwrap();
+        assert_eq!(super::format_time(t), "2000-01-01T00:00:00.000000+00:00");
+    }
+}
