@@ -8,10 +8,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use fallible_iterator::FallibleIterator;
+use postgres::types::PgLsn;
 use postgres::{Client, RowIter};
 
 use crate::pgoutput::{self, Column, Message, OldTuple, Relation};
-use crate::{db, format_lsn, parse_lsn, LogicalError, Lsn};
+use crate::{db, LogicalError, Lsn};
 
 /// One column value of a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +65,7 @@ pub struct ChangeStream<'c> {
     relations: HashMap<u32, Arc<Relation>>,
 }
 
-fn values(columns: &[Column<'_>], lsn: &str) -> Result<Vec<Value>, LogicalError> {
+fn values(columns: &[Column<'_>], lsn: PgLsn) -> Result<Vec<Value>, LogicalError> {
     columns
         .iter()
         .map(|c| {
@@ -74,16 +75,13 @@ fn values(columns: &[Column<'_>], lsn: &str) -> Result<Vec<Value>, LogicalError>
                 Column::Text(_) => Value::Text(
                     c.text()
                         .expect("text column")
-                        .map_err(|source| LogicalError::Decode {
-                            lsn: lsn.to_owned(),
-                            source,
-                        })?
+                        .map_err(|source| LogicalError::Decode { lsn, source })?
                         .to_owned(),
                 ),
                 // We never ask for binary; treat it as an error rather than guess.
                 Column::Binary(_) => {
                     return Err(LogicalError::Decode {
-                        lsn: lsn.to_owned(),
+                        lsn,
                         source: pgoutput::DecodeError::UnknownColumnKind {
                             kind: 'b',
                             offset: 0,
@@ -105,13 +103,12 @@ impl<'c> ChangeStream<'c> {
         upto: Lsn,
     ) -> Result<Self, LogicalError> {
         let publication_names = pg_connect::quote_ident(publication);
-        let upto_text = format_lsn(upto);
-        let params: [&(dyn postgres::types::ToSql + Sync); 3] =
-            [&slot, &upto_text, &publication_names];
+        let upto = PgLsn::from(upto);
+        let params: [&(dyn postgres::types::ToSql + Sync); 3] = [&slot, &upto, &publication_names];
         let rows = client
             .query_raw(
-                "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes(\
-                 $1, $2::text::pg_lsn, NULL, 'proto_version', '1', 'publication_names', $3, \
+                "SELECT lsn, data FROM pg_logical_slot_peek_binary_changes(\
+                 $1, $2, NULL, 'proto_version', '1', 'publication_names', $3, \
                  'messages', 'true')",
                 params,
             )
@@ -132,13 +129,10 @@ impl<'c> ChangeStream<'c> {
             else {
                 return Ok(None);
             };
-            let lsn_text: &str = row.get(0);
-            let lsn = parse_lsn(lsn_text).unwrap_or(0);
+            let lsn: PgLsn = row.get(0);
             let data: &[u8] = row.get(1);
-            let message = pgoutput::decode(data).map_err(|source| LogicalError::Decode {
-                lsn: lsn_text.to_owned(),
-                source,
-            })?;
+            let message =
+                pgoutput::decode(data).map_err(|source| LogicalError::Decode { lsn, source })?;
             let relation = |id: u32| {
                 self.relations
                     .get(&id)
@@ -162,21 +156,21 @@ impl<'c> ChangeStream<'c> {
                 },
                 Message::Insert(i) => Change::Insert {
                     relation: relation(i.relation_id)?,
-                    new: values(&i.new.columns, lsn_text)?,
+                    new: values(&i.new.columns, lsn)?,
                 },
                 Message::Update(u) => Change::Update {
                     relation: relation(u.relation_id)?,
                     old: u
                         .old
                         .as_ref()
-                        .map(|o| values(&o.tuple().columns, lsn_text))
+                        .map(|o| values(&o.tuple().columns, lsn))
                         .transpose()?,
-                    new: values(&u.new.columns, lsn_text)?,
+                    new: values(&u.new.columns, lsn)?,
                 },
                 Message::Delete(d) => Change::Delete {
                     relation: relation(d.relation_id)?,
                     old: match &d.old {
-                        OldTuple::Key(t) | OldTuple::Full(t) => values(&t.columns, lsn_text)?,
+                        OldTuple::Key(t) | OldTuple::Full(t) => values(&t.columns, lsn)?,
                     },
                 },
                 Message::Truncate(t) => Change::Truncate {
@@ -191,7 +185,7 @@ impl<'c> ChangeStream<'c> {
                 // in a Commit that moves the read position.
                 _ => continue,
             };
-            return Ok(Some((lsn, change)));
+            return Ok(Some((lsn.into(), change)));
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod pgoutput;
 pub mod slot;
 
 pub use pgoutput::{format_lsn, parse_lsn, Lsn};
+use postgres::types::PgLsn;
 
 /// What went wrong with logical replication, and what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +46,9 @@ pub enum LogicalError {
     PublicationMissingTables { publication: String, tables: String },
     #[error("replication slot `{0}` does not exist")]
     NoSlot(String),
-    #[error("cannot decode a change at LSN {lsn}: {source}")]
+    #[error("cannot decode a change at LSN {lsn}")]
     Decode {
-        lsn: String,
+        lsn: PgLsn,
         #[source]
         source: pgoutput::DecodeError,
     },

@@ -30,10 +30,12 @@ pub type Lsn = u64;
 
 /// Formats an LSN the way Postgres prints it (`16/B374D848`).
 pub fn format_lsn(lsn: Lsn) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+    postgres::types::PgLsn::from(lsn).to_string()
 }
 
-/// Parses `16/B374D848`.
+/// Parses `16/B374D848` from text (a state file, say; reading from the
+/// server, `pg_lsn` columns decode as `PgLsn`). Unlike `PgLsn`'s parser it
+/// trims and rejects halves wider than 32 bits.
 pub fn parse_lsn(text: &str) -> Option<Lsn> {
     let (hi, lo) = text.trim().split_once('/')?;
     let hi = u64::from_str_radix(hi, 16).ok()?;

@@ -1,8 +1,9 @@
 //! Prerequisites, publications and replication slots.
 
+use postgres::types::PgLsn;
 use postgres::Client;
 
-use crate::{db, format_lsn, parse_lsn, LogicalError, Lsn};
+use crate::{db, format_lsn, LogicalError, Lsn};
 use pg_connect::{quote_ident, quote_qualified};
 
 /// Checks `wal_level = logical` and that the role may replicate.
@@ -133,7 +134,7 @@ pub fn slot_info(client: &mut Client, slot: &str) -> Result<Option<SlotInfo>, Lo
     let row = client
         .query_opt(
             "SELECT slot_name::text, coalesce(plugin::text, ''), coalesce(database::text, ''), active_pid, \
-             confirmed_flush_lsn::text, restart_lsn::text, \
+             confirmed_flush_lsn, restart_lsn, \
              coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint, \
              coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint \
              FROM pg_replication_slots WHERE slot_name = $1",
@@ -145,8 +146,8 @@ pub fn slot_info(client: &mut Client, slot: &str) -> Result<Option<SlotInfo>, Lo
         plugin: r.get(1),
         database: r.get(2),
         active_pid: r.get(3),
-        confirmed_flush_lsn: r.get::<_, Option<&str>>(4).and_then(parse_lsn),
-        restart_lsn: r.get::<_, Option<&str>>(5).and_then(parse_lsn),
+        confirmed_flush_lsn: r.get::<_, Option<PgLsn>>(4).map(Lsn::from),
+        restart_lsn: r.get::<_, Option<PgLsn>>(5).map(Lsn::from),
         retained_bytes: r.get(6),
         pending_bytes: r.get(7),
     }))
@@ -214,8 +215,8 @@ pub fn advance_slot(
     }
     client
         .query_one(
-            "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
-            &[&slot, &format_lsn(lsn)],
+            "SELECT pg_replication_slot_advance($1, $2)",
+            &[&slot, &PgLsn::from(lsn)],
         )
         .map_err(db("advancing the replication slot"))?;
     Ok(slot_info(client, slot)?.and_then(|i| i.confirmed_flush_lsn))
@@ -225,14 +226,11 @@ pub fn advance_slot(
 /// flushed WAL, so this (not the insert position, which is ahead of it under
 /// `synchronous_commit = off`) is where a run can promise to have read to.
 pub fn current_flush_lsn(client: &mut Client) -> Result<Lsn, LogicalError> {
-    let text: String = client
-        .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+    let lsn: PgLsn = client
+        .query_one("SELECT pg_current_wal_flush_lsn()", &[])
         .map_err(db("reading the current WAL position"))?
         .get(0);
-    parse_lsn(&text).ok_or_else(|| LogicalError::Db {
-        context: "reading the current WAL position".into(),
-        message: format!("unexpected LSN {text:?}"),
-    })
+    Ok(lsn.into())
 }
 
 /// Writes a transactional logical-decoding message and returns its commit
@@ -241,17 +239,14 @@ pub fn current_flush_lsn(client: &mut Client) -> Result<Lsn, LogicalError> {
 /// could never advance past unrelated WAL; the heartbeat's own commit gives
 /// every run a position that is safe to confirm. Any role may call it.
 pub fn heartbeat(client: &mut Client, prefix: &str) -> Result<Lsn, LogicalError> {
-    let text: String = client
+    let lsn: PgLsn = client
         .query_one(
-            "SELECT pg_logical_emit_message(true, $1, 'heartbeat')::text",
+            "SELECT pg_logical_emit_message(true, $1, 'heartbeat')",
             &[&prefix],
         )
         .map_err(db("writing a heartbeat to the WAL"))?
         .get(0);
-    parse_lsn(&text).ok_or_else(|| LogicalError::Db {
-        context: "writing a heartbeat to the WAL".into(),
-        message: format!("unexpected LSN {text:?}"),
-    })
+    Ok(lsn.into())
 }
 
 /// Drops the slot if it exists. Returns whether it existed.

@@ -49,7 +49,7 @@ pub enum SyncError {
     Stream {
         stream: String,
         #[source]
-        source: StreamError,
+        source: Box<StreamError>,
     },
     #[error(transparent)]
     Write(#[from] WriteError),
@@ -146,7 +146,7 @@ impl StreamError {
     pub fn at(self, stream: &str) -> SyncError {
         SyncError::Stream {
             stream: stream.to_owned(),
-            source: self,
+            source: Box::new(self),
         }
     }
 }
