@@ -1,7 +1,7 @@
-//! Discovery: four catalog queries for the whole database (relations, columns,
-//! types, enum labels), never one per table, turned into Singer streams.
-//! Sync uses the same code for the one table it reads, so a stream's columns,
-//! codecs and schema are always the live ones.
+//! Discovery: two catalog queries for the whole database (relations and
+//! columns; types come from [`crate::pg_type::TypeMap`]), never one per table,
+//! turned into Singer streams. Sync plans the one table it reads with the
+//! same code, so a stream's columns, codecs and schema are always the live ones.
 
 use std::collections::HashMap;
 
