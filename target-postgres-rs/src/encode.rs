@@ -394,13 +394,7 @@ mod tests {
         encode_value(&mut out, r#""a\u0000b""#, TextKind::Scalar, true).unwrap();
         assert_eq!(out, b"ab");
         out.clear();
-        encode_value(
-            &mut out,
-            r#"{"k":"a\u0000b\\u0000"}"#,
-            TextKind::Json,
-            true,
-        )
-        .unwrap();
+        encode_value(&mut out, r#"{"k":"a\u0000b\\u0000"}"#, TextKind::Json, true).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), r#"{"k":"ab\\\\u0000"}"#);
     }
 }

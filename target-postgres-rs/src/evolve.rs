@@ -84,18 +84,20 @@ pub fn ensure_table(
                 tracing::info!(table = %qualified, column = %c.name, r#type = %c.wanted_type, "added column");
                 types.push(ColumnType::parse(&c.wanted_type));
             }
-            Some((_, have)) => match widen(&ColumnType::parse(have), &ColumnType::parse(&c.wanted_type)) {
-                None => types.push(ColumnType::parse(have)),
-                Some(w) => {
-                    client.batch_execute(&format!(
-                        "ALTER TABLE {qualified} ALTER COLUMN {col} TYPE {} USING {}",
-                        w.new_type,
-                        w.using.replace("{}", &col)
-                    ))?;
-                    tracing::info!(table = %qualified, column = %c.name, from = %have, to = %w.new_type, "widened column");
-                    types.push(ColumnType::parse(&w.new_type));
+            Some((_, have)) => {
+                match widen(&ColumnType::parse(have), &ColumnType::parse(&c.wanted_type)) {
+                    None => types.push(ColumnType::parse(have)),
+                    Some(w) => {
+                        client.batch_execute(&format!(
+                            "ALTER TABLE {qualified} ALTER COLUMN {col} TYPE {} USING {}",
+                            w.new_type,
+                            w.using.replace("{}", &col)
+                        ))?;
+                        tracing::info!(table = %qualified, column = %c.name, from = %have, to = %w.new_type, "widened column");
+                        types.push(ColumnType::parse(&w.new_type));
+                    }
                 }
-            },
+            }
         }
     }
     let empty: bool = client

@@ -162,4 +162,3 @@ impl StreamShape {
         self.columns.iter().any(|c| c.name == name)
     }
 }
-

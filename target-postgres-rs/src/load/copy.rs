@@ -260,8 +260,6 @@ fn copy_run<F: RowFormat, I: Iterator<Item = Item>>(
         drop(writer);
         return Err(e);
     }
-    writer
-        .finish()
-        .map_err(|e| copy_error(&e, shape, &lines))?;
+    writer.finish().map_err(|e| copy_error(&e, shape, &lines))?;
     Ok(end)
 }

@@ -56,7 +56,12 @@ pub(super) fn session(what: &'static str) -> impl Fn(postgres::Error) -> LoadErr
     }
 }
 
-pub(super) fn db_err(stream: &str, table: &TableName, what: &'static str, e: &postgres::Error) -> LoadError {
+pub(super) fn db_err(
+    stream: &str,
+    table: &TableName,
+    what: &'static str,
+    e: &postgres::Error,
+) -> LoadError {
     LoadError::Db {
         stream: stream.to_owned(),
         table: table.qualified(),
@@ -102,4 +107,3 @@ pub(super) fn copy_error(e: &postgres::Error, shape: &StreamShape, lines: &[usiz
     }
     db_err(&stream, &shape.table, "COPY", e)
 }
-

@@ -60,7 +60,10 @@ pub(super) fn merge(client: &mut Client, st: &StreamLoad) -> Result<(), postgres
 }
 
 /// `hard_delete`: rows whose record had `_sdc_deleted_at` set are removed.
-pub(super) fn delete_deleted(client: &mut Client, table: &TableName) -> Result<(), postgres::Error> {
+pub(super) fn delete_deleted(
+    client: &mut Client,
+    table: &TableName,
+) -> Result<(), postgres::Error> {
     client.batch_execute(&format!(
         "DELETE FROM {} WHERE {} IS NOT NULL",
         table.qualified(),

@@ -68,7 +68,6 @@ fn integer_of(key: &[u8]) -> Option<i64> {
     std::str::from_utf8(k).ok()?.parse().ok()
 }
 
-
 /// What this run knows of a stream's keys, across its batches.
 #[derive(Debug)]
 pub(super) enum Keying {
