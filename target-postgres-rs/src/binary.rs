@@ -15,9 +15,18 @@ pub const TRAILER: &[u8] = &[0xff, 0xff];
 /// Microseconds from 1970-01-01 to 2000-01-01 (Postgres' epoch).
 const PG_EPOCH_DAYS: i64 = 10_957;
 
-/// A column type binary COPY can write.
+/// How binary COPY writes a column (from its type, see
+/// [`crate::types::ColumnType::binary`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BinKind {
+    Scalar(BinScalar),
+    /// An array of a scalar kind, with the element type's OID.
+    Array(BinScalar, u32),
+}
+
+/// A scalar value binary COPY can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinScalar {
     Int2,
     Int4,
     Int8,
@@ -33,77 +42,6 @@ pub enum BinKind {
     Jsonb,
     Json,
     Bytea,
-    /// An array of a scalar kind, with the element type's OID.
-    Array(Scalar, u32),
-}
-
-/// The scalar kinds arrays may hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Scalar(BinKindScalar);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BinKindScalar {
-    Int2,
-    Int4,
-    Int8,
-    Float4,
-    Float8,
-    Bool,
-    Text,
-    Numeric,
-    Timestamptz,
-    Date,
-    Uuid,
-}
-
-fn scalar_kind(t: &str) -> Option<(BinKindScalar, u32)> {
-    use BinKindScalar::*;
-    Some(match t {
-        "smallint" => (Int2, 21),
-        "integer" => (Int4, 23),
-        "bigint" => (Int8, 20),
-        "real" => (Float4, 700),
-        "double precision" => (Float8, 701),
-        "boolean" => (Bool, 16),
-        "text" => (Text, 25),
-        "character varying" => (Text, 1043),
-        "numeric" => (Numeric, 1700),
-        "timestamp with time zone" => (Timestamptz, 1184),
-        "date" => (Date, 1082),
-        "uuid" => (Uuid, 2950),
-        _ => return None,
-    })
-}
-
-/// The binary kind of a column type, or `None` (the stream then uses text COPY).
-pub fn bin_kind(sql_type: &str) -> Option<BinKind> {
-    use BinKind::*;
-    Some(match sql_type {
-        "smallint" => Int2,
-        "integer" => Int4,
-        "bigint" => Int8,
-        "real" => Float4,
-        "double precision" => Float8,
-        "boolean" => Bool,
-        "text" => Text,
-        "numeric" => Numeric,
-        "timestamp with time zone" => Timestamptz,
-        "timestamp without time zone" => Timestamp,
-        "date" => Date,
-        "uuid" => Uuid,
-        "jsonb" => Jsonb,
-        "json" => Json,
-        "bytea" => Bytea,
-        t if t.starts_with("character varying") && !t.ends_with("[]") => Text,
-        t if t.starts_with("numeric(") && !t.ends_with("[]") => Numeric,
-        t if t.ends_with("[]") && !t[..t.len() - 2].ends_with("[]") => {
-            let elem = &t[..t.len() - 2];
-            // Element typmods (varchar(10)[]) are checked by text input only.
-            let (k, oid) = scalar_kind(elem)?;
-            Array(Scalar(k), oid)
-        }
-        _ => return None,
-    })
 }
 
 /// This value can't be written in binary exactly as its text would parse.
@@ -137,7 +75,10 @@ pub fn encode_field(
     }
     let at = out.len();
     out.extend_from_slice(&[0, 0, 0, 0]);
-    encode_value(out, t, kind, strip_nul)?;
+    match kind {
+        BinKind::Scalar(scalar) => encode_value(out, t, scalar, strip_nul)?,
+        BinKind::Array(elem, oid) => array(out, t, elem, oid, strip_nul)?,
+    }
     let len = (out.len() - at - 4) as i32;
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
     Ok(())
@@ -174,10 +115,10 @@ fn string_of(t: &str, strip_nul: bool) -> Result<std::borrow::Cow<'_, str>, BinE
 fn encode_value(
     out: &mut Vec<u8>,
     t: &str,
-    kind: BinKind,
+    kind: BinScalar,
     strip_nul: bool,
 ) -> Result<(), BinError> {
-    use BinKind::*;
+    use BinScalar::*;
     match kind {
         Int2 => {
             let v: i16 = t.parse().map_err(|_| Fallback)?;
@@ -282,33 +223,15 @@ fn encode_value(
                 out.push(hi << 4 | lo);
             }
         }
-        Array(Scalar(elem), oid) => array(out, t, elem, oid, strip_nul)?,
     }
     Ok(())
-}
-
-fn scalar_as_kind(k: BinKindScalar) -> BinKind {
-    use BinKindScalar as S;
-    match k {
-        S::Int2 => BinKind::Int2,
-        S::Int4 => BinKind::Int4,
-        S::Int8 => BinKind::Int8,
-        S::Float4 => BinKind::Float4,
-        S::Float8 => BinKind::Float8,
-        S::Bool => BinKind::Bool,
-        S::Text => BinKind::Text,
-        S::Numeric => BinKind::Numeric,
-        S::Timestamptz => BinKind::Timestamptz,
-        S::Date => BinKind::Date,
-        S::Uuid => BinKind::Uuid,
-    }
 }
 
 /// A JSON array (rectangular, any depth) as a binary array.
 fn array(
     out: &mut Vec<u8>,
     t: &str,
-    elem: BinKindScalar,
+    elem: BinScalar,
     oid: u32,
     strip_nul: bool,
 ) -> Result<(), BinError> {
@@ -342,15 +265,7 @@ fn array(
         out.extend_from_slice(&1i32.to_be_bytes());
     }
     let mut has_null = false;
-    elements(
-        out,
-        &top,
-        &dims,
-        0,
-        scalar_as_kind(elem),
-        strip_nul,
-        &mut has_null,
-    )?;
+    elements(out, &top, &dims, 0, elem, strip_nul, &mut has_null)?;
     if has_null {
         out[flags_at..flags_at + 4].copy_from_slice(&1i32.to_be_bytes());
     }
@@ -362,7 +277,7 @@ fn elements(
     items: &[&RawValue],
     dims: &[usize],
     depth: usize,
-    kind: BinKind,
+    kind: BinScalar,
     strip_nul: bool,
     has_null: &mut bool,
 ) -> Result<(), BinError> {
@@ -378,7 +293,7 @@ fn elements(
             if item.get() == "null" {
                 *has_null = true;
             }
-            encode_field(out, item, kind, strip_nul)?;
+            encode_field(out, item, BinKind::Scalar(kind), strip_nul)?;
         } else {
             let sub: Vec<&RawValue> = serde_json::from_str(item.get()).map_err(|_| Fallback)?;
             elements(out, &sub, dims, depth + 1, kind, strip_nul, has_null)?;
@@ -726,15 +641,5 @@ mod tests {
             Ok((days_from_civil(10000, 1, 1) - PG_EPOCH_DAYS) as i32)
         );
         assert_eq!(parse_date("2023-02-29"), Err(Fallback));
-    }
-
-    #[test]
-    fn kinds() {
-        assert_eq!(bin_kind("character varying(255)"), Some(BinKind::Text));
-        assert_eq!(bin_kind("numeric(18,4)"), Some(BinKind::Numeric));
-        assert!(matches!(bin_kind("text[]"), Some(BinKind::Array(_, 25))));
-        assert_eq!(bin_kind("interval"), None);
-        assert_eq!(bin_kind("timestamp(3) with time zone"), None);
-        assert_eq!(bin_kind("integer[][]"), None);
     }
 }

@@ -6,7 +6,37 @@ use std::borrow::Cow;
 
 use serde_json::value::RawValue;
 
-use crate::types::{ColumnKind, Element};
+/// How a column's values are written as COPY text (from its type, see
+/// [`crate::types::ColumnType::text_kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextKind {
+    /// Parsed by Postgres from the value's text (numbers, booleans, text, dates...).
+    Scalar,
+    /// `timestamp[tz]`: text, with a doubled UTC offset repaired.
+    Timestamp,
+    /// `json`/`jsonb`: the value's JSON text, strings included.
+    Json,
+    /// A Postgres array: JSON arrays become array literals.
+    Array(Element),
+    /// `bytea`: hex strings get the `\x` prefix Postgres needs.
+    Bytea,
+    /// `hstore`: a JSON object of strings becomes an hstore literal.
+    Hstore,
+}
+
+/// How the elements of an array column are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Element {
+    /// Nested JSON arrays are dimensions; scalars are written as their text.
+    Scalar,
+    /// `json[]`/`jsonb[]`: each item of the top-level array is one JSON value
+    /// (a JSON array item is a value, not a dimension).
+    Json,
+    /// `bytea[]`: hex strings with the `\x` prefix.
+    Bytea,
+    /// `hstore[]`: objects as hstore literals.
+    Hstore,
+}
 
 /// Why a value can't be written (the caller names stream, line and column).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,7 +69,7 @@ pub fn copy_escape(out: &mut Vec<u8>, s: &[u8]) {
 pub fn encode_value(
     out: &mut Vec<u8>,
     raw: &str,
-    kind: ColumnKind,
+    kind: TextKind,
     strip_nul: bool,
 ) -> Result<(), EncodeError> {
     let bytes = raw.as_bytes();
@@ -47,28 +77,28 @@ pub fn encode_value(
         None => out.extend_from_slice(b"\\N"),
         Some(b'n') => out.extend_from_slice(b"\\N"),
         Some(b'"') => match kind {
-            ColumnKind::Json => json_text(out, raw, strip_nul)?,
+            TextKind::Json => json_text(out, raw, strip_nul)?,
             _ => {
                 let s = unescape(raw, strip_nul)?;
                 match kind {
-                    ColumnKind::Bytea if !s.starts_with("\\x") => {
+                    TextKind::Bytea if !s.starts_with("\\x") => {
                         out.extend_from_slice(b"\\\\x");
                         copy_escape(out, s.as_bytes());
                     }
-                    ColumnKind::Timestamp => copy_escape(out, repair_offset(&s).as_bytes()),
+                    TextKind::Timestamp => copy_escape(out, repair_offset(&s).as_bytes()),
                     _ => copy_escape(out, s.as_bytes()),
                 }
             }
         },
-        Some(b'[') if matches!(kind, ColumnKind::Array(_)) => {
-            let ColumnKind::Array(element) = kind else {
+        Some(b'[') if matches!(kind, TextKind::Array(_)) => {
+            let TextKind::Array(element) = kind else {
                 unreachable!()
             };
             let mut lit = String::with_capacity(raw.len() + 2);
             array_literal(&mut lit, raw, element, strip_nul)?;
             copy_escape(out, lit.as_bytes());
         }
-        Some(b'{') if kind == ColumnKind::Hstore => {
+        Some(b'{') if kind == TextKind::Hstore => {
             let mut lit = String::with_capacity(raw.len());
             hstore_literal(&mut lit, raw, strip_nul)?;
             copy_escape(out, lit.as_bytes());
@@ -266,7 +296,7 @@ fn repair_offset(s: &str) -> Cow<'_, str> {
 mod tests {
     use super::*;
 
-    fn enc(raw: &str, kind: ColumnKind) -> String {
+    fn enc(raw: &str, kind: TextKind) -> String {
         let mut out = Vec::new();
         encode_value(&mut out, raw, kind, false).unwrap();
         String::from_utf8(out).unwrap()
@@ -274,7 +304,7 @@ mod tests {
 
     #[test]
     fn scalars() {
-        use ColumnKind::*;
+        use TextKind::*;
         assert_eq!(enc("null", Scalar), "\\N");
         assert_eq!(enc("null", Json), "\\N");
         assert_eq!(
@@ -290,7 +320,7 @@ mod tests {
 
     #[test]
     fn json_columns_keep_the_exact_json() {
-        use ColumnKind::*;
+        use TextKind::*;
         assert_eq!(enc(r#""abc""#, Json), r#""abc""#);
         assert_eq!(
             enc(r#"{"a":"x\ny","b":1.50}"#, Json),
@@ -303,7 +333,7 @@ mod tests {
 
     #[test]
     fn arrays_become_literals() {
-        use ColumnKind::*;
+        use TextKind::*;
         let array = Array(Element::Scalar);
         assert_eq!(enc("[1,null,3]", array), "{1,NULL,3}");
         assert_eq!(enc("[[1,2],[3,4]]", array), "{{1,2},{3,4}}");
@@ -327,15 +357,15 @@ mod tests {
     #[test]
     fn hstore_objects_become_literals() {
         assert_eq!(
-            enc(r#"{"a":"1","b c":null,"q\"uote":"x"}"#, ColumnKind::Hstore),
+            enc(r#"{"a":"1","b c":null,"q\"uote":"x"}"#, TextKind::Hstore),
             r#""a"=>"1", "b c"=>NULL, "q\\"uote"=>"x""#
         );
-        assert_eq!(enc("{}", ColumnKind::Hstore), "");
+        assert_eq!(enc("{}", TextKind::Hstore), "");
     }
 
     #[test]
     fn bytea_and_timestamps() {
-        use ColumnKind::*;
+        use TextKind::*;
         assert_eq!(enc(r#""deadbeef""#, Bytea), "\\\\xdeadbeef");
         assert_eq!(enc(r#""\\xdeadbeef""#, Bytea), "\\\\xdeadbeef");
         assert_eq!(
@@ -353,24 +383,18 @@ mod tests {
     fn nul_fails_or_is_stripped() {
         let mut out = Vec::new();
         assert_eq!(
-            encode_value(&mut out, r#""a\u0000b""#, ColumnKind::Scalar, false),
+            encode_value(&mut out, r#""a\u0000b""#, TextKind::Scalar, false),
             Err(EncodeError::Nul)
         );
         assert_eq!(
-            encode_value(&mut out, r#"{"k":"a\u0000b"}"#, ColumnKind::Json, false),
+            encode_value(&mut out, r#"{"k":"a\u0000b"}"#, TextKind::Json, false),
             Err(EncodeError::Nul)
         );
         out.clear();
-        encode_value(&mut out, r#""a\u0000b""#, ColumnKind::Scalar, true).unwrap();
+        encode_value(&mut out, r#""a\u0000b""#, TextKind::Scalar, true).unwrap();
         assert_eq!(out, b"ab");
         out.clear();
-        encode_value(
-            &mut out,
-            r#"{"k":"a\u0000b\\u0000"}"#,
-            ColumnKind::Json,
-            true,
-        )
-        .unwrap();
+        encode_value(&mut out, r#"{"k":"a\u0000b\\u0000"}"#, TextKind::Json, true).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), r#"{"k":"ab\\\\u0000"}"#);
     }
 }

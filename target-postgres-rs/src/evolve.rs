@@ -6,13 +6,13 @@ use pg_connect::quote_ident;
 use postgres::Client;
 
 use crate::stream::StreamShape;
-use crate::types::widen;
+use crate::types::{keeps_declared, widen, ColumnType};
 
 /// What the destination table looks like after [`ensure_table`].
 #[derive(Debug, Clone)]
 pub struct TableInfo {
     /// The actual type of each of the shape's columns.
-    pub types: Vec<String>,
+    pub types: Vec<ColumnType>,
     /// Holds no rows (so a first batch may be copied straight in).
     pub empty: bool,
     /// A unique index exists on exactly the key columns (so `ON CONFLICT` works).
@@ -66,7 +66,7 @@ pub fn ensure_table(
             types: shape
                 .columns
                 .iter()
-                .map(|c| c.wanted_type.clone())
+                .map(|c| ColumnType::parse(&c.wanted_type))
                 .collect(),
             empty: true,
             unique_on_keys: primary_key && !shape.keys.is_empty(),
@@ -82,20 +82,22 @@ pub fn ensure_table(
                     c.wanted_type
                 ))?;
                 tracing::info!(table = %qualified, column = %c.name, r#type = %c.wanted_type, "added column");
-                types.push(c.wanted_type.clone());
+                types.push(ColumnType::parse(&c.wanted_type));
             }
-            Some((_, have)) => match widen(have, &c.wanted_type) {
-                None => types.push(have.clone()),
-                Some(w) => {
-                    client.batch_execute(&format!(
-                        "ALTER TABLE {qualified} ALTER COLUMN {col} TYPE {} USING {}",
-                        w.new_type,
-                        w.using.replace("{}", &col)
-                    ))?;
-                    tracing::info!(table = %qualified, column = %c.name, from = %have, to = %w.new_type, "widened column");
-                    types.push(w.new_type);
+            Some((_, have)) => {
+                match widen(&ColumnType::parse(have), &ColumnType::parse(&c.wanted_type)) {
+                    None => types.push(ColumnType::parse(have)),
+                    Some(w) => {
+                        client.batch_execute(&format!(
+                            "ALTER TABLE {qualified} ALTER COLUMN {col} TYPE {} USING {}",
+                            w.new_type,
+                            w.using.replace("{}", &col)
+                        ))?;
+                        tracing::info!(table = %qualified, column = %c.name, from = %have, to = %w.new_type, "widened column");
+                        types.push(ColumnType::parse(&w.new_type));
+                    }
                 }
-            },
+            }
         }
     }
     let empty: bool = client
@@ -149,46 +151,9 @@ pub fn resolve_type(client: &mut Client, declared: &str) -> Option<String> {
         .ok()?;
     let canonical: Option<String> = row.get(0);
     let canonical = canonical?;
-    let without_mod = strip_typmod(declared);
-    // Interval field qualifiers (`interval year to month`) are a typmod too,
-    // but not in parentheses: to_regtype accepted the text, so keep it.
-    let same_interval = declared.starts_with("interval")
-        && canonical.starts_with("interval")
-        && declared.ends_with("[]") == canonical.ends_with("[]");
-    if without_mod == canonical || same_interval {
+    if keeps_declared(declared, &canonical) {
         Some(declared.to_owned())
     } else {
         Some(canonical)
-    }
-}
-
-/// `timestamp(3) with time zone` → `timestamp with time zone`.
-fn strip_typmod(t: &str) -> String {
-    match (t.find('('), t.find(')')) {
-        (Some(a), Some(b)) if b > a => {
-            let mut s = format!("{}{}", &t[..a], &t[b + 1..]);
-            s = s.replace("  ", " ");
-            s.trim().to_owned()
-        }
-        _ => t.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn typmods_are_stripped() {
-        assert_eq!(strip_typmod("numeric(18,4)"), "numeric");
-        assert_eq!(
-            strip_typmod("timestamp(3) with time zone"),
-            "timestamp with time zone"
-        );
-        assert_eq!(
-            strip_typmod("character varying(20)[]"),
-            "character varying[]"
-        );
-        assert_eq!(strip_typmod("integer[]"), "integer[]");
     }
 }

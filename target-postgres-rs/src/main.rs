@@ -7,6 +7,7 @@ mod encode;
 mod evolve;
 mod load;
 mod naming;
+mod row;
 mod settings;
 mod state;
 mod stream;

@@ -86,6 +86,8 @@ pub struct TargetSettings {
     pub batch_size_rows: usize,
     pub sanitize_nul: bool,
     pub notify_channel: Option<String>,
+    /// Always text COPY, never binary (for comparing the two).
+    pub text_copy: bool,
 }
 
 impl TargetSettings {
@@ -137,6 +139,7 @@ impl TargetSettings {
             batch_size_rows: batch as usize,
             sanitize_nul: config.boolean(&SANITIZE_NUL)?.unwrap_or(false),
             notify_channel: non_empty(config.string(&NOTIFY_CHANNEL)?),
+            text_copy: std::env::var_os("TARGET_POSTGRES_RS_TEXT_COPY").is_some(),
         })
     }
 }

@@ -1,0 +1,265 @@
+//! COPY: a run of consecutive RECORDs of one stream goes through one COPY,
+//! straight into the table or into the staging table as the batch policy
+//! says, until the run ends, the batch is full, or a row must go elsewhere
+//! (staging, or text COPY after a value binary can't write).
+
+use std::io::Write;
+
+use pg_connect::quote_ident;
+use postgres::Client;
+use singer_core::{Message, RecordMessage};
+
+use super::error::{copy_error, db_err};
+use super::policy::{Batch, BatchKeys, BatchPolicy, Decision, Keying, RunKeys, Verdict};
+use super::{Input, Item, LoadError, Loader, StreamLoad};
+use crate::row::{append_row, Binary, RowContext, RowFailure, RowFormat, Text};
+use crate::settings::LoadMethod;
+use crate::stream::StreamShape;
+
+/// Why a COPY ended.
+enum RunEnd {
+    /// The run of records ended (another message, or the end of input).
+    Done,
+    /// The batch is full: flush.
+    Full,
+    /// This record and the rest of the batch go through staging.
+    Stage(usize, RecordMessage, BatchKeys),
+    /// A value binary COPY can't write: this record on goes in text COPY.
+    Text(usize, RecordMessage),
+}
+
+/// What every COPY of a flush shares.
+struct Run {
+    batch_size: usize,
+    strip_nul: bool,
+    sequence_base: i64,
+}
+
+impl<W: Write> Loader<W> {
+    /// Copies a run of consecutive RECORDs of one stream.
+    pub(super) fn records<I: Iterator<Item = Item>>(
+        &mut self,
+        line: usize,
+        first: RecordMessage,
+        input: &mut Input<I>,
+    ) -> Result<(), LoadError> {
+        let stream = first.stream.clone();
+        if !self.streams.contains_key(&stream) {
+            return Err(LoadError::NoSchema { line, stream });
+        }
+        self.begin()?;
+        let run = Run {
+            batch_size: self.settings.batch_size_rows,
+            strip_nul: self.settings.sanitize_nul,
+            sequence_base: self.sequence_base,
+        };
+        let Loader {
+            client,
+            streams,
+            overwritten,
+            settings,
+            ..
+        } = self;
+        let st = streams.get_mut(&stream).expect("checked above");
+        let table = st.shape.table.clone();
+        if settings.load_method == LoadMethod::Overwrite && !overwritten.contains(&table) {
+            client
+                .batch_execute(&format!("TRUNCATE {}", table.qualified()))
+                .map_err(|e| db_err(&stream, &table, "emptying the table (overwrite)", &e))?;
+            overwritten.insert(table.clone());
+            st.info.empty = true;
+            if let Keying::Integer(run_keys) = &mut st.keying {
+                *run_keys = RunKeys::Unknown;
+            }
+            st.batch = Batch::new();
+        }
+        if !st.batch.pending() {
+            let decision = st
+                .keying
+                .decide(client, &st.shape, st.info.empty, st.info.unique_on_keys)
+                .map_err(|e| db_err(&stream, &table, "reading the table's largest key", &e))?;
+            match decision {
+                Decision::Direct(policy) => st.batch.policy = policy,
+                Decision::Stage(keys) => stage(client, st, keys)?,
+            }
+        }
+        let mut next = (line, first);
+        let full = loop {
+            let StreamLoad {
+                shape,
+                text,
+                binary,
+                stage: stage_name,
+                keying,
+                batch,
+                ..
+            } = &mut *st;
+            let mut dest = Dest {
+                shape,
+                stage: stage_name,
+                keying,
+                batch,
+            };
+            // The format is chosen once per COPY: the row loop is monomorphized.
+            let end = match binary {
+                Some(kinds) => copy_run::<Binary, _>(client, &mut dest, kinds, &run, next, input)?,
+                None => copy_run::<Text, _>(client, &mut dest, text, &run, next, input)?,
+            };
+            match end {
+                RunEnd::Done => break false,
+                RunEnd::Full => break true,
+                RunEnd::Stage(line, rec, keys) => {
+                    stage(client, st, keys)?;
+                    next = (line, rec);
+                }
+                RunEnd::Text(line, rec) => {
+                    tracing::info!(stream = %stream, line, "continuing in text COPY");
+                    st.binary = None;
+                    next = (line, rec);
+                }
+            }
+        };
+        if full {
+            self.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates the staging table (in the open transaction; dropped at commit):
+/// the rest of the batch goes there.
+fn stage(client: &mut Client, st: &mut StreamLoad, keys: BatchKeys) -> Result<(), LoadError> {
+    let table = &st.shape.table;
+    client
+        .batch_execute(&format!(
+            "CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA",
+            quote_ident(&st.stage),
+            st.shape
+                .column_list
+                .trim_start_matches('(')
+                .trim_end_matches(')'),
+            table.qualified()
+        ))
+        .map_err(|e| db_err(&st.shape.stream, table, "creating the staging table", &e))?;
+    st.batch.policy = BatchPolicy::Staged(keys);
+    Ok(())
+}
+
+/// Where a COPY's rows go, and the batch they join.
+struct Dest<'a> {
+    shape: &'a StreamShape,
+    stage: &'a str,
+    keying: &'a mut Keying,
+    batch: &'a mut Batch,
+}
+
+/// One COPY in format `F` (`kinds`: one per column), from `first` on.
+fn copy_run<F: RowFormat, I: Iterator<Item = Item>>(
+    client: &mut Client,
+    st: &mut Dest<'_>,
+    kinds: &[F::Kind],
+    run: &Run,
+    first: (usize, RecordMessage),
+    input: &mut Input<I>,
+) -> Result<RunEnd, LoadError> {
+    let shape = st.shape;
+    let stream = &shape.stream;
+    let table = &shape.table;
+    let into = if st.batch.staged() {
+        quote_ident(st.stage)
+    } else {
+        table.qualified()
+    };
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let mut ctx = RowContext {
+        received_at: &now,
+        batched_at: &now,
+        sequence: 0,
+        strip_nul: run.strip_nul,
+    };
+    let mut writer = client
+        .copy_in(&format!(
+            "COPY {into} {} FROM STDIN{}",
+            shape.column_list,
+            F::OPTIONS
+        ))
+        .map_err(|e| db_err(stream, table, "starting COPY", &e))?;
+    let copy_failed = |e: std::io::Error| LoadError::Session {
+        what: "COPY",
+        message: e.to_string(),
+    };
+    let mut failed: Option<LoadError> = None;
+    if !F::HEADER.is_empty() {
+        if let Err(e) = writer.write_all(F::HEADER) {
+            failed = Some(copy_failed(e));
+        }
+    }
+    let mut lines: Vec<usize> = Vec::new();
+    let mut row = Vec::with_capacity(4096);
+    let mut key = Vec::new();
+    let mut next = failed.is_none().then_some(first);
+    let mut end = RunEnd::Done;
+    while let Some((line, rec)) = next.take() {
+        row.clear();
+        ctx.sequence = run.sequence_base + line as i64;
+        let want_key = st.keying.wants_key(&st.batch.policy);
+        match append_row::<F>(
+            shape,
+            kinds,
+            &rec,
+            &ctx,
+            &mut row,
+            want_key.then_some(&mut key),
+        ) {
+            Ok(deleted) => st.batch.deletes |= deleted,
+            Err(RowFailure::Fallback) => {
+                // A value only Postgres' text parser can judge: this
+                // stream continues in text COPY from this row on.
+                end = RunEnd::Text(line, rec);
+                break;
+            }
+            Err(RowFailure::Row(source)) => {
+                failed = Some(LoadError::Row {
+                    line,
+                    stream: stream.clone(),
+                    source,
+                });
+                break;
+            }
+        }
+        if let Verdict::Stage(keys) = st.keying.admit(&mut st.batch.policy, &key) {
+            end = RunEnd::Stage(line, rec, keys);
+            break;
+        }
+        if let Err(e) = writer.write_all(&row) {
+            failed = Some(copy_failed(e));
+            break;
+        }
+        lines.push(line);
+        st.batch.rows += 1;
+        if st.batch.rows >= run.batch_size {
+            end = RunEnd::Full;
+            break;
+        }
+        match input.next() {
+            Some(Ok((l, Message::Record(r)))) if r.stream == *stream => next = Some((l, r)),
+            Some(other) => {
+                input.push_back(other);
+                break;
+            }
+            None => break,
+        }
+    }
+    if failed.is_none() && !F::TRAILER.is_empty() {
+        if let Err(e) = writer.write_all(F::TRAILER) {
+            failed = Some(copy_failed(e));
+        }
+    }
+    if let Some(e) = failed {
+        // Abandon the COPY: dropping the writer without finishing aborts it.
+        drop(writer);
+        return Err(e);
+    }
+    writer.finish().map_err(|e| copy_error(&e, shape, &lines))?;
+    Ok(end)
+}

@@ -1,0 +1,109 @@
+//! Why a load failed: every error names the stream, the input line, the
+//! column or the step (phase) where it can, and what to fix.
+
+use pg_connect::describe;
+use singer_core::{ReadError, WriteError};
+
+use crate::naming::TableName;
+use crate::row::RowError;
+use crate::stream::StreamShape;
+
+/// Why a load failed. Each names the stream and input line where it can.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("input line {line}: RECORD for stream `{stream}` arrives before its SCHEMA")]
+    NoSchema { line: usize, stream: String },
+    #[error("input line {line} (stream `{stream}`): {problem}")]
+    Schema {
+        line: usize,
+        stream: String,
+        problem: String,
+    },
+    #[error("input line {line} (stream `{stream}`): {source}")]
+    Row {
+        line: usize,
+        stream: String,
+        source: RowError,
+    },
+    #[error(
+        "input line {line} (stream `{stream}`): column `{column}`: cannot load value: {message}"
+    )]
+    Value {
+        line: usize,
+        stream: String,
+        column: String,
+        message: String,
+    },
+    #[error("stream `{stream}` (table {table}): {what} failed: {message}")]
+    Db {
+        stream: String,
+        table: String,
+        what: &'static str,
+        message: String,
+    },
+    #[error("{what} failed: {message}")]
+    Session { what: &'static str, message: String },
+    #[error("cannot write state: {0}")]
+    Output(#[from] WriteError),
+}
+
+pub(super) fn session(what: &'static str) -> impl Fn(postgres::Error) -> LoadError {
+    move |e| LoadError::Session {
+        what,
+        message: describe(&e),
+    }
+}
+
+pub(super) fn db_err(
+    stream: &str,
+    table: &TableName,
+    what: &'static str,
+    e: &postgres::Error,
+) -> LoadError {
+    LoadError::Db {
+        stream: stream.to_owned(),
+        table: table.qualified(),
+        what,
+        message: describe(e),
+    }
+}
+
+/// A COPY failure, naming the input line and column when Postgres says which.
+pub(super) fn copy_error(e: &postgres::Error, shape: &StreamShape, lines: &[usize]) -> LoadError {
+    let stream = shape.stream.clone();
+    if let Some(db) = e.as_db_error() {
+        if let Some(place) = db.where_() {
+            // "COPY name, line 3, column c: "value""
+            let copy_line = place
+                .split(", line ")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse::<usize>().ok());
+            let after_col = place.split_once(", column ").map(|(_, r)| r);
+            if let (Some(n), Some(rest)) = (copy_line, after_col) {
+                let column = shape
+                    .columns
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .filter(|c| rest.starts_with(&format!("{c}: ")))
+                    .max_by_key(|c| c.len())
+                    .unwrap_or(rest)
+                    .to_owned();
+                let value = rest.strip_prefix(&format!("{column}: ")).unwrap_or("");
+                let mut message = db.message().to_owned();
+                if !value.is_empty() && !message.contains(value) {
+                    message.push_str(&format!(" (value {value})"));
+                }
+                return LoadError::Value {
+                    line: lines.get(n.wrapping_sub(1)).copied().unwrap_or(0),
+                    stream,
+                    column,
+                    message,
+                };
+            }
+        }
+    }
+    db_err(&stream, &shape.table, "COPY", e)
+}

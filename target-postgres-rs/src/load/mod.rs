@@ -1,0 +1,307 @@
+//! Loading: records stream into COPY (straight into the table when nothing
+//! can conflict, else into a temporary staging table; see [`policy`]), a
+//! flush merges every pending stream, applies hard deletes, notifies, commits
+//! in one transaction, and only then emits STATE.
+//!
+//! Steps by module: [`policy`] (how a batch lands), [`copy`] (one COPY of a
+//! run of records), [`merge`] (staging → table at flush), [`activate`]
+//! (ACTIVATE_VERSION), [`error`] (what a failure says).
+
+mod activate;
+mod copy;
+mod error;
+mod merge;
+mod policy;
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+
+use pg_connect::describe;
+use postgres::Client;
+use serde_json::{json, Value};
+use singer_core::{JsonSchema, Message, ReadError, SchemaMessage};
+
+use crate::binary::BinKind;
+use crate::encode::TextKind;
+use crate::evolve::{ensure_table, resolve_type, TableInfo};
+use crate::naming::{table_for_stream, TableName};
+use crate::settings::{LoadMethod, TargetSettings};
+use crate::state::StateOut;
+use crate::stream::{Source, StreamShape, DELETED_AT};
+use crate::types::{declared_sql_type, json_schema_type, ColumnType};
+
+pub use error::LoadError;
+use error::{db_err, session};
+use policy::{Batch, Keying};
+
+/// One input item from the reader thread.
+pub type Item = Result<(usize, Message), ReadError>;
+
+/// Messages from the reader thread, with one item of look-ahead.
+pub struct Input<I: Iterator<Item = Item>> {
+    items: I,
+    back: Option<Item>,
+}
+
+impl<I: Iterator<Item = Item>> Input<I> {
+    pub fn new(items: I) -> Self {
+        Input { items, back: None }
+    }
+    fn next(&mut self) -> Option<Item> {
+        self.back.take().or_else(|| self.items.next())
+    }
+    fn push_back(&mut self, item: Item) {
+        self.back = Some(item);
+    }
+}
+
+/// A stream's table, how its rows are encoded, and its pending batch.
+struct StreamLoad {
+    shape: StreamShape,
+    /// Text COPY kind of each column.
+    text: Vec<TextKind>,
+    /// Binary COPY kinds, when every column has one (and text COPY isn't asked for).
+    binary: Option<Vec<BinKind>>,
+    info: TableInfo,
+    /// Staging table name (unique per stream in this run).
+    stage: String,
+    keying: Keying,
+    batch: Batch,
+}
+
+/// The loader: one connection, one transaction per flush.
+pub struct Loader<W: Write> {
+    client: Client,
+    settings: TargetSettings,
+    streams: HashMap<String, StreamLoad>,
+    in_tx: bool,
+    state: StateOut<W>,
+    /// `_sdc_sequence` = this + input line: increasing within and across runs.
+    sequence_base: i64,
+    type_cache: HashMap<String, Option<String>>,
+    /// Tables emptied by `load_method: overwrite` in this run.
+    overwritten: HashSet<TableName>,
+    next_stage: usize,
+}
+
+impl<W: Write> Loader<W> {
+    pub fn new(mut client: Client, settings: TargetSettings, out: W) -> Self {
+        // Staging tables live in temp buffers: room for a batch of wide rows
+        // (server memory, allocated only as used; must be set before the first).
+        if let Err(e) = client.batch_execute("SET temp_buffers = '256MB'") {
+            tracing::warn!("cannot raise temp_buffers: {}", describe(&e));
+        }
+        let now = chrono::Utc::now();
+        Loader {
+            client,
+            settings,
+            streams: HashMap::new(),
+            in_tx: false,
+            state: StateOut::new(out),
+            sequence_base: now.timestamp_micros().saturating_mul(1000),
+            type_cache: HashMap::new(),
+            overwritten: HashSet::new(),
+            next_stage: 0,
+        }
+    }
+
+    /// Loads every message, then commits what is pending.
+    pub fn run<I: Iterator<Item = Item>>(&mut self, input: &mut Input<I>) -> Result<(), LoadError> {
+        while let Some(item) = input.next() {
+            let (line, message) = item?;
+            match message {
+                Message::Record(r) => self.records(line, r, input)?,
+                Message::Schema(s) => self.schema(line, s)?,
+                Message::State(s) => self.state.received(s.value),
+                Message::ActivateVersion(a) => self.activate_version(a)?,
+            }
+        }
+        self.flush()
+    }
+
+    fn begin(&mut self) -> Result<(), LoadError> {
+        if !self.in_tx {
+            self.client
+                .batch_execute("BEGIN")
+                .map_err(session("BEGIN"))?;
+            self.in_tx = true;
+        }
+        Ok(())
+    }
+
+    fn schema(&mut self, line: usize, message: SchemaMessage) -> Result<(), LoadError> {
+        let stream = message.stream.clone();
+        let bad = |problem: String| LoadError::Schema {
+            line,
+            stream: stream.clone(),
+            problem,
+        };
+        let is_object = match message.schema.get("type") {
+            None => true,
+            Some(Value::String(t)) => t == "object",
+            Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
+            Some(_) => false,
+        };
+        if !is_object
+            || !message
+                .schema
+                .get("properties")
+                .is_some_and(Value::is_object)
+        {
+            return Err(bad(
+                "schema must be an object schema with `properties`".into()
+            ));
+        }
+        if let Some(known) = self.streams.get(&stream) {
+            if known.shape.message == message {
+                return Ok(());
+            }
+            if known.batch.pending() {
+                self.flush()?;
+            }
+        }
+        let parsed = JsonSchema::from_value(&message.schema).map_err(|e| bad(e.to_string()))?;
+        let table = table_for_stream(&stream, &self.settings);
+        let mut declared = Vec::new();
+        for (_, sub) in &parsed.properties {
+            if let Some(t) = declared_sql_type(sub) {
+                declared.push(t.to_owned());
+            }
+        }
+        for t in declared {
+            if !self.type_cache.contains_key(&t) {
+                let resolved = self.resolve(&t);
+                self.type_cache.insert(t, resolved);
+            }
+        }
+        let cache = &self.type_cache;
+        let mut type_for = |prop: &str, sub: &JsonSchema| -> String {
+            if let Some(t) = declared_sql_type(sub) {
+                match cache.get(t) {
+                    Some(Some(resolved)) => return resolved.clone(),
+                    _ => tracing::warn!(
+                        stream = %stream, property = prop, r#type = t,
+                        "the destination has no such type; using the JSON Schema mapping"
+                    ),
+                }
+            }
+            json_schema_type(sub)
+        };
+        let use_keys = self.settings.load_method != LoadMethod::AppendOnly;
+        let shape = StreamShape::new(
+            message,
+            &parsed,
+            table.clone(),
+            self.settings.add_record_metadata,
+            use_keys,
+            &mut type_for,
+        )
+        .map_err(bad)?;
+        let info = ensure_table(&mut self.client, &shape, use_keys)
+            .map_err(|e| db_err(&stream, &table, "creating or altering the table", &e))?;
+        let text = info.types.iter().map(ColumnType::text_kind).collect();
+        let binary = if self.settings.text_copy {
+            None
+        } else {
+            binary_kinds(&shape, &info)
+        };
+        let stage = format!("_sdc_stage_{}", self.next_stage);
+        self.next_stage += 1;
+        let integer_key = matches!(shape.keys.as_slice(), [k] if info.unique_on_keys && info.types[*k].is_integer());
+        let keying = Keying::new(&shape, use_keys, integer_key);
+        let load = StreamLoad {
+            shape,
+            text,
+            binary,
+            info,
+            stage,
+            keying,
+            batch: Batch::new(),
+        };
+        self.streams.insert(stream, load);
+        Ok(())
+    }
+
+    /// Asks the destination about a declared type without disturbing an open
+    /// transaction (a malformed name raises an error there).
+    fn resolve(&mut self, declared: &str) -> Option<String> {
+        if self.in_tx {
+            self.client.batch_execute("SAVEPOINT sdc_type").ok()?;
+            let r = resolve_type(&mut self.client, declared);
+            let end = if r.is_some() {
+                "RELEASE SAVEPOINT sdc_type"
+            } else {
+                "ROLLBACK TO SAVEPOINT sdc_type"
+            };
+            self.client.batch_execute(end).ok()?;
+            r
+        } else {
+            resolve_type(&mut self.client, declared)
+        }
+    }
+
+    /// Merges every pending stream, commits, notifies, then emits STATE.
+    pub fn flush(&mut self) -> Result<(), LoadError> {
+        let mut written = Vec::new();
+        let hard_delete = self.settings.hard_delete;
+        let mut names: Vec<&String> = self.streams.keys().collect();
+        names.sort();
+        let names: Vec<String> = names.into_iter().cloned().collect();
+        for name in names {
+            let st = self.streams.get_mut(&name).expect("listed");
+            if !st.batch.pending() {
+                continue;
+            }
+            let table = st.shape.table.clone();
+            let started = std::time::Instant::now();
+            let staged = st.batch.staged();
+            if staged {
+                merge::merge(&mut self.client, st)
+                    .map_err(|e| db_err(&name, &table, "merging the batch", &e))?;
+            }
+            let merge_ms = started.elapsed().as_millis() as u64;
+            if hard_delete && st.batch.deletes && st.shape.has_column(DELETED_AT) {
+                merge::delete_deleted(&mut self.client, &table)
+                    .map_err(|e| db_err(&name, &table, "deleting deleted records", &e))?;
+            }
+            let rows = st.batch.rows;
+            if rows > 0 {
+                written.push(json!({"schema": table.schema, "table": table.table, "rows": rows}));
+                st.info.empty = false;
+            }
+            tracing::info!(stream = %name, table = %table.qualified(), rows, staged, merge_ms, "batch loaded");
+            st.batch = Batch::new();
+        }
+        if let (Some(channel), false) = (&self.settings.notify_channel, written.is_empty()) {
+            let payload = json!({"tables": written}).to_string();
+            self.client
+                .execute("SELECT pg_notify($1, $2)", &[channel, &payload])
+                .map_err(session("NOTIFY"))?;
+        }
+        if self.in_tx {
+            self.client
+                .batch_execute("COMMIT")
+                .map_err(session("COMMIT"))?;
+            self.in_tx = false;
+        }
+        self.state.committed()?;
+        Ok(())
+    }
+}
+
+/// Binary kinds for every column, or `None` when one has no binary form (or
+/// a metadata column's type isn't written as the type we write).
+fn binary_kinds(shape: &StreamShape, info: &TableInfo) -> Option<Vec<BinKind>> {
+    shape
+        .columns
+        .iter()
+        .zip(&info.types)
+        .map(|(c, t)| {
+            let k = t.binary()?;
+            match c.source {
+                Source::Field(_) => Some(k),
+                _ => (ColumnType::parse(&c.wanted_type).binary() == Some(k)).then_some(k),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,127 @@
+//! JSON Schema → SQL type names: what a property's type is when the tap
+//! sends plain JSON Schema, and which declared `x-sql-datatype` texts are
+//! worth asking the destination about.
+
+use singer_core::JsonSchema;
+
+/// The property's `x-sql-datatype`, when it is something worth asking the
+/// destination about (a type name, never a statement).
+pub fn declared_sql_type(schema: &JsonSchema) -> Option<&str> {
+    let t = schema.sql_datatype.as_deref()?.trim();
+    let plausible = !t.is_empty()
+        && t.len() < 200
+        && !t.contains(';')
+        && !t.contains("--")
+        && !t.contains("/*")
+        && !t.contains('\'');
+    plausible.then_some(t)
+}
+
+const BIGINT_MIN: i128 = i64::MIN as i128;
+const BIGINT_MAX: i128 = i64::MAX as i128;
+
+/// The SQL type for a property from plain JSON Schema (what third-party taps send).
+pub fn json_schema_type(schema: &JsonSchema) -> String {
+    let types = schema.non_null_types();
+    let t = match types.as_slice() {
+        [] => "jsonb",
+        [one] => match *one {
+            "integer" => {
+                if fits_bigint(schema) {
+                    "bigint"
+                } else {
+                    "numeric"
+                }
+            }
+            "number" => "numeric",
+            "boolean" => "boolean",
+            "string" => {
+                if schema.content_encoding.as_deref() == Some("base16") {
+                    "bytea"
+                } else {
+                    match schema.effective_format() {
+                        Some("date-time") => "timestamp with time zone",
+                        Some("date") => "date",
+                        Some("time") => "time without time zone",
+                        _ => "text",
+                    }
+                }
+            }
+            _ => "jsonb",
+        },
+        // An integer that may also be fractional is a number.
+        [a, b] if matches!((*a, *b), ("integer", "number") | ("number", "integer")) => "numeric",
+        // Any other union keeps the exact JSON value.
+        _ => "jsonb",
+    };
+    t.to_owned()
+}
+
+fn fits_bigint(schema: &JsonSchema) -> bool {
+    let within = |n: &Option<serde_json::Number>| match n {
+        None => true,
+        Some(n) => n
+            .to_string()
+            .parse::<i128>()
+            .map(|v| (BIGINT_MIN..=BIGINT_MAX).contains(&v))
+            .unwrap_or(false),
+    };
+    within(&schema.minimum) && within(&schema.maximum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ty(v: serde_json::Value) -> String {
+        json_schema_type(&JsonSchema::from_value(&v).unwrap())
+    }
+
+    #[test]
+    fn plain_json_schema_mapping() {
+        assert_eq!(ty(json!({"type": ["null", "integer"]})), "bigint");
+        assert_eq!(
+            ty(json!({"type": "integer", "maximum": 99999999999999999999u128 as f64})),
+            "numeric"
+        );
+        assert_eq!(ty(json!({"type": "number"})), "numeric");
+        assert_eq!(ty(json!({"type": ["integer", "number"]})), "numeric");
+        assert_eq!(ty(json!({"type": "boolean"})), "boolean");
+        assert_eq!(
+            ty(json!({"type": "string", "format": "date-time"})),
+            "timestamp with time zone"
+        );
+        assert_eq!(ty(json!({"type": "string", "format": "date"})), "date");
+        assert_eq!(
+            ty(json!({"type": "string", "format": "time"})),
+            "time without time zone"
+        );
+        assert_eq!(ty(json!({"type": "string", "maxLength": 16})), "text");
+        assert_eq!(
+            ty(json!({"type": "string", "contentEncoding": "base16"})),
+            "bytea"
+        );
+        assert_eq!(ty(json!({"type": "object"})), "jsonb");
+        assert_eq!(ty(json!({"type": "array", "items": {}})), "jsonb");
+        assert_eq!(ty(json!({})), "jsonb");
+        assert_eq!(ty(json!({"type": ["array", "string"]})), "jsonb");
+        assert_eq!(
+            ty(
+                json!({"anyOf": [{"type": "string", "format": "date-time"}, {"type": ["string", "null"]}]})
+            ),
+            "timestamp with time zone"
+        );
+    }
+
+    #[test]
+    fn declared_types_are_names_not_statements() {
+        let s = |t: &str| JsonSchema::from_value(&json!({"x-sql-datatype": t})).unwrap();
+        assert_eq!(
+            declared_sql_type(&s("numeric(18,4)")),
+            Some("numeric(18,4)")
+        );
+        assert_eq!(declared_sql_type(&s("int; DROP TABLE x")), None);
+        assert_eq!(declared_sql_type(&s("text -- x")), None);
+    }
+}
