@@ -18,6 +18,9 @@
 //! ```
 
 pub mod bastion;
+pub mod catalog;
+pub mod process;
+pub mod rows;
 
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
