@@ -2,9 +2,9 @@
 //! written to files, its stdin fed in the background, and its exit code,
 //! stdout and stderr captured.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::thread::JoinHandle;
 
 use serde_json::Value;
@@ -84,6 +84,42 @@ pub fn peak_rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// What a tap wrote, read to the end by [`drain_records`].
+#[derive(Debug, Clone, Copy)]
+pub struct Drained {
+    pub records: u64,
+    pub bytes: u64,
+    /// The child's peak RSS in kB, sampled every 2,000 records.
+    pub peak_rss_kb: u64,
+}
+
+/// Reads a tap's piped stdout to the end, counting RECORD lines and bytes,
+/// and sampling the tap's peak RSS as it goes.
+pub fn drain_records(child: &mut Child) -> Drained {
+    let pid = child.id();
+    let mut reader = BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped stdout"));
+    let mut d = Drained {
+        records: 0,
+        bytes: 0,
+        peak_rss_kb: 0,
+    };
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).unwrap();
+        if n == 0 {
+            return d;
+        }
+        d.bytes += n as u64;
+        if line.starts_with(br#"{"type":"RECORD""#) {
+            d.records += 1;
+            if d.records.is_multiple_of(2000) {
+                d.peak_rss_kb = d.peak_rss_kb.max(peak_rss_kb(pid).unwrap_or(0));
+            }
+        }
+    }
 }
 
 /// Runs the ignored test `name` (its full path in the test binary, e.g.

@@ -80,6 +80,19 @@ pub fn discover(tap_config: &Path) -> Value {
     serde_json::from_slice(&out.stdout).expect("discovery prints JSON")
 }
 
+/// `tap-postgres-rs --config C --catalog K [--state S]`, ready to run.
+pub fn tap_sync(tap_config: &Path, catalog: &Path, state: Option<&Path>) -> Command {
+    let mut cmd = Command::new(bin("tap-postgres-rs"));
+    cmd.arg("--config")
+        .arg(tap_config)
+        .arg("--catalog")
+        .arg(catalog);
+    if let Some(s) = state {
+        cmd.arg("--state").arg(s);
+    }
+    cmd
+}
+
 /// What one `tap | target` run did.
 #[derive(Debug)]
 pub struct PipeRun {
@@ -125,16 +138,7 @@ pub fn pipe(
     state: Option<&Path>,
     target_config: &Path,
 ) -> PipeRun {
-    let mut tap_cmd = Command::new(bin("tap-postgres-rs"));
-    tap_cmd
-        .arg("--config")
-        .arg(tap_config)
-        .arg("--catalog")
-        .arg(catalog);
-    if let Some(s) = state {
-        tap_cmd.arg("--state").arg(s);
-    }
-    let mut tap: Child = tap_cmd
+    let mut tap: Child = tap_sync(tap_config, catalog, state)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use crate::common::{tap, Setup, TAP};
 use pg_testkit::catalog::select_only;
-use pg_testkit::process::{write_json, Run};
+use pg_testkit::process::{run, write_json, Run};
 use serde_json::{json, Value};
 
 /// The run failed with exit code 1 and this as its last stderr line.
@@ -335,24 +335,21 @@ fn config_files_merge_and_env_fills_gaps() {
         "2.json",
         &json!({"port": full["port"].to_string(), "unknown_key": true}),
     );
-    let out = Command::new(TAP)
-        .args([
-            "--config".as_ref(),
-            first.as_os_str(),
-            "--config".as_ref(),
-            second.as_os_str(),
-            "--discover".as_ref(),
-        ])
-        .env("TAP_POSTGRES_RS_DATABASE", &db.name)
-        .env("TAP_POSTGRES_RS_FILTER_SCHEMAS", "a")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let r = run(
+        Command::new(TAP)
+            .args([
+                "--config".as_ref(),
+                first.as_os_str(),
+                "--config".as_ref(),
+                second.as_os_str(),
+                "--discover".as_ref(),
+            ])
+            .env("TAP_POSTGRES_RS_DATABASE", &db.name)
+            .env("TAP_POSTGRES_RS_FILTER_SCHEMAS", "a"),
+        b"",
     );
-    let catalog: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r.ok, "{}", r.stderr);
+    let catalog: Value = serde_json::from_str(&r.stdout).unwrap();
     let ids: Vec<&str> = catalog["streams"]
         .as_array()
         .unwrap()

@@ -3,8 +3,7 @@
 
 use crate::common::{Setup, TAP};
 use pg_testkit::catalog::select_only;
-use pg_testkit::process::{peak_rss_kb, write_json};
-use std::io::{BufRead, BufReader};
+use pg_testkit::process::{drain_records, write_json};
 use std::process::{Command, Stdio};
 
 /// Loads `bench_wide` from the repo's benchmark dataset with `rows` rows.
@@ -40,25 +39,9 @@ fn sync_bench_wide(setup: &Setup) -> (u64, u64) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let pid = child.id();
-    let mut reader = BufReader::with_capacity(1 << 20, child.stdout.take().unwrap());
-    let (mut records, mut peak) = (0u64, 0u64);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line).unwrap();
-        if n == 0 {
-            break;
-        }
-        if line.starts_with(br#"{"type":"RECORD""#) {
-            records += 1;
-            if records % 2000 == 0 {
-                peak = peak.max(peak_rss_kb(pid).unwrap_or(0));
-            }
-        }
-    }
+    let d = drain_records(&mut child);
     assert!(child.wait().unwrap().success());
-    (records, peak)
+    (d.records, d.peak_rss_kb)
 }
 
 #[test]

@@ -918,21 +918,18 @@ fn schema_mapping_input_file_and_environment_settings() {
                 .as_bytes(),
         )
         .unwrap();
-    let out = target(conn.path())
-        .arg("--config")
-        .arg(mapping.path())
-        .arg("--input")
-        .arg(file.path())
-        .env("TARGET_POSTGRES_RS_DEFAULT_TARGET_SCHEMA", "landing")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // Nothing on stdin: the records come from --input.
+    let r = pg_testkit::process::run(
+        target(conn.path())
+            .arg("--config")
+            .arg(mapping.path())
+            .arg("--input")
+            .arg(file.path())
+            .env("TARGET_POSTGRES_RS_DEFAULT_TARGET_SCHEMA", "landing"),
+        b"",
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"done\":true}\n");
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(r.stdout, "{\"done\":true}\n");
     assert_eq!(count(&db, "dst", "t"), Some(1));
     assert_eq!(count(&db, "landing", "t"), Some(1));
     assert_eq!(count(&db, "src", "t"), None);

@@ -25,7 +25,7 @@ use std::fs::File;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use e2e_tests::{bin, select, write_json};
+use e2e_tests::{bin, select, tap_sync, write_json};
 use serde_json::json;
 
 struct Args {
@@ -225,10 +225,11 @@ impl Bench {
     }
 
     fn tap(&self) -> Command {
-        let mut c = Command::new(bin("tap-postgres-rs"));
-        c.arg("--config").arg(self.dir.path().join("tap.json"));
-        c.arg("--catalog").arg(self.dir.path().join("catalog.json"));
-        c
+        tap_sync(
+            &self.dir.path().join("tap.json"),
+            &self.dir.path().join("catalog.json"),
+            None,
+        )
     }
 
     fn target(&self) -> Command {

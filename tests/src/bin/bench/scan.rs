@@ -3,7 +3,7 @@
 //! in ctid order) next to ordering by the key, on the table as loaded and on
 //! the same rows stored in random key order.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::process::Stdio;
 use std::time::Instant;
 
@@ -68,24 +68,11 @@ pub fn run(b: &Bench, rows: u64) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let pid = tap.id();
-    let mut reader = BufReader::with_capacity(1 << 20, tap.stdout.take().unwrap());
-    let (mut records, mut bytes, mut peak) = (0u64, 0u64, 0u64);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line).unwrap();
-        if n == 0 {
-            break;
-        }
-        bytes += n as u64;
-        if line.starts_with(br#"{"type":"RECORD""#) {
-            records += 1;
-            if records % 2000 == 0 {
-                peak = peak.max(pg_testkit::process::peak_rss_kb(pid).unwrap_or(0));
-            }
-        }
-    }
+    let pg_testkit::process::Drained {
+        records,
+        bytes,
+        peak_rss_kb: peak,
+    } = pg_testkit::process::drain_records(&mut tap);
     assert!(tap.wait().unwrap().success());
     let tap_s = start.elapsed().as_secs_f64();
     assert_eq!(records, rows);
