@@ -293,25 +293,31 @@ pub fn compare_table(
     cmp
 }
 
+/// `psql` from the test cluster's binaries, as the superuser on `port`,
+/// stopping at the first error, ready for more arguments.
+pub fn psql_command(port: u16, database: &str) -> Command {
+    let mut cmd = Command::new(pg_testkit::cluster().bindir().join("psql"));
+    cmd.args([
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-U",
+        pg_testkit::SUPERUSER,
+    ])
+    .arg("-p")
+    .arg(port.to_string())
+    .arg("-d")
+    .arg(database);
+    cmd
+}
+
 /// Runs `sql` through `psql` from the test cluster's binaries (for `\` commands
 /// and files with psql variables, such as the benchmark dataset).
 pub fn psql(port: u16, database: &str, args: &[&str]) {
-    let psql = pg_testkit::cluster().bindir().join("psql");
-    let out = Command::new(psql)
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            pg_testkit::SUPERUSER,
-        ])
-        .arg("-p")
-        .arg(port.to_string())
-        .arg("-d")
-        .arg(database)
+    let out = psql_command(port, database)
         .args(args)
         .output()
         .expect("run psql");

@@ -115,21 +115,7 @@ struct Bench {
 
 impl Bench {
     fn psql(&self, db: &str) -> Command {
-        let mut c = Command::new(self.bindir.join("psql"));
-        c.args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-p",
-        ])
-        .arg(self.port.to_string())
-        .args(["-d", db]);
-        c
+        e2e_tests::psql_command(self.port, db)
     }
 
     fn sql(&self, db: &str, sql: &str) {
