@@ -4,7 +4,7 @@
 //! the same rows stored in random key order.
 
 use std::io::Read;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use crate::Bench;
@@ -62,8 +62,20 @@ pub fn run(b: &Bench, rows: u64) {
 
     // The tap itself, counting its RECORDs and its Singer bytes.
     let start = Instant::now();
-    let mut tap = b
-        .tap()
+    // TAP_WRAP="perf record -g -o /tmp/tap.perf --" (or `/usr/bin/time -o F`):
+    // run the tap under a profiler or timer.
+    let wrap = std::env::var("TAP_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut tap = b.tap();
+    if let Some(program) = words.next() {
+        let mut wrapped = Command::new(program);
+        wrapped
+            .args(words)
+            .arg(tap.get_program())
+            .args(tap.get_args());
+        tap = wrapped;
+    }
+    let mut tap = tap
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
