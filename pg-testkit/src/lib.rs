@@ -11,6 +11,11 @@
 //! A small watcher process stops the server and removes its directory as soon
 //! as the test process is gone, however it ended (panic, `exit`, SIGKILL).
 //!
+//! Every crate's tests share the rest of their support here: [`process`]
+//! (JSON argument files, running a binary with stdin and capturing its exit
+//! code and output, re-running an ignored test in a child process),
+//! [`catalog`] (selecting streams) and [`rows`] (reading what landed, as text).
+//!
 //! ```no_run
 //! let db = pg_testkit::cluster().create_database("my_test");
 //! let mut client = db.client();
@@ -18,6 +23,9 @@
 //! ```
 
 pub mod bastion;
+pub mod catalog;
+pub mod process;
+pub mod rows;
 
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;

@@ -1,9 +1,9 @@
 //! The harness itself: a private cluster with TLS, fresh databases, and
 //! nothing left behind when the test process ends.
 
-use std::process::Command;
 use std::time::Duration;
 
+use pg_testkit::process::rerun_ignored_test;
 use pg_testkit::{cluster, TestDb};
 
 #[test]
@@ -72,14 +72,7 @@ fn child_starts_a_cluster() {
 
 #[test]
 fn cluster_is_gone_after_the_run() {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
-        .args([
-            "--ignored",
-            "--exact",
-            "child_starts_a_cluster",
-            "--nocapture",
-        ])
+    let out = rerun_ignored_test("child_starts_a_cluster")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -112,14 +105,7 @@ fn child_without_binaries() {
 
 #[test]
 fn missing_binaries_fail_at_once_with_the_fix() {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
-        .args([
-            "--ignored",
-            "--exact",
-            "child_without_binaries",
-            "--nocapture",
-        ])
+    let out = rerun_ignored_test("child_without_binaries")
         .env("PG_BINDIR", "/nonexistent/pg/bin")
         .output()
         .unwrap();

@@ -2,13 +2,19 @@
 //! the two binaries, running `tap | target`, selecting streams in a catalog,
 //! and comparing a source table with its copy value for value and type for type.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 
-use pg_connect::{quote_ident, quote_qualified};
-use serde_json::{json, Value};
+use pg_connect::quote_qualified;
+use serde_json::Value;
+
+// Writing JSON files, feeding stdin, selecting streams and reading rows as
+// text live in pg-testkit, for every crate's tests.
+pub use pg_testkit::catalog::select;
+pub use pg_testkit::process::{feed, write_json};
+pub use pg_testkit::rows::table_rows;
 
 // --- Orchestrator and peer-connector helpers (Meltano, singer-tools, target-jsonl,
 // pipelinewise-tap-postgres from PyPI): see orchestrator.rs.
@@ -58,13 +64,6 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// Writes JSON to a file in `dir` and returns its path.
-pub fn write_json(dir: &Path, name: &str, value: &Value) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, serde_json::to_vec_pretty(value).unwrap()).unwrap();
-    path
-}
-
 /// Runs `tap-postgres-rs --config C --discover` and returns the catalog.
 pub fn discover(tap_config: &Path) -> Value {
     let out = Command::new(bin("tap-postgres-rs"))
@@ -81,30 +80,17 @@ pub fn discover(tap_config: &Path) -> Value {
     serde_json::from_slice(&out.stdout).expect("discovery prints JSON")
 }
 
-/// Marks streams selected (all of them when `only` is empty) with a replication
-/// method, and returns the catalog. `method` is `FULL_TABLE`, `INCREMENTAL` or
-/// `LOG_BASED`; for INCREMENTAL `replication_key` names the key column.
-pub fn select(catalog: &mut Value, only: &[&str], method: &str, replication_key: Option<&str>) {
-    for stream in catalog["streams"].as_array_mut().expect("streams") {
-        let id = stream["tap_stream_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let table = stream["table_name"].as_str().unwrap_or_default().to_owned();
-        if !only.is_empty() && !only.iter().any(|o| *o == id || *o == table) {
-            continue;
-        }
-        for m in stream["metadata"].as_array_mut().expect("metadata") {
-            if m["breadcrumb"].as_array().is_some_and(|b| b.is_empty()) {
-                let meta = m["metadata"].as_object_mut().unwrap();
-                meta.insert("selected".into(), json!(true));
-                meta.insert("replication-method".into(), json!(method));
-                if let Some(k) = replication_key {
-                    meta.insert("replication-key".into(), json!(k));
-                }
-            }
-        }
+/// `tap-postgres-rs --config C --catalog K [--state S]`, ready to run.
+pub fn tap_sync(tap_config: &Path, catalog: &Path, state: Option<&Path>) -> Command {
+    let mut cmd = Command::new(bin("tap-postgres-rs"));
+    cmd.arg("--config")
+        .arg(tap_config)
+        .arg("--catalog")
+        .arg(catalog);
+    if let Some(s) = state {
+        cmd.arg("--state").arg(s);
     }
+    cmd
 }
 
 /// What one `tap | target` run did.
@@ -152,16 +138,7 @@ pub fn pipe(
     state: Option<&Path>,
     target_config: &Path,
 ) -> PipeRun {
-    let mut tap_cmd = Command::new(bin("tap-postgres-rs"));
-    tap_cmd
-        .arg("--config")
-        .arg(tap_config)
-        .arg("--catalog")
-        .arg(catalog);
-    if let Some(s) = state {
-        tap_cmd.arg("--state").arg(s);
-    }
-    let mut tap: Child = tap_cmd
+    let mut tap: Child = tap_sync(tap_config, catalog, state)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -220,52 +197,7 @@ fn column_values(
     table: &str,
     column: &str,
 ) -> Vec<String> {
-    rows_text(client, schema, table, &[column])
-}
-
-fn rows_text(
-    client: &mut postgres::Client,
-    schema: &str,
-    table: &str,
-    columns: &[&str],
-) -> Vec<String> {
-    table_rows(client, schema, table, columns, None)
-}
-
-/// Rows of `columns` (one text COPY line each, under pinned session settings),
-/// sorted; `filter` is an SQL condition such as `_sdc_deleted_at IS NULL`.
-pub fn table_rows(
-    client: &mut postgres::Client,
-    schema: &str,
-    table: &str,
-    columns: &[&str],
-    filter: Option<&str>,
-) -> Vec<String> {
-    client
-        .batch_execute(
-            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; \
-             SET extra_float_digits = 3; SET bytea_output = 'hex'",
-        )
-        .unwrap();
-    let sql = format!(
-        "COPY (SELECT {c} FROM {t} WHERE {f}) TO STDOUT",
-        c = columns
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", "),
-        t = quote_qualified(schema, table),
-        f = filter.unwrap_or("true")
-    );
-    let mut text = String::new();
-    client
-        .copy_out(sql.as_str())
-        .unwrap()
-        .read_to_string(&mut text)
-        .unwrap();
-    let mut values: Vec<String> = text.lines().map(str::to_owned).collect();
-    values.sort();
-    values
+    table_rows(client, schema, table, &[column], None)
 }
 
 /// How a destination table compares with its source.
@@ -329,7 +261,8 @@ pub fn compare_table(
     let names: Vec<&str> = src_cols.iter().map(|(n, _)| n.as_str()).collect();
     cmp.rows_identical = dst_cols.len() >= src_cols.len()
         && names.iter().all(|n| dst_cols.iter().any(|(d, _)| d == n))
-        && rows_text(src, schema, table, &names) == rows_text(dst, dst_schema, dst_table, &names);
+        && table_rows(src, schema, table, &names, None)
+            == table_rows(dst, dst_schema, dst_table, &names, None);
     for (name, src_type) in &src_cols {
         let Some((_, dst_type)) = dst_cols.iter().find(|(n, _)| n == name) else {
             cmp.type_differences
@@ -360,25 +293,31 @@ pub fn compare_table(
     cmp
 }
 
+/// `psql` from the test cluster's binaries, as the superuser on `port`,
+/// stopping at the first error, ready for more arguments.
+pub fn psql_command(port: u16, database: &str) -> Command {
+    let mut cmd = Command::new(pg_testkit::cluster().bindir().join("psql"));
+    cmd.args([
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-U",
+        pg_testkit::SUPERUSER,
+    ])
+    .arg("-p")
+    .arg(port.to_string())
+    .arg("-d")
+    .arg(database);
+    cmd
+}
+
 /// Runs `sql` through `psql` from the test cluster's binaries (for `\` commands
 /// and files with psql variables, such as the benchmark dataset).
 pub fn psql(port: u16, database: &str, args: &[&str]) {
-    let psql = pg_testkit::cluster().bindir().join("psql");
-    let out = Command::new(psql)
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            pg_testkit::SUPERUSER,
-        ])
-        .arg("-p")
-        .arg(port.to_string())
-        .arg("-d")
-        .arg(database)
+    let out = psql_command(port, database)
         .args(args)
         .output()
         .expect("run psql");
@@ -387,11 +326,4 @@ pub fn psql(port: u16, database: &str, args: &[&str]) {
         "psql failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Writes text to a child's stdin in the background.
-pub fn feed(mut stdin: std::process::ChildStdin, data: Vec<u8>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let _ = stdin.write_all(&data);
-    })
 }

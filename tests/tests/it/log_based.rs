@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use e2e_tests::{bin, discover, pipe, select, table_rows, write_json};
+use e2e_tests::{bin, discover, pipe, select, table_rows, tap_sync, write_json};
 use pg_testkit::{cluster, TestDb};
 use serde_json::{json, Value};
 
@@ -281,13 +281,7 @@ fn target_killed_mid_run_loses_nothing() {
     }
     // The tap's output of this run, then a target that dies halfway through it.
     let state_path = write_json(cdc.dir.path(), "state.json", &state);
-    let out = Command::new(bin("tap-postgres-rs"))
-        .arg("--config")
-        .arg(cdc.tap_config())
-        .arg("--catalog")
-        .arg(cdc.catalog(&tables))
-        .arg("--state")
-        .arg(&state_path)
+    let out = tap_sync(&cdc.tap_config(), &cdc.catalog(&tables), Some(&state_path))
         .output()
         .unwrap();
     assert!(
@@ -330,14 +324,7 @@ fn log_based_errors_are_clear_and_drop_slot_cleans_up() {
     .unwrap();
     let tap = |config: &Value, catalog: &PathBuf, extra: &[&str]| {
         let path = write_json(cdc.dir.path(), "tap-x.json", config);
-        Command::new(bin("tap-postgres-rs"))
-            .arg("--config")
-            .arg(path)
-            .arg("--catalog")
-            .arg(catalog)
-            .args(extra)
-            .output()
-            .unwrap()
+        tap_sync(&path, catalog, None).args(extra).output().unwrap()
     };
     let catalog = cdc.catalog(&["public-t"]);
     let mut config = cdc.src.config();
@@ -403,13 +390,7 @@ fn wal_level_and_busy_slot_are_refused_clearly() {
     let mut catalog = discover(&config);
     select(&mut catalog, &["public-t"], "LOG_BASED", None);
     let catalog = write_json(dir.path(), "catalog.json", &catalog);
-    let out = Command::new(bin("tap-postgres-rs"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--catalog")
-        .arg(&catalog)
-        .output()
-        .unwrap();
+    let out = tap_sync(&config, &catalog, None).output().unwrap();
     assert!(!out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).lines().last().unwrap(),
@@ -452,11 +433,7 @@ fn wal_level_and_busy_slot_are_refused_clearly() {
             .unwrap_or(false)
     });
     assert!(held, "pg_recvlogical did not take the slot");
-    let out = Command::new(bin("tap-postgres-rs"))
-        .arg("--config")
-        .arg(cdc.tap_config())
-        .arg("--catalog")
-        .arg(cdc.catalog(&["public-t"]))
+    let out = tap_sync(&cdc.tap_config(), &cdc.catalog(&["public-t"]), None)
         .output()
         .unwrap();
     let _ = holder.kill();

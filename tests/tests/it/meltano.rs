@@ -829,6 +829,11 @@ fn json_logs_parse_as_meltano_structured_logs() {
         .collect();
     assert!(!lines.is_empty(), "the tap logged nothing");
     let parsed = meltano_parse_logs(&lines);
+    assert_eq!(
+        parsed.len(),
+        lines.len(),
+        "one parse result per line: {parsed:?}"
+    );
     for (line, p) in lines.iter().zip(&parsed) {
         let Some((level, message)) = p else {
             panic!("Meltano cannot parse this log line as a structured log: {line}");

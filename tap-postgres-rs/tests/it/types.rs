@@ -1,9 +1,8 @@
 //! Every type: the value written in SQL, the exact JSON the tap emits, and
 //! (for scalars) Postgres parsing that JSON back to the same value.
 
-mod common;
-
-use common::{select, Setup};
+use crate::common::Setup;
+use pg_testkit::catalog::select_only;
 
 /// (column type, SQL literal, exact JSON emitted). One row per case.
 const CASES: &[(&str, &str, &str)] = &[
@@ -280,7 +279,7 @@ fn every_type_emits_exact_json_and_round_trips() {
     let catalog = setup.discover();
     let ids: Vec<String> = (0..CASES.len()).map(|i| format!("public-t{i}")).collect();
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let out = setup.sync_ok(&select(&catalog, &ids, "FULL_TABLE", None), None);
+    let out = setup.sync_ok(&select_only(&catalog, &ids, "FULL_TABLE", None), None);
 
     let mut failures = Vec::new();
     for (i, (ty, literal, want)) in CASES.iter().enumerate() {
@@ -402,6 +401,7 @@ fn awkward_strings_survive_copy_array_and_hstore_syntax() {
                 &[&id, &s, &arr, &keys, &values],
             )
             .unwrap();
+        assert_eq!(keys.len(), values.len());
         let h: serde_json::Map<String, serde_json::Value> = keys
             .iter()
             .cloned()
@@ -411,7 +411,7 @@ fn awkward_strings_survive_copy_array_and_hstore_syntax() {
     }
     let setup = Setup::new(&db.config());
     let out = setup.sync_ok(
-        &select(&setup.discover(), &["public-w"], "FULL_TABLE", None),
+        &select_only(&setup.discover(), &["public-w"], "FULL_TABLE", None),
         None,
     );
     let got = out.records("public-w");

@@ -7,7 +7,7 @@ use e2e_tests::{compare_table, discover, pipe, select, write_json, TableComparis
 use pg_testkit::cluster;
 use serde_json::{json, Value};
 
-const FIXTURE: &str = include_str!("../fixtures/source.sql");
+const FIXTURE: &str = include_str!("../../fixtures/source.sql");
 
 /// Every table and view of the fixture: (schema, name).
 const TABLES: &[(&str, &str)] = &[

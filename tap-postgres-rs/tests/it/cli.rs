@@ -1,12 +1,12 @@
 //! The command line: --about, --version, --help, aliases, and every error
 //! case with its exact stderr line and exit code.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::{select, tap, write_json, Run, Setup, TAP};
+use crate::common::{tap, Setup, TAP};
+use pg_testkit::catalog::select_only;
+use pg_testkit::process::{run, write_json, Run};
 use serde_json::{json, Value};
 
 /// The run failed with exit code 1 and this as its last stderr line.
@@ -171,34 +171,40 @@ fn sync_errors_name_the_stream() {
     client.batch_execute("DROP TABLE gone").unwrap();
 
     let r = setup.sync(
-        &select(&discovered, &["public-gone"], "FULL_TABLE", None),
+        &select_only(&discovered, &["public-gone"], "FULL_TABLE", None),
         None,
     );
     assert_fails_with(&r, "tap-postgres-rs: stream public-gone: table \"public\".\"gone\" does not exist (or this user cannot see it)");
     let r = setup.sync(
-        &select(&discovered, &["public-t"], "INCREMENTAL", Some("nope")),
+        &select_only(&discovered, &["public-t"], "INCREMENTAL", Some("nope")),
         None,
     );
     assert_fails_with(&r, "tap-postgres-rs: stream public-t: replication key \"nope\" is not a column of \"public\".\"t\"");
     let r = setup.sync(
-        &select(&discovered, &["public-t"], "INCREMENTAL", None),
+        &select_only(&discovered, &["public-t"], "INCREMENTAL", None),
         None,
     );
     assert_fails_with(&r, "tap-postgres-rs: stream public-t: INCREMENTAL needs a replication-key in the catalog metadata");
-    let r = setup.sync(&select(&discovered, &["public-v"], "LOG_BASED", None), None);
+    let r = setup.sync(
+        &select_only(&discovered, &["public-v"], "LOG_BASED", None),
+        None,
+    );
     assert_fails_with(
         &r,
         "tap-postgres-rs: stream public-v: LOG_BASED works on ordinary tables only (views, materialized views, foreign and partitioned tables have no change log of their own): use FULL_TABLE or INCREMENTAL for this stream",
     );
     let r = setup.sync(
-        &select(&discovered, &["public-keyless"], "LOG_BASED", None),
+        &select_only(&discovered, &["public-keyless"], "LOG_BASED", None),
         None,
     );
     assert_fails_with(
         &r,
         "tap-postgres-rs: stream public-keyless: LOG_BASED needs a replica identity, and \"public\".\"keyless\" has none (no primary key, REPLICA IDENTITY DEFAULT): publishing it would make the application's own UPDATEs and DELETEs fail. Add a primary key, or run `ALTER TABLE \"public\".\"keyless\" REPLICA IDENTITY FULL`, or sync it FULL_TABLE.",
     );
-    let r = setup.sync(&select(&discovered, &["public-t"], "SOMETIMES", None), None);
+    let r = setup.sync(
+        &select_only(&discovered, &["public-t"], "SOMETIMES", None),
+        None,
+    );
     assert_fails_with(&r, "tap-postgres-rs: stream public-t: unknown replication method \"SOMETIMES\" (use FULL_TABLE, INCREMENTAL or LOG_BASED)");
 
     // Malformed files.
@@ -215,7 +221,7 @@ fn sync_errors_name_the_stream() {
     let good_catalog = write_json(
         dir,
         "good.json",
-        &select(&discovered, &["public-t"], "FULL_TABLE", None),
+        &select_only(&discovered, &["public-t"], "FULL_TABLE", None),
     );
     let bad_state = dir.join("bad-state.json");
     std::fs::write(&bad_state, "[1]").unwrap();
@@ -280,7 +286,7 @@ fn closed_stdout_is_a_clean_reported_stop() {
     let catalog = write_json(
         setup.dir.path(),
         "cat.json",
-        &select(&setup.discover(), &["public-t"], "FULL_TABLE", None),
+        &select_only(&setup.discover(), &["public-t"], "FULL_TABLE", None),
     );
     let mut child = Command::new(TAP)
         .arg("--config")
@@ -329,24 +335,21 @@ fn config_files_merge_and_env_fills_gaps() {
         "2.json",
         &json!({"port": full["port"].to_string(), "unknown_key": true}),
     );
-    let out = Command::new(TAP)
-        .args([
-            "--config".as_ref(),
-            first.as_os_str(),
-            "--config".as_ref(),
-            second.as_os_str(),
-            "--discover".as_ref(),
-        ])
-        .env("TAP_POSTGRES_RS_DATABASE", &db.name)
-        .env("TAP_POSTGRES_RS_FILTER_SCHEMAS", "a")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let r = run(
+        Command::new(TAP)
+            .args([
+                "--config".as_ref(),
+                first.as_os_str(),
+                "--config".as_ref(),
+                second.as_os_str(),
+                "--discover".as_ref(),
+            ])
+            .env("TAP_POSTGRES_RS_DATABASE", &db.name)
+            .env("TAP_POSTGRES_RS_FILTER_SCHEMAS", "a"),
+        b"",
     );
-    let catalog: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r.ok, "{}", r.stderr);
+    let catalog: Value = serde_json::from_str(&r.stdout).unwrap();
     let ids: Vec<&str> = catalog["streams"]
         .as_array()
         .unwrap()

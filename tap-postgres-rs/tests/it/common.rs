@@ -1,43 +1,20 @@
 //! Running the tap binary against pg-testkit databases, reading its output,
 //! and a small JSON Schema validator for the subset the tap emits.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
+use pg_testkit::process::{run, write_json, Run};
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 pub const TAP: &str = env!("CARGO_BIN_EXE_tap-postgres-rs");
 
-pub fn write_json(dir: &Path, name: &str, v: &Value) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, serde_json::to_string(v).unwrap()).unwrap();
-    p
-}
-
-#[derive(Debug)]
-pub struct Run {
-    pub ok: bool,
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
+/// Runs the tap with `args`, stdin closed, logging at info.
 pub fn tap<S: AsRef<OsStr>>(args: &[S]) -> Run {
-    let out = Command::new(TAP)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
-    Run {
-        ok: out.status.success(),
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
+    run(Command::new(TAP).args(args).env("RUST_LOG", "info"), b"")
 }
 
 /// A scratch directory with a config file for a test database.
@@ -86,44 +63,6 @@ impl Setup {
         let out = Output::parse(&r.stdout);
         out.validate_records();
         out
-    }
-}
-
-/// Keeps only `streams` (tap_stream_ids), selected, with a method and key.
-pub fn select(catalog: &Value, streams: &[&str], method: &str, key: Option<&str>) -> Value {
-    let mut cat = catalog.clone();
-    let list = cat["streams"].as_array_mut().unwrap();
-    list.retain(|s| streams.contains(&s["tap_stream_id"].as_str().unwrap()));
-    assert_eq!(
-        list.len(),
-        streams.len(),
-        "streams not discovered: {streams:?}"
-    );
-    for s in list {
-        for m in s["metadata"].as_array_mut().unwrap() {
-            if m["breadcrumb"].as_array().unwrap().is_empty() {
-                m["metadata"]["selected"] = json!(true);
-                m["metadata"]["replication-method"] = json!(method);
-                if let Some(k) = key {
-                    m["metadata"]["replication-key"] = json!(k);
-                }
-            }
-        }
-    }
-    cat
-}
-
-/// Sets `selected` on one column's metadata.
-pub fn select_column(catalog: &mut Value, stream: &str, column: &str, selected: bool) {
-    for s in catalog["streams"].as_array_mut().unwrap() {
-        if s["tap_stream_id"] != stream {
-            continue;
-        }
-        for m in s["metadata"].as_array_mut().unwrap() {
-            if m["breadcrumb"] == json!(["properties", column]) {
-                m["metadata"]["selected"] = json!(selected);
-            }
-        }
     }
 }
 
@@ -278,6 +217,7 @@ pub fn validate(schema: &Value, v: &Value, path: &str) -> Result<(), String> {
 
 #[test]
 fn validator_rejects() {
+    use serde_json::json;
     let s = json!({"type": "object", "properties": {
         "a": {"type": ["null", "integer"], "minimum": 0, "maximum": 10},
         "b": {"type": ["string"], "maxLength": 2, "enum": ["x", "yy"]},

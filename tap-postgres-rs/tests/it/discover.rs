@@ -1,10 +1,8 @@
 //! Discovery: streams, metadata, types, order, schema filtering, and speed.
 
-mod common;
-
 use std::time::Instant;
 
-use common::Setup;
+use crate::common::Setup;
 use serde_json::{json, Value};
 
 fn stream<'a>(catalog: &'a Value, id: &str) -> &'a Value {

@@ -3,34 +3,17 @@
 //! that might (a key loaded before, a repeat) is merged. Either way the table
 //! ends with the last record per key.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use crate::common::run;
 
+/// Runs the target in batches of 4: (exit 0, stderr).
 fn run_target(db: &pg_testkit::TestDb, input: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = db.config();
-    config["batch_size_rows"] = serde_json::json!(4);
-    let path = dir.path().join("target.json");
-    std::fs::write(&path, config.to_string()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_target-postgres-rs"))
-        .arg("--config")
-        .arg(&path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let r = run(
+        db,
+        serde_json::json!({"batch_size_rows": 4}),
+        input.as_bytes(),
+    );
+    assert!(r.stdin_ok, "the target stopped reading: {}", r.stderr);
+    (r.ok, r.stderr)
 }
 
 fn messages(records: &[(i64, &str)]) -> String {

@@ -8,16 +8,24 @@
 //! and prints rows/s, MB/s (logical: rows x text-COPY bytes per row / wall),
 //! peak RSS of each process, and each figure's ratio to the raw COPY pipe.
 //! Medians over `--repeat` passes. Not a test: timings on shared machines are noisy.
+//! Other modes: `--cdc N` (LOG_BASED replay of N changes), `--scan` (the tap's
+//! read against the server's own COPY variants, see scan.rs), `--synthetic`
+//! (the target alone on a generated stream, see synthetic.rs).
 //!
 //! ```text
 //! cargo run --release --bin bench -- --rows 1000000 --repeat 3
 //! cargo run --release --bin bench -- --rows 100000        # a quick run
+//! cargo run --release --bin bench -- --scan
+//! cargo run --release --bin bench -- --synthetic
 //! ```
+
+mod scan;
+mod synthetic;
 use std::fs::File;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use e2e_tests::{bin, select, write_json};
+use e2e_tests::{bin, select, tap_sync, write_json};
 use serde_json::json;
 
 struct Args {
@@ -26,6 +34,10 @@ struct Args {
     table: String,
     /// LOG_BASED mode: apply this many mixed changes and measure their replay.
     cdc: Option<u64>,
+    /// The tap's scan against the server's COPY (scan.rs).
+    scan: bool,
+    /// The target alone on generated records (synthetic.rs).
+    synthetic: bool,
 }
 
 fn parse_args() -> Args {
@@ -34,6 +46,8 @@ fn parse_args() -> Args {
         repeat: 3,
         table: "bench_wide".into(),
         cdc: None,
+        scan: false,
+        synthetic: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -43,9 +57,11 @@ fn parse_args() -> Args {
             "--repeat" => a.repeat = value().parse().expect("--repeat N"),
             "--table" => a.table = value(),
             "--cdc" => a.cdc = Some(value().replace('_', "").parse().expect("--cdc N")),
+            "--scan" => a.scan = true,
+            "--synthetic" => a.synthetic = true,
             "-h" | "--help" => {
                 println!(
-                    "bench [--rows N (1000000)] [--repeat N (3)] [--table bench_wide|bench_narrow]"
+                    "bench [--rows N (1000000)] [--repeat N (3)] [--table bench_wide|bench_narrow] [--cdc N | --scan | --synthetic]"
                 );
                 std::process::exit(0);
             }
@@ -55,13 +71,9 @@ fn parse_args() -> Args {
     a
 }
 
-/// The child's peak RSS so far (`VmHWM`), in MB. `ru_maxrss` from wait4 can't
-/// be used: a child started with vfork+exec inherits the parent's RSS there.
+/// The child's peak RSS so far, in MB.
 fn vm_hwm_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    pg_testkit::process::peak_rss_kb(pid).map(|kb| kb as f64 / 1024.0)
 }
 
 /// Waits for children, sampling each one's peak RSS until it exits (VmHWM
@@ -103,21 +115,7 @@ struct Bench {
 
 impl Bench {
     fn psql(&self, db: &str) -> Command {
-        let mut c = Command::new(self.bindir.join("psql"));
-        c.args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-p",
-        ])
-        .arg(self.port.to_string())
-        .args(["-d", db]);
-        c
+        e2e_tests::psql_command(self.port, db)
     }
 
     fn sql(&self, db: &str, sql: &str) {
@@ -213,10 +211,11 @@ impl Bench {
     }
 
     fn tap(&self) -> Command {
-        let mut c = Command::new(bin("tap-postgres-rs"));
-        c.arg("--config").arg(self.dir.path().join("tap.json"));
-        c.arg("--catalog").arg(self.dir.path().join("catalog.json"));
-        c
+        tap_sync(
+            &self.dir.path().join("tap.json"),
+            &self.dir.path().join("catalog.json"),
+            None,
+        )
     }
 
     fn target(&self) -> Command {
@@ -236,6 +235,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let args = parse_args();
+    if args.synthetic {
+        return synthetic::run(args.rows);
+    }
     let cluster = pg_testkit::cluster();
     let b = Bench {
         port: cluster.port(),
@@ -296,6 +298,9 @@ fn main() {
         None,
     );
     write_json(b.dir.path(), "catalog.json", &catalog);
+    if args.scan {
+        return scan::run(&b, args.rows);
+    }
     let saved = b.dir.path().join("tap-output.jsonl");
     b.single(
         b.tap(),

@@ -1,14 +1,13 @@
 //! What users rely on: state after commit, crash convergence, schema
 //! evolution, deletes and versions, names, exact values, NOTIFY, grants.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
+use pg_testkit::rows::{count, tables, text};
 use postgres::fallible_iterator::FallibleIterator;
 use serde_json::{json, Value};
 
@@ -33,9 +32,7 @@ fn states_are_emitted_only_after_their_data_is_committed() {
         &db,
         json!({"default_target_schema": "t", "batch_size_rows": 2}),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_target-postgres-rs"))
-        .arg("--config")
-        .arg(cfg.path())
+    let mut child = target(cfg.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -136,9 +133,7 @@ fn killed_mid_stream_then_rerun_converges() {
     let db = pg_testkit::cluster().create_database("sigkill");
     let input = big_input(200_000);
     let cfg = config(&db, json!({"batch_size_rows": 5000}));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_target-postgres-rs"))
-        .arg("--config")
-        .arg(cfg.path())
+    let mut child = target(cfg.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -168,7 +163,7 @@ fn killed_mid_stream_then_rerun_converges() {
         "killed mid-stream: {partial}"
     );
     let r = run(&db, json!({"batch_size_rows": 5000}), &input);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
     let mut c = db.client();
     let row = c
         .query_one(
@@ -215,7 +210,7 @@ fn schema_evolution_adds_and_widens_and_never_loses() {
             ),
         ]),
     );
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
     let relfile = text(
         &db,
         "SELECT relfilenode::text FROM pg_class WHERE oid = 'public.s'::regclass",
@@ -226,7 +221,7 @@ fn schema_evolution_adds_and_widens_and_never_loses() {
         json!({"add_record_metadata": false}),
         &lines(&[s1.clone(), s1.clone()]),
     );
-    assert_eq!(r.code, 0);
+    assert_eq!(r.code, Some(0));
     assert!(
         !r.stderr.contains("widened") && !r.stderr.contains("added column"),
         "{}",
@@ -255,7 +250,7 @@ fn schema_evolution_adds_and_widens_and_never_loses() {
             r#"{"type":"RECORD","stream":"s","record":{"id": 2, "amount": 1.000000000000000000001, "d": "2024-01-02T03:04:05.123456+00:00", "flag": "maybe", "extra": "x"}}"#.to_owned(),
         ]),
     );
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(
         column_types(&db, "public.s"),
         vec![
@@ -282,7 +277,7 @@ fn schema_evolution_adds_and_widens_and_never_loses() {
             ),
         ]),
     );
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(column_types(&db, "public.s").len(), 5);
     assert_eq!(column_types(&db, "public.s")[1].1, "numeric");
     assert_eq!(count(&db, "public", "s"), Some(3));
@@ -308,7 +303,7 @@ fn deletes_and_activate_version() {
             rec(3, 1),
             av(1),
         ]);
-        assert_eq!(run(&db, cfg.clone(), &first).code, 0);
+        assert_eq!(run(&db, cfg.clone(), &first).code, Some(0));
         // A new version without id 3, and a deleted record for id 2.
         let second = lines(&[
             schema("v", props.clone(), &["id"]),
@@ -318,7 +313,7 @@ fn deletes_and_activate_version() {
             av(2),
         ]);
         let r = run(&db, cfg.clone(), &second);
-        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
         let got = text(&db, "SELECT string_agg(format('%s:%s:%s', id, v, _sdc_deleted_at IS NOT NULL), ',' ORDER BY id) FROM public.v");
         if hard {
             assert_eq!(got.as_deref(), Some("1:v2:f"));
@@ -337,7 +332,7 @@ fn deletes_and_activate_version() {
             "SELECT _sdc_deleted_at::text FROM public.v WHERE id = 3",
         );
         let r = run(&db, cfg.clone(), &lines(&[av(3)]));
-        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
         if hard {
             assert_eq!(count(&db, "public", "v"), Some(0));
         } else {
@@ -367,7 +362,7 @@ fn deletes_and_activate_version() {
                 json!({"type": "ACTIVATE_VERSION", "stream": "nowhere", "version": 1}).to_string(),
             ]),
         );
-        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
     }
 }
 
@@ -398,7 +393,7 @@ fn names_are_kept_quoted_and_long_ones_never_collide() {
         ));
     }
     let r = run(&db, json!({}), &lines(&input));
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
     let t = tables(&db, "public");
     assert_eq!(t.len(), 7, "{t:?}");
     for (name, n) in &t {
@@ -474,7 +469,7 @@ fn values_of_every_kind_land_exactly() {
         )
     }));
     let r = run(&db, json!({}), &lines(&input));
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(
         r.stderr.contains("no such type"),
         "a warning names the fallback: {}",
@@ -513,6 +508,7 @@ fn values_of_every_kind_land_exactly() {
         r#"<null> | 12345678901234567890123456789012345678901234567890 | -1.7976931348623157e+308 | <null> | <null> | <null> | <null> | <null> | <null> | <null> | <null> | <null> | <null> | <null> | [1, "two", {"three": 3}] | <null> | <null> | <null> | <null> | <null>"#,
         r#"<null> | <null> | <null> | <null> | <null> | <null> | <null> | <null> | <null> | <null> | <null> | <null> | <null> | <null> | 0.1000 | <null> | <null> | <null> | <null> | <null>"#,
     ];
+    assert_eq!(got.len(), want.len(), "{got:#?}");
     for (g, w) in got.iter().zip(want) {
         assert_eq!(g, w);
     }
@@ -540,7 +536,7 @@ fn values_that_cannot_be_cast_name_stream_line_column_and_value() {
         record("s", json!({"id": 2, "when": "not a time"})),
     ]);
     let r = run(&db, json!({}), &input);
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, Some(1));
     assert_eq!(
         r.last_error(),
         "target-postgres-rs: error: input line 5 (stream `s`): column `when`: cannot load value: invalid input syntax for type timestamp with time zone: \"not a time\""
@@ -563,7 +559,7 @@ fn notify_channel_names_each_table_and_its_rows() {
         record("app-orders", json!({"id": 9})),
     ]);
     let r = run(&db, json!({"notify_channel": "loads"}), &input);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
     let mut notes = listener.notifications();
     let mut it = notes.timeout_iter(Duration::from_secs(5));
     let n = it.next().unwrap().expect("a notification");
@@ -610,7 +606,7 @@ fn a_role_confined_to_its_own_schema_can_load() {
     let cfg = json!({"user": "loader", "password": "pw", "default_target_schema": "loader_data"});
     for _ in 0..2 {
         let r = run(&db, cfg.clone(), &lines(&input));
-        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
     }
     assert_eq!(
         text(
@@ -637,7 +633,7 @@ fn user_indexes_and_extra_nullable_columns_never_break_loads() {
             &lines(&[s.clone(), record("t", json!({"id": 1, "name": "a"}))])
         )
         .code,
-        0
+        Some(0)
     );
     db.client()
         .batch_execute("CREATE INDEX t_name ON public.t (name); ALTER TABLE public.t ADD COLUMN note text; UPDATE public.t SET note = 'kept'; INSERT INTO public.t (id, name) VALUES (50, 'by hand')")
@@ -651,7 +647,7 @@ fn user_indexes_and_extra_nullable_columns_never_break_loads() {
             record("t", json!({"id": 2, "name": "c"})),
         ]),
     );
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(
         text(&db, "SELECT string_agg(format('%s:%s:%s', id, name, coalesce(note, '-')), ',' ORDER BY id) FROM public.t").as_deref(),
         Some("1:b:kept,2:c:-,50:by hand:-")
@@ -676,7 +672,7 @@ fn a_table_without_a_unique_key_index_is_still_upserted() {
     ]);
     for _ in 0..2 {
         let r = run(&db, json!({}), &input);
-        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
     }
     assert_eq!(
         text(&db, "SELECT string_agg(name, ',') FROM public.t").as_deref(),
@@ -696,13 +692,13 @@ fn load_methods_append_and_overwrite() {
     for _ in 0..2 {
         assert_eq!(
             run(&db, json!({"load_method": "append-only"}), &input).code,
-            0
+            Some(0)
         );
     }
     assert_eq!(count(&db, "public", "t"), Some(4));
     // Overwrite empties the table first; the key still deduplicates the batch.
     let r = run(&db, json!({"load_method": "overwrite"}), &input);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(count(&db, "public", "t"), Some(1));
 }
 
@@ -712,7 +708,7 @@ fn errors_before_loading_still_drain_the_input() {
     let input = big_input(100_000);
     // Unreachable server: fails at once, but reads every line first.
     let r = run(&db, json!({"port": 1, "connect_timeout": 1}), &input);
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, Some(1));
     assert!(r.stdin_ok, "the input was read to the end");
     assert!(
         r.last_error()
@@ -725,13 +721,13 @@ fn errors_before_loading_still_drain_the_input() {
     let mut bad = b"{\"type\":\"RECORD\",\"stream\":\"x\",\"record\":{}}\n".to_vec();
     bad.extend_from_slice(&input);
     let r = run(&db, json!({}), &bad);
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, Some(1));
     assert!(r.stdin_ok);
 }
 
 #[test]
 fn about_version_and_help() {
-    let bin = env!("CARGO_BIN_EXE_target-postgres-rs");
+    let bin = TARGET;
     let out = Command::new(bin)
         .args(["--about", "--format=json"])
         .output()
@@ -779,7 +775,7 @@ fn keys_in_order_go_straight_in_and_out_of_order_keys_still_upsert() {
         json!({}),
         &lines(&[s.clone(), rec(1, "a"), rec(2, "a"), rec(3, "a")]),
     );
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
     // Above the table's largest key and ascending, then an older key (update), a
     // repeat of a new key, and a new key again: all in one batch.
     let r = run(
@@ -794,7 +790,7 @@ fn keys_in_order_go_straight_in_and_out_of_order_keys_still_upsert() {
             rec(6, "b"),
         ]),
     );
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(
         text(
             &db,
@@ -809,7 +805,7 @@ fn keys_in_order_go_straight_in_and_out_of_order_keys_still_upsert() {
         json!({"batch_size_rows": 1}),
         &lines(&[s, rec(7, "d"), rec(1, "d"), rec(7, "e")]),
     );
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(
         text(
             &db,
@@ -874,29 +870,17 @@ fn binary_copy_lands_exactly_what_text_copy_lands() {
     };
     let bin_db = pg_testkit::cluster().create_database("binary");
     let r = run(&bin_db, json!({"add_record_metadata": false}), &data);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
     let text_db = pg_testkit::cluster().create_database("text");
     let cfg = config(&text_db, json!({"add_record_metadata": false}));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_target-postgres-rs"))
-        .arg("--config")
-        .arg(cfg.path())
-        .env("TARGET_POSTGRES_RS_TEXT_COPY", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin.take().unwrap().write_all(&data)?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text_run = pg_testkit::process::run(
+        target(cfg.path()).env("TARGET_POSTGRES_RS_TEXT_COPY", "1"),
+        &data,
     );
+    assert!(text_run.ok && text_run.stdin_ok, "{}", text_run.stderr);
     let (b, t) = (dump(&bin_db), dump(&text_db));
     assert_eq!(b.len(), 5);
+    assert_eq!(t.len(), b.len(), "text COPY landed {t:?}");
     for (b, t) in b.iter().zip(&t) {
         assert_eq!(b, t);
     }
@@ -934,23 +918,18 @@ fn schema_mapping_input_file_and_environment_settings() {
                 .as_bytes(),
         )
         .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_target-postgres-rs"))
-        .arg("--config")
-        .arg(conn.path())
-        .arg("--config")
-        .arg(mapping.path())
-        .arg("--input")
-        .arg(file.path())
-        .env("TARGET_POSTGRES_RS_DEFAULT_TARGET_SCHEMA", "landing")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // Nothing on stdin: the records come from --input.
+    let r = pg_testkit::process::run(
+        target(conn.path())
+            .arg("--config")
+            .arg(mapping.path())
+            .arg("--input")
+            .arg(file.path())
+            .env("TARGET_POSTGRES_RS_DEFAULT_TARGET_SCHEMA", "landing"),
+        b"",
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"done\":true}\n");
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(r.stdout, "{\"done\":true}\n");
     assert_eq!(count(&db, "dst", "t"), Some(1));
     assert_eq!(count(&db, "landing", "t"), Some(1));
     assert_eq!(count(&db, "src", "t"), None);

@@ -1,19 +1,14 @@
-//! Throughput and memory on a tap-like `bench_wide` stream (ignored by default):
-//!
-//! ```sh
-//! BENCH_ROWS=1000000 cargo test --release -p target-postgres-rs --test bench -- --ignored --nocapture
-//! ```
-//! Prints rows/s and peak RSS for a full load into a new table, an upsert
-//! re-load of the same rows, and, for comparison, a plain text `COPY FROM` of
-//! the same rows into a table with the same primary key (the write limit).
-
-mod common;
+//! `bench --synthetic`: the target alone on a generated, tap-like
+//! `bench_wide` stream. Prints rows/s and peak RSS for a full load into a new
+//! table, an upsert re-load of the same rows, and, for comparison, a plain
+//! text `COPY FROM` of the same rows into a table with the same primary key
+//! (the write limit). `BENCH_LOG=info` shows the target's batch lines.
 
 use std::io::{BufWriter, Write};
 use std::process::Command;
 use std::time::Instant;
 
-use common::config;
+use e2e_tests::{bin, write_json};
 use serde_json::json;
 
 fn md5ish(i: u64) -> String {
@@ -178,13 +173,14 @@ fn generate(rows: u64, singer: &std::path::Path, copy: &std::path::Path) {
 
 /// Wall seconds, peak RSS MB, target CPU seconds.
 fn timed_target(db: &pg_testkit::TestDb, input: &std::path::Path) -> (f64, u64, f64) {
-    let cfg = config(db, json!({}));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_json(dir.path(), "target.json", &db.config());
     let start = Instant::now();
     let out = Command::new("/usr/bin/time")
         .args(["-f", "%M %U %S"])
-        .arg(env!("CARGO_BIN_EXE_target-postgres-rs"))
+        .arg(bin("target-postgres-rs"))
         .arg("--config")
-        .arg(cfg.path())
+        .arg(&cfg)
         .arg("--input")
         .arg(input)
         .env(
@@ -205,13 +201,9 @@ fn timed_target(db: &pg_testkit::TestDb, input: &std::path::Path) -> (f64, u64, 
     (secs, rss_kb / 1024, cpu)
 }
 
-#[test]
-#[ignore]
-fn bench_wide_throughput() {
-    let rows: u64 = std::env::var("BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+/// Loads `rows` generated records twice (new table, then upsert) and
+/// compares with a plain text `COPY FROM` of the same rows.
+pub fn run(rows: u64) {
     let dir = tempfile::tempdir().unwrap();
     let singer = dir.path().join("bench_wide.singer");
     let copy = dir.path().join("bench_wide.copy");
@@ -219,7 +211,7 @@ fn bench_wide_throughput() {
     let mb = std::fs::metadata(&singer).unwrap().len() as f64 / 1e6;
     println!("rows {rows}, singer stream {mb:.0} MB");
 
-    let db = pg_testkit::cluster().create_database("bench");
+    let db = pg_testkit::cluster().create_database("bench_synthetic");
     let (secs, rss, cpu) = timed_target(&db, &singer);
     println!(
         "full load (new table): {secs:.2} s, {:.0} rows/s, peak RSS {rss} MB, target CPU {cpu:.2} s",

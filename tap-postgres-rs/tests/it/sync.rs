@@ -1,13 +1,13 @@
 //! FULL_TABLE (messages, interrupted and resumed), INCREMENTAL (every key
 //! type), column selection, and the read-only user.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::{select, select_column, write_json, Output, Setup, TAP};
+use crate::common::{Output, Setup, TAP};
+use pg_testkit::catalog::{select_column, select_only};
+use pg_testkit::process::write_json;
 use serde_json::{json, Value};
 
 fn ids(records: &[&Value]) -> Vec<i64> {
@@ -26,7 +26,7 @@ fn full_table_messages_state_and_version() {
     let mut config = db.config();
     config["state_interval_records"] = json!("1000");
     let setup = Setup::new(&config);
-    let catalog = select(&setup.discover(), &["public-items"], "FULL_TABLE", None);
+    let catalog = select_only(&setup.discover(), &["public-items"], "FULL_TABLE", None);
     let r = setup.sync(&catalog, None);
     assert!(r.ok, "{}", r.stderr);
     assert!(
@@ -112,7 +112,7 @@ fn full_table_killed_halfway_resumes_from_its_last_state() {
     let mut config = db.config();
     config["state_interval_records"] = json!(1000);
     let setup = Setup::new(&config);
-    let catalog = select(&setup.discover(), &["public-big"], "FULL_TABLE", None);
+    let catalog = select_only(&setup.discover(), &["public-big"], "FULL_TABLE", None);
     let cat_path = write_json(setup.dir.path(), "catalog.json", &catalog);
 
     // First run: read until a few checkpoints have gone by, then kill it.
@@ -280,7 +280,7 @@ fn incremental_second_run_emits_only_rows_at_or_after_the_bookmark() {
     let setup = Setup::new(&db.config());
     let discovered = setup.discover();
     for key in ["k_ts", "k_tstz", "k_date", "k_int", "k_num", "k_text"] {
-        let catalog = select(&discovered, &["public-ev"], "INCREMENTAL", Some(key));
+        let catalog = select_only(&discovered, &["public-ev"], "INCREMENTAL", Some(key));
         let first = setup.sync_ok(&catalog, None);
         assert_eq!(first.records("public-ev").len(), 50, "{key}");
         assert_eq!(
@@ -322,7 +322,7 @@ fn incremental_second_run_emits_only_rows_at_or_after_the_bookmark() {
             .unwrap();
     }
     // numeric bookmarks keep every digit (as a string).
-    let catalog = select(&discovered, &["public-ev"], "INCREMENTAL", Some("k_num"));
+    let catalog = select_only(&discovered, &["public-ev"], "INCREMENTAL", Some("k_num"));
     let out = setup.sync_ok(&catalog, None);
     assert_eq!(
         out.last_state()["bookmarks"]["public-ev"]["replication_key_value"],
@@ -340,7 +340,7 @@ fn deselected_columns_are_not_read_and_keys_always_are() {
         )
         .unwrap();
     let setup = Setup::new(&db.config());
-    let mut catalog = select(&setup.discover(), &["public-people"], "FULL_TABLE", None);
+    let mut catalog = select_only(&setup.discover(), &["public-people"], "FULL_TABLE", None);
     select_column(&mut catalog, "public-people", "secret", false);
     select_column(&mut catalog, "public-people", "age", false);
     select_column(&mut catalog, "public-people", "id", false);
@@ -403,16 +403,19 @@ fn read_only_user_can_discover_and_sync() {
     assert_eq!(some.keys().collect::<Vec<_>>(), ["id"]);
     let partial = setup_sync_ok(
         &config,
-        &select(&everything, &["app-some_columns"], "FULL_TABLE", None),
+        &select_only(&everything, &["app-some_columns"], "FULL_TABLE", None),
     );
     assert_eq!(partial.records("app-some_columns"), vec![&json!({"id": 1})]);
 
     config["filter_schemas"] = json!(["app"]);
     let setup = Setup::new(&config);
     let discovered = setup.discover();
-    let full = setup.sync_ok(&select(&discovered, &["app-t"], "FULL_TABLE", None), None);
+    let full = setup.sync_ok(
+        &select_only(&discovered, &["app-t"], "FULL_TABLE", None),
+        None,
+    );
     assert_eq!(full.records("app-t").len(), 100);
-    let inc_cat = select(&discovered, &["app-t"], "INCREMENTAL", Some("updated_at"));
+    let inc_cat = select_only(&discovered, &["app-t"], "INCREMENTAL", Some("updated_at"));
     let inc = setup.sync_ok(&inc_cat, None);
     assert_eq!(inc.records("app-t").len(), 100);
     let again = setup.sync_ok(&inc_cat, Some(&inc.last_state()));
@@ -435,7 +438,7 @@ fn views_matviews_and_partitioned_parents_sync_in_full() {
     let mut config = db.config();
     config["state_interval_records"] = json!(1000);
     let setup = Setup::new(&config);
-    let catalog = select(
+    let catalog = select_only(
         &setup.discover(),
         &["public-big_v", "public-m", "public-mv"],
         "FULL_TABLE",
@@ -470,7 +473,7 @@ fn default_replication_method_applies_only_where_the_catalog_names_none() {
     let mut config = db.config();
     config["default_replication_method"] = json!("incremental");
     let setup = Setup::new(&config);
-    let mut catalog = select(
+    let mut catalog = select_only(
         &setup.discover(),
         &["public-a", "public-b"],
         "FULL_TABLE",
@@ -506,7 +509,7 @@ fn messages_use_the_catalog_stream_name_and_state_the_stream_id() {
         .batch_execute("CREATE TABLE t (id integer PRIMARY KEY); INSERT INTO t VALUES (1);")
         .unwrap();
     let setup = Setup::new(&db.config());
-    let mut catalog = select(&setup.discover(), &["public-t"], "FULL_TABLE", None);
+    let mut catalog = select_only(&setup.discover(), &["public-t"], "FULL_TABLE", None);
     catalog["streams"][0]["stream"] = json!("renamed");
     let out = setup.sync_ok(&catalog, None);
     let names: BTreeSet<&str> = out

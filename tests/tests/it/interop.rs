@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use e2e_tests::orchestrator::{venv, PIPELINEWISE_TAP_POSTGRES, SINGER_TOOLS, TARGET_JSONL};
-use e2e_tests::{bin, discover, select, write_json};
+use e2e_tests::{bin, discover, select, tap_sync, write_json};
 use pg_testkit::cluster;
 use serde_json::{json, Value};
 
@@ -48,13 +48,7 @@ fn tap_output(db_hint: &str, dir: &Path) -> Vec<u8> {
     let mut catalog = discover(&config);
     select(&mut catalog, &[], "FULL_TABLE", None);
     let catalog = write_json(dir, "catalog.json", &catalog);
-    let out = Command::new(bin("tap-postgres-rs"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--catalog")
-        .arg(&catalog)
-        .output()
-        .unwrap();
+    let out = tap_sync(&config, &catalog, None).output().unwrap();
     assert!(
         out.status.success(),
         "tap failed: {}",

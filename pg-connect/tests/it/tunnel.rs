@@ -167,16 +167,11 @@ fn child_opens_a_tunnel_and_waits() {
 fn the_tunnel_closes_when_the_process_is_killed() {
     use std::io::BufRead;
     let _serial = serial();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "child_opens_a_tunnel_and_waits",
-            "--nocapture",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        pg_testkit::process::rerun_ignored_test("tunnel::child_opens_a_tunnel_and_waits")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
     let port: u16 = std::io::BufReader::new(child.stdout.take().unwrap())
         .lines()
         .map_while(Result::ok)

@@ -2,9 +2,8 @@
 //! with the outcomes testdata/vectors/README.md and reference-results/ describe
 //! (and the right thing where the reference target is wrong).
 
-mod common;
-
-use common::*;
+use crate::common::*;
+use pg_testkit::rows::{count, tables, text};
 use serde_json::{json, Value};
 
 fn cfg() -> Value {
@@ -228,11 +227,11 @@ fn loading_files_land_their_rows() {
     for (file, want) in LOADS {
         let db = pg_testkit::cluster().create_database("vec");
         let r = run_file(&db, cfg(), &vectors().join(file));
-        assert_eq!(r.code, 0, "{file}: {}", r.stderr);
+        assert_eq!(r.code, Some(0), "{file}: {}", r.stderr);
         let got = tables(&db, "vectors");
         let want: Vec<(String, i64)> = want.iter().map(|(t, n)| (t.to_string(), *n)).collect();
         assert_eq!(got, want, "{file}");
-        for s in r.states() {
+        for s in r.stdout_json() {
             assert_ne!(s, json!({}), "{file}: never an empty state");
             assert!(
                 s.get("type").is_none(),
@@ -252,7 +251,7 @@ fn failing_files_fail_with_one_clear_line() {
     for (file, want) in FAILS {
         let db = pg_testkit::cluster().create_database("vecfail");
         let r = run_file(&db, cfg(), &vectors().join(file));
-        assert_eq!(r.code, 1, "{file}: {}", r.stderr);
+        assert_eq!(r.code, Some(1), "{file}: {}", r.stderr);
         assert_eq!(r.last_error(), *want, "{file}");
         assert_eq!(
             r.stderr.matches("error").count(),
@@ -268,7 +267,7 @@ fn sdk_values_land_as_the_suite_expects() {
     let db = pg_testkit::cluster().create_database("sdkvals");
     let v = vectors().join("singer-sdk");
     let r = run_file(&db, cfg(), &v.join("duplicate_records.singer"));
-    assert_eq!(r.code, 0);
+    assert_eq!(r.code, Some(0));
     assert_eq!(
         text(
             &db,
@@ -278,7 +277,7 @@ fn sdk_values_land_as_the_suite_expects() {
         Some("100")
     );
     let r = run_file(&db, cfg(), &v.join("array_data.singer"));
-    assert_eq!(r.code, 0);
+    assert_eq!(r.code, Some(0));
     assert_eq!(
         text(
             &db,
@@ -288,7 +287,7 @@ fn sdk_values_land_as_the_suite_expects() {
         Some(r#"["apple", "orange", "pear"]"#)
     );
     let r = run_file(&db, cfg(), &v.join("schema_updates.singer"));
-    assert_eq!(r.code, 0);
+    assert_eq!(r.code, Some(0));
     assert_eq!(
         text(
             &db,
@@ -308,7 +307,7 @@ fn sdk_values_land_as_the_suite_expects() {
     // no_primary_keys + append, twice each (as TP does): 16 rows, never deduplicated.
     for _ in 0..2 {
         for f in ["no_primary_keys.singer", "no_primary_keys_append.singer"] {
-            assert_eq!(run_file(&db, cfg(), &v.join(f)).code, 0);
+            assert_eq!(run_file(&db, cfg(), &v.join(f)).code, Some(0));
         }
     }
     assert_eq!(count(&db, "vectors", "test_no_pk"), Some(16));
@@ -317,14 +316,14 @@ fn sdk_values_land_as_the_suite_expects() {
         "user_location_data.singer",
         "user_location_upsert_data.singer",
     ] {
-        assert_eq!(run_file(&db, cfg(), &v.join(f)).code, 0);
+        assert_eq!(run_file(&db, cfg(), &v.join(f)).code, Some(0));
     }
     assert_eq!(count(&db, "vectors", "test_users"), Some(8));
     assert_eq!(count(&db, "vectors", "test_locations"), Some(5));
     assert_eq!(count(&db, "vectors", "test_user_in_location"), Some(5));
     // A missing property lands as NULL.
     let r = run_file(&db, cfg(), &v.join("optional_attributes.singer"));
-    assert_eq!(r.code, 0);
+    assert_eq!(r.code, Some(0));
     let nulls: i64 = db
         .client()
         .query_one(
@@ -336,7 +335,7 @@ fn sdk_values_land_as_the_suite_expects() {
     assert!(nulls > 0);
     // An empty state `{}` is never echoed.
     let r = run_file(&db, cfg(), &v.join("record_missing_fields.singer"));
-    assert_eq!((r.code, r.stdout.as_str()), (0, ""));
+    assert_eq!((r.code, r.stdout.as_str()), (Some(0), ""));
 }
 
 #[test]
@@ -347,7 +346,7 @@ fn nul_characters_are_stripped_when_asked() {
         json!({"default_target_schema": "vectors", "sanitize_null_text_characters": true}),
         &vectors().join("singer-sdk/encoded_string_data.singer"),
     );
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
     let got = tables(&db, "vectors");
     let total: i64 = got.iter().map(|(_, n)| n).sum();
     assert_eq!(total, 28, "{got:?}");
@@ -369,7 +368,7 @@ fn pipelinewise_values_land_exactly() {
     let pw = vectors().join("pipelinewise-target-postgres");
     assert_eq!(
         run_file(&db, cfg(), &pw.join("messages-with-long-texts.json")).code,
-        0
+        Some(0)
     );
     // Every string exactly as sent (lengths 79 to 32003 characters; then
     // Greek, Japanese, Chinese, Russian, Thai, Arabic past their maxLength).
@@ -380,7 +379,7 @@ fn pipelinewise_values_land_exactly() {
             "test_table_unicode",
         ),
     ] {
-        assert_eq!(run_file(&db, cfg(), &pw.join(file)).code, 0);
+        assert_eq!(run_file(&db, cfg(), &pw.join(file)).code, Some(0));
         let sent: Vec<(i64, String)> = std::fs::read_to_string(pw.join(file))
             .unwrap()
             .lines()
@@ -409,7 +408,7 @@ fn pipelinewise_values_land_exactly() {
 
     assert_eq!(
         run_file(&db, cfg(), &pw.join("messages-with-nested-schema.json")).code,
-        0
+        Some(0)
     );
     assert_eq!(
         text(&db, "SELECT jsonb_typeof(c_object_with_props)||'/'||jsonb_typeof(c_nested_object) FROM vectors.test_table_nested_schema").as_deref(),
@@ -430,7 +429,7 @@ fn pipelinewise_values_land_exactly() {
             &pw.join("messages-with-reserved-name-as-table-name.json")
         )
         .code,
-        0
+        Some(0)
     );
     assert_eq!(
         text(&db, r#"SELECT string_agg(new || '=' || coalesce(_sdc_deleted_at::text, '-'), ',' ORDER BY new) FROM vectors."order""#).as_deref(),
@@ -443,7 +442,7 @@ fn pipelinewise_values_land_exactly() {
         json!({"default_target_schema": "vectors", "hard_delete": true}),
         &pw.join("messages-with-space-in-table-name.json"),
     );
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(
         count(&db2, "vectors", "table with space and UPPERCase"),
         Some(2)
@@ -453,7 +452,7 @@ fn pipelinewise_values_land_exactly() {
     let db3 = pg_testkit::cluster().create_database("pwmod");
     assert_eq!(
         run_file(&db3, cfg(), &pw.join("messages-with-multiple-streams.json")).code,
-        0
+        Some(0)
     );
     let before = text(
         &db3,
@@ -465,7 +464,7 @@ fn pipelinewise_values_land_exactly() {
         cfg(),
         &pw.join("messages-with-multiple-streams-modified-column.json"),
     );
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(
         text(&db3, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'vectors.test_table_two'::regclass AND attname = 'c_date'").as_deref(),
         Some("text")
@@ -493,8 +492,8 @@ fn logical_streams_emit_states_only_at_flushes() {
         json!({"default_target_schema": "vectors", "batch_size_rows": 20}),
         &file,
     );
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let states = r.states();
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let states = r.stdout_json();
     // Flushes after 20 and 40 rows, and at the end (for the states after the last row).
     assert_eq!(states.len(), 3, "{states:?}");
     let input: Vec<Value> = std::fs::read_to_string(&file)

@@ -1,0 +1,5 @@
+//! pg-connect against real servers, in one test binary: TLS modes and
+//! certificates, and SSH tunnels.
+
+mod tls;
+mod tunnel;

@@ -1,0 +1,10 @@
+//! End-to-end tests, in one test binary (one link, one private cluster for
+//! all of them; each test takes databases of its own).
+
+mod help;
+mod interop;
+mod log_based;
+mod logging;
+mod meltano;
+mod roundtrip;
+mod secure;
