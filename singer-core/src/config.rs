@@ -66,9 +66,6 @@ impl Setting {
         self.choices = choices;
         self
     }
-    pub fn is_secret(&self) -> bool {
-        self.kind == SettingKind::Password
-    }
 }
 
 /// A config problem, naming the key.
