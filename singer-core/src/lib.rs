@@ -24,7 +24,7 @@ mod schema;
 mod state;
 
 pub use catalog::{Catalog, CatalogEntry, CatalogError, MetadataEntry};
-pub use config::{About, Config, ConfigError, Setting, SettingKind};
+pub use config::{About, Config, ConfigError, DefaultValue, Setting, SettingKind};
 pub use io::{
     push_json_string, write_json_string, MessageReader, MessageWriter, ReadError, ReadErrorKind,
     WriteError,
