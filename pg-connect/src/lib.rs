@@ -172,17 +172,7 @@ pub fn describe(e: &postgres::Error) -> String {
         }
         return s;
     }
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        let c = cause.to_string();
-        if !s.contains(&c) {
-            s.push_str(": ");
-            s.push_str(&c);
-        }
-        source = cause.source();
-    }
-    s
+    singer_core::cli::chain_text(e)
 }
 
 #[cfg(test)]

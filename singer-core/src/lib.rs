@@ -15,6 +15,7 @@
 //! ```
 
 mod catalog;
+pub mod cli;
 pub mod config;
 mod io;
 pub mod logging;

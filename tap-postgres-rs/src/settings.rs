@@ -168,11 +168,6 @@ impl TapSettings {
     }
 }
 
-/// The settings as `--help` text.
-pub fn help_text() -> String {
-    singer_core::config::settings_help(ENV_PREFIX, &all())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

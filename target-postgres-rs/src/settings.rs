@@ -94,6 +94,9 @@ pub struct TargetSettings {
     pub sanitize_nul: bool,
     pub notify_channel: Option<String>,
     /// Text COPY for every column, never binary.
+    // The loader reads it once the load.rs rework lands (issue #11); until
+    // then it reads the env var itself.
+    #[allow(dead_code)]
     pub text_copy: bool,
 }
 
