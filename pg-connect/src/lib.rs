@@ -20,6 +20,8 @@ mod tunnel;
 
 pub use quote::{quote_ident, quote_literal, quote_qualified};
 pub use settings::{ConnectionSettings, SshTunnelSettings, SslMode, CONNECTION_SETTINGS};
+pub use tls::TlsError;
+pub use tunnel::TunnelError;
 
 use std::time::Duration;
 
@@ -31,7 +33,23 @@ pub struct ConnectError {
     pub port: u16,
     pub database: String,
     pub user: String,
-    pub reason: String,
+    #[source]
+    pub reason: ConnectFailure,
+}
+
+/// Why connecting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectFailure {
+    #[error(transparent)]
+    Tunnel(#[from] TunnelError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The server took the session, but [`SESSION_SETUP`] failed.
+    #[error("session set-up failed: {0}")]
+    SessionSetup(String),
+    /// What ssh says about a connection through the tunnel that failed.
+    #[error("{0}")]
+    ThroughTunnel(String),
 }
 
 /// Statements run on every new session so that the text form of every value is
@@ -69,12 +87,12 @@ impl Connector {
                     settings.port,
                     Duration::from_secs(settings.connect_timeout_secs),
                 )
-                .map_err(|reason| ConnectError {
+                .map_err(|e| ConnectError {
                     host: settings.host.clone(),
                     port,
                     database: settings.database.clone(),
                     user: settings.user.clone(),
-                    reason,
+                    reason: e.into(),
                 })?;
                 // TLS still checks `host`, the database's real name.
                 settings.hostaddr = Some(std::net::IpAddr::from([127, 0, 0, 1]));
@@ -109,7 +127,7 @@ impl Connector {
             // A failure at the far end of the tunnel shows here only as a
             // reset connection: ssh knows the real reason.
             if let Some(why) = self.tunnel.as_ref().and_then(|t| t.diagnose(mark)) {
-                e.reason = why;
+                e.reason = ConnectFailure::ThroughTunnel(why);
             }
             e
         })
@@ -131,7 +149,7 @@ fn connect_showing(
     application_name: &str,
     shown_port: u16,
 ) -> Result<postgres::Client, ConnectError> {
-    let fail = |reason: String| ConnectError {
+    let fail = |reason: ConnectFailure| ConnectError {
         host: settings.host.clone(),
         port: shown_port,
         database: settings.database.clone(),
@@ -152,10 +170,10 @@ fn connect_showing(
     if let Some(p) = &settings.password {
         config.password(p);
     }
-    let mut client = tls::connect(&config, settings).map_err(fail)?;
+    let mut client = tls::connect(&config, settings).map_err(|e| fail(e.into()))?;
     client
         .batch_execute(SESSION_SETUP)
-        .map_err(|e| fail(format!("session set-up failed: {}", describe(&e))))?;
+        .map_err(|e| fail(ConnectFailure::SessionSetup(describe(&e))))?;
     Ok(client)
 }
 

@@ -107,7 +107,12 @@ impl Connector {
         let common = args.common().clone();
         init_logging(common.log_format, self.name);
         if common.about {
-            return self.finish(self.print_about(common.format).err().as_ref().map(|e| e as _));
+            return self.finish(
+                self.print_about(common.format)
+                    .err()
+                    .as_ref()
+                    .map(|e| e as _),
+            );
         }
         self.finish(run(args).err().as_ref().map(AsRef::as_ref))
     }

@@ -216,10 +216,7 @@ impl Config {
 
     /// A setting's value or else its declared default; `Missing` when it
     /// has neither (a setting read this way should declare a default).
-    fn defaulted<T>(
-        s: &Setting,
-        read: Result<Option<T>, ConfigError>,
-    ) -> Result<T, ConfigError> {
+    fn defaulted<T>(s: &Setting, read: Result<Option<T>, ConfigError>) -> Result<T, ConfigError> {
         read?.ok_or_else(|| ConfigError::Missing {
             key: s.name.to_owned(),
         })
@@ -545,7 +542,10 @@ mod tests {
         assert_eq!(cfg(json!({})).integer_or_default(&PORT).unwrap(), 5432);
         assert_eq!(c.integer_or_default(&PORT).unwrap(), 6543);
         assert_eq!(
-            cfg(json!({})).string_or_default(&DB).unwrap_err().to_string(),
+            cfg(json!({}))
+                .string_or_default(&DB)
+                .unwrap_err()
+                .to_string(),
             "config: `database` is required"
         );
     }
@@ -557,7 +557,10 @@ mod tests {
         const ON: Setting = Setting::new("on", SettingKind::Boolean, "O").default_boolean(true);
         let help = settings_help("T", &[PORT, METHOD, ON]);
         assert!(help.contains("  port [default: 5432]\n"), "{help}");
-        assert!(help.contains("  method [default: \"FULL_TABLE\"]\n"), "{help}");
+        assert!(
+            help.contains("  method [default: \"FULL_TABLE\"]\n"),
+            "{help}"
+        );
         assert!(help.contains("  on [default: true]\n"), "{help}");
         let about = About {
             name: "t",
@@ -569,10 +572,16 @@ mod tests {
         };
         let j = about.to_json();
         assert_eq!(j["settings"]["properties"]["port"]["default"], json!(5432));
-        assert_eq!(j["settings"]["properties"]["method"]["default"], json!("FULL_TABLE"));
+        assert_eq!(
+            j["settings"]["properties"]["method"]["default"],
+            json!("FULL_TABLE")
+        );
         assert_eq!(j["settings"]["properties"]["on"]["default"], json!(true));
         let md = about.to_markdown();
-        assert!(md.contains("| method | False | \"FULL_TABLE\" | M |"), "{md}");
+        assert!(
+            md.contains("| method | False | \"FULL_TABLE\" | M |"),
+            "{md}"
+        );
         assert!(md.contains("| port | False | 5432 | Port |"), "{md}");
     }
 

@@ -123,7 +123,9 @@ fn run(tap: &Connector, args: Args) -> anyhow::Result<()> {
                 .and_then(|_| out.flush())
                 .map_err(WriteError::from)?;
         }
-        Mode::Sync { catalog: catalog_path } => {
+        Mode::Sync {
+            catalog: catalog_path,
+        } => {
             let catalog_text = std::fs::read_to_string(catalog_path)
                 .with_context(|| format!("cannot read catalog {}", catalog_path.display()))?;
             let catalog = Catalog::from_json(&catalog_text)
@@ -133,13 +135,20 @@ fn run(tap: &Connector, args: Args) -> anyhow::Result<()> {
                 Some(path) => {
                     let text = std::fs::read_to_string(path)
                         .with_context(|| format!("cannot read state {}", path.display()))?;
-                    State::from_json(&text)
-                        .with_context(|| format!("state {}", path.display()))?
+                    State::from_json(&text).with_context(|| format!("state {}", path.display()))?
                 }
             };
             let mut client = connector.connect()?;
             let mut out = MessageWriter::new(std::io::stdout().lock());
-            sync::run(&mut client, &connector, &catalog, state, &settings, &mut out).map_err(
+            sync::run(
+                &mut client,
+                &connector,
+                &catalog,
+                state,
+                &settings,
+                &mut out,
+            )
+            .map_err(
                 // The shell stops quietly on a closed stdout: show it the
                 // WriteError itself (`Write` is transparent).
                 |e| match e {

@@ -131,7 +131,11 @@ fn config_file_errors() {
 #[test]
 fn tap_unknown_catalog_file() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_json(dir.path(), "tap.json", &json!({"user": "u", "database": "d"}));
+    let config = write_json(
+        dir.path(),
+        "tap.json",
+        &json!({"user": "u", "database": "d"}),
+    );
     let mut cmd = command("tap-postgres-rs", &["--config"]);
     cmd.arg(&config)
         .arg("--catalog")
