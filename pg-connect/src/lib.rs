@@ -33,8 +33,9 @@ pub struct ConnectError {
     pub port: u16,
     pub database: String,
     pub user: String,
+    // Boxed: keeps `Result<_, ConnectError>` small.
     #[source]
-    pub reason: ConnectFailure,
+    pub reason: Box<ConnectFailure>,
 }
 
 /// Why connecting failed.
@@ -92,7 +93,7 @@ impl Connector {
                     port,
                     database: settings.database.clone(),
                     user: settings.user.clone(),
-                    reason: e.into(),
+                    reason: Box::new(e.into()),
                 })?;
                 // TLS still checks `host`, the database's real name.
                 settings.hostaddr = Some(std::net::IpAddr::from([127, 0, 0, 1]));
@@ -127,7 +128,7 @@ impl Connector {
             // A failure at the far end of the tunnel shows here only as a
             // reset connection: ssh knows the real reason.
             if let Some(why) = self.tunnel.as_ref().and_then(|t| t.diagnose(mark)) {
-                e.reason = ConnectFailure::ThroughTunnel(why);
+                e.reason = Box::new(ConnectFailure::ThroughTunnel(why));
             }
             e
         })
@@ -154,7 +155,7 @@ fn connect_showing(
         port: shown_port,
         database: settings.database.clone(),
         user: settings.user.clone(),
-        reason,
+        reason: Box::new(reason),
     };
     let mut config = postgres::Config::new();
     config
