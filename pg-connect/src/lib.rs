@@ -20,6 +20,8 @@ mod tunnel;
 
 pub use quote::{quote_ident, quote_literal, quote_qualified};
 pub use settings::{ConnectionSettings, SshTunnelSettings, SslMode, CONNECTION_SETTINGS};
+pub use tls::TlsError;
+pub use tunnel::TunnelError;
 
 use std::time::Duration;
 
@@ -31,7 +33,24 @@ pub struct ConnectError {
     pub port: u16,
     pub database: String,
     pub user: String,
-    pub reason: String,
+    // Boxed: keeps `Result<_, ConnectError>` small.
+    #[source]
+    pub reason: Box<ConnectFailure>,
+}
+
+/// Why connecting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectFailure {
+    #[error(transparent)]
+    Tunnel(#[from] TunnelError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The server took the session, but [`SESSION_SETUP`] failed.
+    #[error("session set-up failed: {0}")]
+    SessionSetup(String),
+    /// What ssh says about a connection through the tunnel that failed.
+    #[error("{0}")]
+    ThroughTunnel(String),
 }
 
 /// Statements run on every new session so that the text form of every value is
@@ -69,12 +88,12 @@ impl Connector {
                     settings.port,
                     Duration::from_secs(settings.connect_timeout_secs),
                 )
-                .map_err(|reason| ConnectError {
+                .map_err(|e| ConnectError {
                     host: settings.host.clone(),
                     port,
                     database: settings.database.clone(),
                     user: settings.user.clone(),
-                    reason,
+                    reason: Box::new(e.into()),
                 })?;
                 // TLS still checks `host`, the database's real name.
                 settings.hostaddr = Some(std::net::IpAddr::from([127, 0, 0, 1]));
@@ -109,7 +128,7 @@ impl Connector {
             // A failure at the far end of the tunnel shows here only as a
             // reset connection: ssh knows the real reason.
             if let Some(why) = self.tunnel.as_ref().and_then(|t| t.diagnose(mark)) {
-                e.reason = why;
+                e.reason = Box::new(ConnectFailure::ThroughTunnel(why));
             }
             e
         })
@@ -131,12 +150,12 @@ fn connect_showing(
     application_name: &str,
     shown_port: u16,
 ) -> Result<postgres::Client, ConnectError> {
-    let fail = |reason: String| ConnectError {
+    let fail = |reason: ConnectFailure| ConnectError {
         host: settings.host.clone(),
         port: shown_port,
         database: settings.database.clone(),
         user: settings.user.clone(),
-        reason,
+        reason: Box::new(reason),
     };
     let mut config = postgres::Config::new();
     config
@@ -152,10 +171,10 @@ fn connect_showing(
     if let Some(p) = &settings.password {
         config.password(p);
     }
-    let mut client = tls::connect(&config, settings).map_err(fail)?;
+    let mut client = tls::connect(&config, settings).map_err(|e| fail(e.into()))?;
     client
         .batch_execute(SESSION_SETUP)
-        .map_err(|e| fail(format!("session set-up failed: {}", describe(&e))))?;
+        .map_err(|e| fail(ConnectFailure::SessionSetup(describe(&e))))?;
     Ok(client)
 }
 
@@ -172,17 +191,7 @@ pub fn describe(e: &postgres::Error) -> String {
         }
         return s;
     }
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        let c = cause.to_string();
-        if !s.contains(&c) {
-            s.push_str(": ");
-            s.push_str(&c);
-        }
-        source = cause.source();
-    }
-    s
+    singer_core::cli::chain_text(e)
 }
 
 #[cfg(test)]

@@ -9,13 +9,13 @@ const HOST: Setting = Setting::new(
     SettingKind::String,
     "Hostname or IP address of the PostgreSQL server.",
 )
-.default("\"localhost\"");
+.default_text("localhost");
 const PORT: Setting = Setting::new(
     "port",
     SettingKind::Integer,
     "Port of the PostgreSQL server (a number or a numeric string).",
 )
-.default("5432");
+.default_integer(5432);
 const USER: Setting = Setting::new("user", SettingKind::String, "User name to connect as.")
     .required()
     .aliases(&["username"]);
@@ -67,10 +67,10 @@ const SSH_ENABLE: Setting = Setting::new(
     SettingKind::Boolean,
     "Connect through an SSH tunnel.",
 )
-.default("false");
+.default_boolean(false);
 const SSH_HOST: Setting = Setting::new("ssh_tunnel.host", SettingKind::String, "SSH bastion host.");
 const SSH_PORT: Setting =
-    Setting::new("ssh_tunnel.port", SettingKind::Integer, "SSH bastion port.").default("22");
+    Setting::new("ssh_tunnel.port", SettingKind::Integer, "SSH bastion port.").default_integer(22);
 const SSH_USER: Setting = Setting::new(
     "ssh_tunnel.username",
     SettingKind::String,
@@ -211,7 +211,7 @@ impl std::fmt::Debug for ConnectionSettings {
 }
 
 fn port(config: &Config, s: &Setting) -> Result<u16, ConfigError> {
-    let p = config.integer(s)?.unwrap_or(5432);
+    let p = config.integer_or_default(s)?;
     u16::try_from(p)
         .ok()
         .filter(|p| *p > 0)
@@ -236,7 +236,7 @@ impl ConnectionSettings {
             (None, None, Some(true)) => SslMode::Require,
             (None, None, _) => SslMode::Prefer,
         };
-        let ssh_tunnel = if config.boolean(&SSH_ENABLE)?.unwrap_or(false) {
+        let ssh_tunnel = if config.boolean_or_default(&SSH_ENABLE)? {
             let need = |s: &Setting| {
                 config
                     .string(s)?
@@ -259,7 +259,7 @@ impl ConnectionSettings {
             Ok(config.string(s)?.filter(|v| !v.trim().is_empty()))
         };
         Ok(ConnectionSettings {
-            host: config.string(&HOST)?.unwrap_or_else(|| "localhost".into()),
+            host: config.string_or_default(&HOST)?,
             port: port(config, &PORT)?,
             hostaddr: None,
             user: config.string(&USER)?.unwrap_or_default(),

@@ -14,17 +14,51 @@ use postgres_openssl::MakeTlsConnector;
 
 use crate::settings::{ConnectionSettings, SslMode};
 
+/// Why a TLS (or plain) connection could not be made: a setting to fix, the
+/// OpenSSL error underneath, or the server's refusal explained.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key setting is wrong.
+    #[error("{0}")]
+    Setting(String),
+    #[error("{what}: cannot read file {path:?}: {source}")]
+    Read {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    OpenSsl {
+        what: &'static str,
+        #[source]
+        source: openssl::error::ErrorStack,
+    },
+    /// Connecting failed; the text is the driver's whole chain (see
+    /// [`crate::describe`]) or, for the failures users meet most, what to fix.
+    #[error("{0}")]
+    Connect(String),
+}
+
+fn openssl(what: &'static str) -> impl Fn(openssl::error::ErrorStack) -> TlsError + Copy {
+    move |source| TlsError::OpenSsl { what, source }
+}
+
 /// PEM text as given, or the contents of the file it names.
-fn pem_or_file(value: &str, what: &str) -> Result<Vec<u8>, String> {
+fn pem_or_file(value: &str, what: &'static str) -> Result<Vec<u8>, TlsError> {
     if value.trim_start().starts_with("-----BEGIN") {
         return Ok(value.as_bytes().to_vec());
     }
     if !std::path::Path::new(value).exists() {
-        return Err(format!(
+        return Err(TlsError::Setting(format!(
             "{what}: file {value:?} does not exist (give the PEM contents or the path of a readable file)"
-        ));
+        )));
     }
-    std::fs::read(value).map_err(|e| format!("{what}: cannot read file {value:?}: {e}"))
+    std::fs::read(value).map_err(|source| TlsError::Read {
+        what,
+        path: value.to_owned(),
+        source,
+    })
 }
 
 /// What to fix, for the TLS failures users meet most.
@@ -55,7 +89,7 @@ fn explain(msg: String, s: &ConnectionSettings) -> String {
 pub(crate) fn connect(
     config: &postgres::Config,
     s: &ConnectionSettings,
-) -> Result<postgres::Client, String> {
+) -> Result<postgres::Client, TlsError> {
     let mut config = config.clone();
     let pg_mode = match s.ssl_mode {
         SslMode::Disable => PgSslMode::Disable,
@@ -71,7 +105,7 @@ pub(crate) fn connect(
             // allow: plain first; TLS only when the server refuses plain
             // (e.g. a `hostssl` rule), as libpq does.
             Err(e) if s.ssl_mode == SslMode::Allow && e.as_db_error().is_some() => {}
-            Err(e) => return Err(crate::describe(&e)),
+            Err(e) => return Err(TlsError::Connect(crate::describe(&e))),
         }
     }
     config.ssl_mode(pg_mode);
@@ -86,18 +120,22 @@ pub(crate) fn connect(
             plain.ssl_mode(PgSslMode::Disable);
             plain
                 .connect(NoTls)
-                .map_err(|_| explain(crate::describe(&e), s))
+                .map_err(|_| TlsError::Connect(explain(crate::describe(&e), s)))
         }
-        Err(e) => Err(explain(crate::describe(&e), s)),
+        Err(e) => Err(TlsError::Connect(explain(crate::describe(&e), s))),
     }
+}
+
+fn setting(message: &str) -> TlsError {
+    TlsError::Setting(message.to_owned())
 }
 
 fn hba_refused(e: &postgres::Error) -> bool {
     e.code() == Some(&postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
 }
 
-fn build_connector(s: &ConnectionSettings) -> Result<MakeTlsConnector, String> {
-    let tls_err = |e: openssl::error::ErrorStack| format!("TLS set-up failed: {e}");
+fn build_connector(s: &ConnectionSettings) -> Result<MakeTlsConnector, TlsError> {
+    let tls_err = openssl("TLS set-up failed");
     let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(tls_err)?;
     let verify = match s.ssl_mode {
         SslMode::VerifyCa | SslMode::VerifyFull => true,
@@ -106,13 +144,14 @@ fn build_connector(s: &ConnectionSettings) -> Result<MakeTlsConnector, String> {
     };
     if let Some(ca) = &s.ssl_ca {
         let pem = pem_or_file(ca, "ssl_certificate_authority")?;
-        let certs = X509::stack_from_pem(&pem)
-            .map_err(|e| format!("ssl_certificate_authority is not a PEM certificate: {e}"))?;
+        let certs = X509::stack_from_pem(&pem).map_err(openssl(
+            "ssl_certificate_authority is not a PEM certificate",
+        ))?;
         for cert in certs {
             builder
                 .cert_store_mut()
                 .add_cert(cert)
-                .map_err(|e| format!("cannot use ssl_certificate_authority: {e}"))?;
+                .map_err(openssl("cannot use ssl_certificate_authority"))?;
         }
     } else if verify {
         builder.set_default_verify_paths().map_err(tls_err)?;
@@ -127,24 +166,27 @@ fn build_connector(s: &ConnectionSettings) -> Result<MakeTlsConnector, String> {
             let cert_pem = pem_or_file(cert, "ssl_client_certificate")?;
             let key_pem = pem_or_file(key, "ssl_client_private_key")?;
             let cert = X509::from_pem(&cert_pem)
-                .map_err(|_| "ssl_client_certificate is not a PEM certificate".to_string())?;
+                .map_err(|_| setting("ssl_client_certificate is not a PEM certificate"))?;
             // Never echo key material or its parse error details.
             let key = PKey::private_key_from_pem(&key_pem).map_err(|_| {
-                "ssl_client_private_key is not a PEM private key (PKCS#1, PKCS#8 or SEC1)"
-                    .to_string()
+                setting("ssl_client_private_key is not a PEM private key (PKCS#1, PKCS#8 or SEC1)")
             })?;
             let mismatch =
-                |_| "ssl_client_private_key does not match ssl_client_certificate".to_string();
+                |_| setting("ssl_client_private_key does not match ssl_client_certificate");
             builder.set_certificate(&cert).map_err(tls_err)?;
             // OpenSSL 3 already checks the pair here, older ones in check_private_key.
             builder.set_private_key(&key).map_err(mismatch)?;
             builder.check_private_key().map_err(mismatch)?;
         }
         (Some(_), None) => {
-            return Err("ssl_client_certificate is set but ssl_client_private_key is not".into())
+            return Err(setting(
+                "ssl_client_certificate is set but ssl_client_private_key is not",
+            ))
         }
         (None, Some(_)) => {
-            return Err("ssl_client_private_key is set but ssl_client_certificate is not".into())
+            return Err(setting(
+                "ssl_client_private_key is set but ssl_client_certificate is not",
+            ))
         }
         (None, None) => {}
     }

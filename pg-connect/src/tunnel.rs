@@ -29,6 +29,30 @@ use std::time::{Duration, Instant};
 
 use crate::settings::SshTunnelSettings;
 
+/// Why a tunnel could not be opened: one message saying what to fix, with
+/// the I/O error underneath where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// A local step (private files, a free port, running ssh) failed.
+    #[error("{what}: {source}")]
+    Local {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `ssh_tunnel.*` setting is wrong.
+    #[error("{0}")]
+    Setting(String),
+    /// ssh failed; the message classifies its own words.
+    #[error("{0}")]
+    Ssh(String),
+}
+
+fn local(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TunnelError {
+    let what = what.into();
+    move |source| TunnelError::Local { what, source }
+}
+
 /// How many of ssh's last stderr lines are kept for error messages.
 const KEPT_LINES: usize = 40;
 
@@ -79,31 +103,32 @@ pub(crate) fn default_known_hosts() -> Option<PathBuf> {
     Some(state.join("singer-postgres-rs").join("known_hosts"))
 }
 
-fn write_private(path: &Path, contents: &[u8], mode: u32) -> Result<(), String> {
+fn write_private(path: &Path, contents: &[u8], mode: u32) -> Result<(), TunnelError> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .open(path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        .map_err(local(format!("cannot write {}", path.display())))?;
     f.write_all(contents)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .map_err(local(format!("cannot write {}", path.display())))
 }
 
 /// The key's text: PEM/OpenSSH contents as given (newlines escaped as `\n`
 /// accepted), or the contents of the file it names.
-fn key_text(value: &str) -> Result<String, String> {
+fn key_text(value: &str) -> Result<String, TunnelError> {
     let mut text = if value.trim_start().starts_with("-----BEGIN") {
         value.to_owned()
     } else {
         let path = Path::new(value);
         if !path.exists() {
-            return Err(format!(
+            return Err(TunnelError::Setting(format!(
                 "ssh_tunnel.private_key: file {value:?} does not exist (give the key's contents or the path of a readable file)"
-            ));
+            )));
         }
-        std::fs::read_to_string(path)
-            .map_err(|e| format!("ssh_tunnel.private_key: cannot read file {value:?}: {e}"))?
+        std::fs::read_to_string(path).map_err(local(format!(
+            "ssh_tunnel.private_key: cannot read file {value:?}"
+        )))?
     };
     if !text.contains('\n') && text.contains("\\n") {
         text = text.replace("\\n", "\n");
@@ -116,7 +141,7 @@ fn key_text(value: &str) -> Result<String, String> {
 
 /// A known-hosts line pinning `value` (`type base64`, or a whole known_hosts
 /// line) for whatever host this private file is used with.
-fn pinned_known_hosts(value: &str) -> Result<String, String> {
+fn pinned_known_hosts(value: &str) -> Result<String, TunnelError> {
     let tokens: Vec<&str> = value.split_whitespace().collect();
     let at = tokens
         .iter()
@@ -128,17 +153,15 @@ fn pinned_known_hosts(value: &str) -> Result<String, String> {
         })
         .filter(|i| i + 1 < tokens.len())
         .ok_or_else(|| {
-            "ssh_tunnel.host_key must be a public key such as `ssh-ed25519 AAAA...` (a line of known_hosts or of the bastion's /etc/ssh/ssh_host_*_key.pub)".to_string()
+            TunnelError::Setting("ssh_tunnel.host_key must be a public key such as `ssh-ed25519 AAAA...` (a line of known_hosts or of the bastion's /etc/ssh/ssh_host_*_key.pub)".to_string())
         })?;
     Ok(format!("* {} {}\n", tokens[at], tokens[at + 1]))
 }
 
-fn free_local_port() -> Result<u16, String> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|e| format!("cannot find a free local port for the SSH tunnel: {e}"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("cannot find a free local port for the SSH tunnel: {e}"))
+fn free_local_port() -> Result<u16, TunnelError> {
+    const WHAT: &str = "cannot find a free local port for the SSH tunnel";
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(local(WHAT))?;
+    l.local_addr().map(|a| a.port()).map_err(local(WHAT))
 }
 
 /// Runs `ssh-keygen` with the passphrase given only through `SSH_ASKPASS`.
@@ -163,7 +186,7 @@ fn keygen(askpass: &Path, passphrase: &str, args: &[&str], key: &Path) -> Result
 }
 
 /// Writes a usable, unencrypted private copy of the key into `dir`.
-fn prepare_key(dir: &Path, s: &SshTunnelSettings) -> Result<Option<PathBuf>, String> {
+fn prepare_key(dir: &Path, s: &SshTunnelSettings) -> Result<Option<PathBuf>, TunnelError> {
     let Some(value) = &s.private_key else {
         return Ok(None);
     };
@@ -179,22 +202,22 @@ fn prepare_key(dir: &Path, s: &SshTunnelSettings) -> Result<Option<PathBuf>, Str
     if !passphrase.is_empty() {
         // Decrypt the private copy, so that ssh itself never needs to ask.
         keygen(&askpass, passphrase, &["-q", "-p", "-N", ""], &key).map_err(|e| {
-            if e.contains("incorrect passphrase") {
+            TunnelError::Setting(if e.contains("incorrect passphrase") {
                 "ssh_tunnel.private_key_password does not decrypt ssh_tunnel.private_key"
                     .to_string()
             } else {
                 "ssh_tunnel.private_key is not a private key ssh can read (OpenSSH or PEM format)"
                     .to_string()
-            }
+            })
         })?;
     }
     keygen(&askpass, "", &["-y", "-P", ""], &key).map_err(|e| {
-        if e.contains("incorrect passphrase") {
+        TunnelError::Setting(if e.contains("incorrect passphrase") {
             "ssh_tunnel.private_key is protected by a passphrase: set ssh_tunnel.private_key_password".to_string()
         } else {
             "ssh_tunnel.private_key is not a private key ssh can read (OpenSSH or PEM format)"
                 .to_string()
-        }
+        })
     })?;
     Ok(Some(key))
 }
@@ -207,13 +230,13 @@ impl Tunnel {
         db_host: &str,
         db_port: u16,
         timeout: Duration,
-    ) -> Result<Tunnel, String> {
+    ) -> Result<Tunnel, TunnelError> {
         let private = tempfile::Builder::new()
             .prefix("pg-connect-ssh-")
             .tempdir()
-            .map_err(|e| format!("cannot create a private temporary directory: {e}"))?;
+            .map_err(local("cannot create a private temporary directory"))?;
         std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("cannot make the temporary directory private: {e}"))?;
+            .map_err(local("cannot make the temporary directory private"))?;
         let key = prepare_key(private.path(), s)?;
         let (known_hosts, strict) = match &s.host_key {
             Some(pin) => {
@@ -230,9 +253,10 @@ impl Tunnel {
                 };
                 if let Some(parent) = path.parent() {
                     if !parent.as_os_str().is_empty() && !parent.exists() {
-                        std::fs::create_dir_all(parent).map_err(|e| {
-                            format!("cannot create {} for known hosts: {e}", parent.display())
-                        })?;
+                        std::fs::create_dir_all(parent).map_err(local(format!(
+                            "cannot create {} for known hosts",
+                            parent.display()
+                        )))?;
                         let _ = std::fs::set_permissions(
                             parent,
                             std::fs::Permissions::from_mode(0o700),
@@ -242,7 +266,7 @@ impl Tunnel {
                 (path, "accept-new")
             }
         };
-        let mut last = String::new();
+        let mut last = TunnelError::Ssh(String::new());
         // A free port can be taken between our probe and ssh's bind: retry.
         for _ in 0..3 {
             let local_port = free_local_port()?;
@@ -335,7 +359,7 @@ impl Tunnel {
             .process_group(0);
         let mut ssh = cmd
             .spawn()
-            .map_err(|e| Failure::Fatal(format!("cannot run ssh (install openssh-client): {e}")))?;
+            .map_err(|e| Failure::Fatal(local("cannot run ssh (install openssh-client)")(e)))?;
         let stderr = SshLog::default();
         let reader = ssh.stderr.take().map(|pipe| {
             let lines = stderr.clone();
@@ -408,12 +432,12 @@ impl Tunnel {
             }
             if Instant::now() > deadline {
                 stop(ssh, watcher);
-                return Err(Failure::Fatal(format!(
+                return Err(Failure::Fatal(TunnelError::Ssh(format!(
                     "the SSH tunnel via {}:{} did not open within {}s",
                     s.host,
                     s.port,
                     timeout.as_secs()
-                )));
+                ))));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -488,8 +512,8 @@ impl Drop for Tunnel {
 }
 
 enum Failure {
-    PortTaken(String),
-    Fatal(String),
+    PortTaken(TunnelError),
+    Fatal(TunnelError),
 }
 
 /// One line saying what to fix, from ssh's exit and stderr.
@@ -509,7 +533,7 @@ fn classify(
         .cloned()
         .unwrap_or_else(|| format!("ssh exited ({status})"));
     let bastion = format!("{}:{}", s.host, s.port);
-    let fatal = |m: String| Failure::Fatal(m);
+    let fatal = |m: String| Failure::Fatal(TunnelError::Ssh(m));
     if all.contains("Could not resolve hostname") {
         return fatal(format!(
             "cannot resolve the SSH bastion host `{}` (ssh_tunnel.host): {last}",
@@ -552,7 +576,9 @@ fn classify(
     }
     // Another process took the port between our probe and ssh's bind.
     if all.contains("Could not request local forwarding") {
-        return Failure::PortTaken(format!("cannot forward 127.0.0.1:{local_port}: {last}"));
+        return Failure::PortTaken(TunnelError::Ssh(format!(
+            "cannot forward 127.0.0.1:{local_port}: {last}"
+        )));
     }
     fatal(format!("the SSH tunnel via {bastion} failed: {last}"))
 }
@@ -585,7 +611,7 @@ mod tests {
         let known = Path::new("/k");
         match classify(&s, known, "accept-new", 43333, status, &lines) {
             Failure::PortTaken(m) => assert_eq!(
-                m,
+                m.to_string(),
                 "cannot forward 127.0.0.1:43333: Could not request local forwarding."
             ),
             Failure::Fatal(m) => panic!("fatal: {m}"),
@@ -593,7 +619,7 @@ mod tests {
         let refused = vec!["ssh: connect to host bastion port 22: Connection refused".to_string()];
         match classify(&s, known, "accept-new", 43333, status, &refused) {
             Failure::Fatal(m) => assert_eq!(
-                m,
+                m.to_string(),
                 "cannot reach the SSH bastion at bastion:22 (check ssh_tunnel.host and ssh_tunnel.port): ssh: connect to host bastion port 22: Connection refused"
             ),
             Failure::PortTaken(m) => panic!("retried: {m}"),
@@ -612,6 +638,7 @@ mod tests {
         );
         assert!(pinned_known_hosts("AAAAC3 only")
             .unwrap_err()
+            .to_string()
             .starts_with("ssh_tunnel.host_key must be a public key"));
     }
 
@@ -625,7 +652,7 @@ mod tests {
             "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n"
         );
         assert_eq!(
-            key_text("/nonexistent/id_ed25519").unwrap_err(),
+            key_text("/nonexistent/id_ed25519").unwrap_err().to_string(),
             "ssh_tunnel.private_key: file \"/nonexistent/id_ed25519\" does not exist (give the key's contents or the path of a readable file)"
         );
     }

@@ -56,12 +56,6 @@ impl Catalog {
         serde_json::from_str(text).map_err(|e| CatalogError(e.to_string()))
     }
 
-    pub fn stream(&self, tap_stream_id: &str) -> Option<&CatalogEntry> {
-        self.streams
-            .iter()
-            .find(|s| s.tap_stream_id == tap_stream_id)
-    }
-
     /// The streams whose stream-level metadata selects them.
     pub fn selected_streams(&self) -> impl Iterator<Item = &CatalogEntry> {
         self.streams.iter().filter(|s| s.is_selected())
@@ -101,24 +95,6 @@ impl CatalogEntry {
                     .eq(breadcrumb.iter().copied())
             })
             .map(|m| &m.metadata)
-    }
-
-    /// Mutable metadata at a breadcrumb, created when missing.
-    pub fn metadata_at_mut(&mut self, breadcrumb: &[&str]) -> &mut Map<String, Value> {
-        let pos = self.metadata.iter().position(|m| {
-            m.breadcrumb
-                .iter()
-                .map(String::as_str)
-                .eq(breadcrumb.iter().copied())
-        });
-        let pos = pos.unwrap_or_else(|| {
-            self.metadata.push(MetadataEntry {
-                breadcrumb: breadcrumb.iter().map(|s| s.to_string()).collect(),
-                metadata: Map::new(),
-            });
-            self.metadata.len() - 1
-        });
-        &mut self.metadata[pos].metadata
     }
 
     fn stream_meta(&self, key: &str) -> Option<&Value> {
@@ -202,15 +178,6 @@ impl CatalogEntry {
         m.get("selected-by-default")
             .and_then(as_bool)
             .unwrap_or(true)
-    }
-
-    /// Property names in the schema, in schema order.
-    pub fn property_names(&self) -> Vec<String> {
-        self.schema
-            .get("properties")
-            .and_then(Value::as_object)
-            .map(|p| p.keys().cloned().collect())
-            .unwrap_or_default()
     }
 }
 

@@ -22,6 +22,24 @@ pub enum SettingKind {
     Password,
 }
 
+/// A setting's default value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultValue {
+    Text(&'static str),
+    Integer(i64),
+    Boolean(bool),
+}
+
+impl DefaultValue {
+    pub fn to_json(self) -> Value {
+        match self {
+            DefaultValue::Text(t) => Value::String(t.to_owned()),
+            DefaultValue::Integer(n) => Value::from(n),
+            DefaultValue::Boolean(b) => Value::Bool(b),
+        }
+    }
+}
+
 /// One setting of a connector.
 #[derive(Debug, Clone, Copy)]
 pub struct Setting {
@@ -29,8 +47,9 @@ pub struct Setting {
     pub name: &'static str,
     pub kind: SettingKind,
     pub description: &'static str,
-    /// Default as JSON text, when there is one.
-    pub default: Option<&'static str>,
+    /// The value used when the config sets none: the only place a
+    /// default is written (parsing, `--about` and `--help` all read it).
+    pub default: Option<DefaultValue>,
     pub required: bool,
     /// Other keys accepted for the same setting (e.g. `dbname` for `database`).
     pub aliases: &'static [&'static str],
@@ -50,8 +69,16 @@ impl Setting {
             choices: &[],
         }
     }
-    pub const fn default(mut self, json: &'static str) -> Setting {
-        self.default = Some(json);
+    pub const fn default_text(mut self, value: &'static str) -> Setting {
+        self.default = Some(DefaultValue::Text(value));
+        self
+    }
+    pub const fn default_integer(mut self, value: i64) -> Setting {
+        self.default = Some(DefaultValue::Integer(value));
+        self
+    }
+    pub const fn default_boolean(mut self, value: bool) -> Setting {
+        self.default = Some(DefaultValue::Boolean(value));
         self
     }
     pub const fn required(mut self) -> Setting {
@@ -65,9 +92,6 @@ impl Setting {
     pub const fn choices(mut self, choices: &'static [&'static str]) -> Setting {
         self.choices = choices;
         self
-    }
-    pub fn is_secret(&self) -> bool {
-        self.kind == SettingKind::Password
     }
 }
 
@@ -187,8 +211,30 @@ impl Config {
                 key: s.name.to_owned(),
             });
         }
-        Ok(s.default
-            .map(|d| serde_json::from_str(d).expect("setting defaults are valid JSON")))
+        Ok(s.default.map(DefaultValue::to_json))
+    }
+
+    /// A setting's value or else its declared default; `Missing` when it
+    /// has neither (a setting read this way should declare a default).
+    fn defaulted<T>(s: &Setting, read: Result<Option<T>, ConfigError>) -> Result<T, ConfigError> {
+        read?.ok_or_else(|| ConfigError::Missing {
+            key: s.name.to_owned(),
+        })
+    }
+
+    /// [`Config::string`] of a setting with a default.
+    pub fn string_or_default(&self, s: &Setting) -> Result<String, ConfigError> {
+        Config::defaulted(s, self.string(s))
+    }
+
+    /// [`Config::integer`] of a setting with a default.
+    pub fn integer_or_default(&self, s: &Setting) -> Result<i64, ConfigError> {
+        Config::defaulted(s, self.integer(s))
+    }
+
+    /// [`Config::boolean`] of a setting with a default.
+    pub fn boolean_or_default(&self, s: &Setting) -> Result<bool, ConfigError> {
+        Config::defaulted(s, self.boolean(s))
     }
 
     /// A string setting (numbers and booleans are taken as their text).
@@ -242,6 +288,9 @@ impl Config {
         match self.value_or_default(s)? {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(b)),
+            // `VAR=1` in the environment arrives as the number.
+            Some(Value::Number(n)) if n.as_u64() == Some(1) => Ok(Some(true)),
+            Some(Value::Number(n)) if n.as_u64() == Some(0) => Ok(Some(false)),
             Some(Value::String(t)) if t.eq_ignore_ascii_case("true") || t == "1" => Ok(Some(true)),
             Some(Value::String(t))
                 if t.eq_ignore_ascii_case("false") || t == "0" || t.is_empty() =>
@@ -324,7 +373,7 @@ pub fn settings_help(env_prefix: &str, settings: &[Setting]) -> String {
             line.push_str(" [required]");
         }
         if let Some(d) = s.default {
-            line.push_str(&format!(" [default: {d}]"));
+            line.push_str(&format!(" [default: {}]", d.to_json()));
         }
         out.push_str(&format!("{line}\n      {}\n", s.description));
     }
@@ -420,7 +469,8 @@ impl About<'_> {
                 "| {} | {} | {} | {} |\n",
                 s.name,
                 if s.required { "True" } else { "False" },
-                s.default.unwrap_or("None"),
+                s.default
+                    .map_or_else(|| "None".to_owned(), |d| d.to_json().to_string()),
                 s.description.replace('|', "\\|"),
             ));
         }
@@ -446,7 +496,7 @@ fn setting_schema(s: &Setting) -> Value {
     };
     schema["description"] = json!(s.description);
     if let Some(d) = s.default {
-        schema["default"] = serde_json::from_str(d).expect("setting defaults are valid JSON");
+        schema["default"] = d.to_json();
     }
     if !s.choices.is_empty() {
         schema["enum"] = json!(s.choices);
@@ -459,7 +509,7 @@ mod tests {
     use super::*;
 
     const HOST: Setting = Setting::new("host", SettingKind::String, "Host").required();
-    const PORT: Setting = Setting::new("port", SettingKind::Integer, "Port").default("5432");
+    const PORT: Setting = Setting::new("port", SettingKind::Integer, "Port").default_integer(5432);
     const DB: Setting =
         Setting::new("database", SettingKind::String, "Database").aliases(&["dbname"]);
     const SCHEMAS: Setting = Setting::new("filter_schemas", SettingKind::Array, "Schemas");
@@ -489,6 +539,50 @@ mod tests {
         assert_eq!(c.string(&MODE).unwrap().as_deref(), Some("upsert"));
         assert_eq!(c.string(&SSH_HOST).unwrap().as_deref(), Some("bastion"));
         assert_eq!(cfg(json!({})).integer(&PORT).unwrap(), Some(5432));
+        assert_eq!(cfg(json!({})).integer_or_default(&PORT).unwrap(), 5432);
+        assert_eq!(c.integer_or_default(&PORT).unwrap(), 6543);
+        assert_eq!(
+            cfg(json!({}))
+                .string_or_default(&DB)
+                .unwrap_err()
+                .to_string(),
+            "config: `database` is required"
+        );
+    }
+
+    #[test]
+    fn defaults_render_as_json_everywhere() {
+        const METHOD: Setting =
+            Setting::new("method", SettingKind::String, "M").default_text("FULL_TABLE");
+        const ON: Setting = Setting::new("on", SettingKind::Boolean, "O").default_boolean(true);
+        let help = settings_help("T", &[PORT, METHOD, ON]);
+        assert!(help.contains("  port [default: 5432]\n"), "{help}");
+        assert!(
+            help.contains("  method [default: \"FULL_TABLE\"]\n"),
+            "{help}"
+        );
+        assert!(help.contains("  on [default: true]\n"), "{help}");
+        let about = About {
+            name: "t",
+            description: "d",
+            version: "1",
+            capabilities: &[],
+            settings: &[PORT, METHOD, ON],
+            env_prefix: "T",
+        };
+        let j = about.to_json();
+        assert_eq!(j["settings"]["properties"]["port"]["default"], json!(5432));
+        assert_eq!(
+            j["settings"]["properties"]["method"]["default"],
+            json!("FULL_TABLE")
+        );
+        assert_eq!(j["settings"]["properties"]["on"]["default"], json!(true));
+        let md = about.to_markdown();
+        assert!(
+            md.contains("| method | False | \"FULL_TABLE\" | M |"),
+            "{md}"
+        );
+        assert!(md.contains("| port | False | 5432 | Port |"), "{md}");
     }
 
     #[test]

@@ -220,17 +220,6 @@ impl<W: Write> MessageWriter<W> {
         Ok(())
     }
 
-    pub fn write_record(
-        &mut self,
-        stream: &str,
-        record: &Value,
-        version: Option<i64>,
-        time_extracted: Option<&str>,
-    ) -> Result<(), WriteError> {
-        let json = serde_json::to_string(record).map_err(io::Error::from)?;
-        self.write_record_raw(stream, &json, version, time_extracted)
-    }
-
     pub fn write_state(&mut self, value: &Value) -> Result<(), WriteError> {
         self.out.write_all(b"{\"type\":\"STATE\",\"value\":")?;
         serde_json::to_writer(&mut self.out, value).map_err(io::Error::from)?;

@@ -15,6 +15,7 @@
 //! ```
 
 mod catalog;
+pub mod cli;
 pub mod config;
 mod io;
 pub mod logging;
@@ -24,7 +25,7 @@ mod schema;
 mod state;
 
 pub use catalog::{Catalog, CatalogEntry, CatalogError, MetadataEntry};
-pub use config::{About, Config, ConfigError, Setting, SettingKind};
+pub use config::{About, Config, ConfigError, DefaultValue, Setting, SettingKind};
 pub use io::{
     push_json_string, write_json_string, MessageReader, MessageWriter, ReadError, ReadErrorKind,
     WriteError,

@@ -50,15 +50,6 @@ pub struct RecordMessage {
     pub time_extracted: Option<String>,
 }
 
-impl RecordMessage {
-    /// Decodes the record into a JSON object (convenient, but slower than
-    /// reading [`RecordMessage::record`] field by field).
-    pub fn record_object(&self) -> serde_json::Map<String, Value> {
-        // The parser already checked that `record` is an object.
-        serde_json::from_str(self.record.get()).unwrap_or_default()
-    }
-}
-
 /// `{"type":"STATE","value":…}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateMessage {

@@ -40,12 +40,6 @@ impl Counter {
         }
     }
 
-    /// Reports every `interval` (default one minute, as singer-python).
-    pub fn with_interval(mut self, interval: Duration) -> Counter {
-        self.interval = interval;
-        self
-    }
-
     pub fn value(&self) -> u64 {
         self.value
     }
@@ -86,36 +80,6 @@ impl Drop for Counter {
     }
 }
 
-/// A timer (e.g. `sync_duration`) that reports its seconds once, with a
-/// `status` tag, when stopped.
-pub struct Timer {
-    metric: String,
-    tags: Map<String, Value>,
-    start: Instant,
-}
-
-impl Timer {
-    pub fn start(metric: &str, tags: Map<String, Value>) -> Timer {
-        Timer {
-            metric: metric.to_owned(),
-            tags,
-            start: Instant::now(),
-        }
-    }
-
-    /// The line reported for `status` (`succeeded` or `failed`).
-    pub fn line(&self, status: &str) -> String {
-        let mut tags = self.tags.clone();
-        tags.insert("status".into(), json!(status));
-        let secs = (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e6;
-        metric_line("timer", &self.metric, json!(secs), &tags)
-    }
-
-    pub fn stop(self, status: &str) {
-        emit(&self.line(status));
-    }
-}
-
 /// Builds a tags map from pairs.
 pub fn tags<const N: usize>(pairs: [(&str, Value); N]) -> Map<String, Value> {
     pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
@@ -135,19 +99,5 @@ mod tests {
             r#"INFO METRIC: {"type":"counter","metric":"record_count","value":4,"tags":{"endpoint":"public-users"}}"#
         );
         c.reported = c.value; // don't print from the test
-    }
-
-    #[test]
-    fn timer_line_has_status() {
-        let t = Timer::start("sync_duration", tags([("endpoint", json!("s"))]));
-        let line = t.line("succeeded");
-        assert!(
-            line.starts_with(r#"INFO METRIC: {"type":"timer","metric":"sync_duration","value":"#),
-            "{line}"
-        );
-        assert!(
-            line.ends_with(r#","tags":{"endpoint":"s","status":"succeeded"}}"#),
-            "{line}"
-        );
     }
 }

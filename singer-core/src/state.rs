@@ -116,11 +116,6 @@ impl State {
             .and_then(|b| b.remove(key))
     }
 
-    /// Drops a stream's whole bookmark.
-    pub fn clear_bookmark(&mut self, tap_stream_id: &str) {
-        self.bookmarks.remove(tap_stream_id);
-    }
-
     /// Every stream id that has a bookmark.
     pub fn stream_ids(&self) -> impl Iterator<Item = &str> {
         self.bookmarks.keys().map(String::as_str)

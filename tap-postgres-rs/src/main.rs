@@ -19,32 +19,23 @@ mod settings;
 mod state;
 mod sync;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
-use singer_core::{About, Catalog, Config, MessageWriter, State, WriteError};
+use singer_core::cli::{CommonArgs, Connector, ConnectorArgs};
+use singer_core::{Catalog, MessageWriter, State, WriteError};
 
 const NAME: &str = "tap-postgres-rs";
-const CAPABILITIES: &[&str] = &[
-    "about",
-    "catalog",
-    "discover",
-    "state",
-    "activate-version",
-    "properties",
-    "log-based",
-];
 
 /// Singer tap for PostgreSQL: discovery, FULL_TABLE, INCREMENTAL and
 /// LOG_BASED (pgoutput logical replication) sync, lossless values.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(name = NAME, version)]
 struct Args {
-    /// Config file (JSON); repeat to merge several, later files win.
-    #[arg(long, value_name = "FILE")]
-    config: Vec<PathBuf>,
+    #[command(flatten)]
+    common: CommonArgs,
     /// Catalog file selecting the streams to sync.
     #[arg(long, visible_alias = "properties", value_name = "FILE")]
     catalog: Option<PathBuf>,
@@ -54,154 +45,126 @@ struct Args {
     /// Print the catalog of every table, view and materialized view.
     #[arg(long)]
     discover: bool,
-    /// Print the tap's name, version, capabilities and settings.
-    #[arg(long)]
-    about: bool,
     /// Drop the LOG_BASED replication slot and publication (named by the
     /// config), so the server stops keeping WAL for this pipeline; then exit.
     #[arg(long)]
     drop_slot: bool,
-    /// Format of --about.
-    #[arg(long, value_enum, default_value_t = Format::Json)]
-    format: Format,
-    /// Log lines on stderr as `text` or `json` (one object per line, in the
-    /// Meltano SDK's structured-log shape).
-    #[arg(
-        long,
-        value_name = "FORMAT",
-        default_value = "text",
-        env = "TAP_POSTGRES_RS_LOG_FORMAT"
-    )]
-    log_format: singer_core::logging::LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
-    Json,
-    Markdown,
+impl ConnectorArgs for Args {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+}
+
+/// What a run does (`--about` is answered by the shared shell).
+enum Mode<'a> {
+    DropSlot,
+    Discover,
+    Sync { catalog: &'a PathBuf },
+}
+
+impl Args {
+    fn mode(&self) -> Option<Mode<'_>> {
+        if self.drop_slot {
+            Some(Mode::DropSlot)
+        } else if self.discover {
+            Some(Mode::Discover)
+        } else {
+            self.catalog.as_ref().map(|catalog| Mode::Sync { catalog })
+        }
+    }
 }
 
 fn main() -> ExitCode {
-    let command = Args::command().after_long_help(settings::help_text());
-    let args = match command
-        .try_get_matches()
-        .and_then(|m| Args::from_arg_matches(&m))
-    {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-        }
+    let tap = Connector {
+        name: NAME,
+        description:
+            "Singer tap for PostgreSQL: lossless discovery, FULL_TABLE, INCREMENTAL and LOG_BASED (pgoutput) sync.",
+        version: env!("CARGO_PKG_VERSION"),
+        capabilities: &[
+            "about",
+            "catalog",
+            "discover",
+            "state",
+            "activate-version",
+            "properties",
+            "log-based",
+        ],
+        env_prefix: settings::ENV_PREFIX,
+        settings: settings::all(),
     };
-    singer_core::logging::init_logging(args.log_format, NAME);
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if is_closed_pipe(&e) => {
-            tracing::warn!("stdout was closed by the reader; stopping");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{NAME}: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    tap.main(|args| run(&tap, args))
 }
 
-fn is_closed_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        matches!(c.downcast_ref::<WriteError>(), Some(WriteError::ClosedPipe))
-            || matches!(
-                c.downcast_ref::<sync::SyncError>(),
-                Some(sync::SyncError::Write(WriteError::ClosedPipe))
-            )
-    })
-}
-
-fn run(args: Args) -> anyhow::Result<()> {
-    let all_settings = settings::all();
-    if args.about {
-        let about = About {
-            name: NAME,
-            description:
-                "Singer tap for PostgreSQL: lossless discovery, FULL_TABLE, INCREMENTAL and LOG_BASED (pgoutput) sync.",
-            version: env!("CARGO_PKG_VERSION"),
-            capabilities: CAPABILITIES,
-            settings: &all_settings,
-            env_prefix: settings::ENV_PREFIX,
-        };
-        let text = match args.format {
-            Format::Json => serde_json::to_string_pretty(&about.to_json())? + "\n",
-            Format::Markdown => about.to_markdown(),
-        };
-        use std::io::Write;
-        let stdout = std::io::stdout();
-        let mut lock = stdout.lock();
-        lock.write_all(text.as_bytes())
-            .and_then(|_| lock.flush())
-            .map_err(WriteError::from)?;
-        return Ok(());
-    }
-    if args.config.is_empty() {
+fn run(tap: &Connector, args: Args) -> anyhow::Result<()> {
+    if args.common.config.is_empty() {
         bail!("--config is required (a JSON file with host, port, user, password, database)");
     }
-    let config =
-        Config::from_files(&args.config)?.with_env(settings::ENV_PREFIX, &all_settings, |k| {
-            std::env::var(k).ok()
-        });
+    let config = tap.config(&args.common.config)?;
     let settings = settings::TapSettings::from_config(&config)?;
     let connector = pg_connect::Connector::new(settings.connection.clone(), NAME)?;
 
-    if args.drop_slot {
-        let mut client = connector.connect()?;
-        let (slot, publication) = log_based::drop_slot(&mut client, &settings)?;
-        let said = |dropped: bool| if dropped { "dropped" } else { "did not exist" };
-        tracing::info!(
-            slot = %settings.replication_slot,
-            publication = %settings.publication,
-            "replication slot {}, publication {}",
-            said(slot),
-            said(publication)
-        );
-        return Ok(());
-    }
-    if args.discover {
-        let mut client = connector.connect()?;
-        let catalog = discover::catalog(&mut client, &settings.filter_schemas)?;
-        use std::io::Write;
-        let text = serde_json::to_string(&catalog)?;
-        let stdout = std::io::stdout();
-        let mut lock = stdout.lock();
-        lock.write_all(text.as_bytes())
-            .and_then(|_| lock.write_all(b"\n"))
-            .and_then(|_| lock.flush())
-            .map_err(WriteError::from)?;
-        return Ok(());
-    }
-    let Some(catalog_path) = &args.catalog else {
+    let Some(mode) = args.mode() else {
         bail!("nothing to do: give --discover, or --catalog FILE to sync");
     };
-    let catalog_text = std::fs::read_to_string(catalog_path)
-        .with_context(|| format!("cannot read catalog {}", catalog_path.display()))?;
-    let catalog = Catalog::from_json(&catalog_text)
-        .with_context(|| format!("catalog {}", catalog_path.display()))?;
-    let state = match &args.state {
-        None => State::default(),
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read state {}", path.display()))?;
-            State::from_json(&text).with_context(|| format!("state {}", path.display()))?
+    match mode {
+        Mode::DropSlot => {
+            let mut client = connector.connect()?;
+            let (slot, publication) = log_based::drop_slot(&mut client, &settings)?;
+            let said = |dropped: bool| if dropped { "dropped" } else { "did not exist" };
+            tracing::info!(
+                slot = %settings.replication_slot,
+                publication = %settings.publication,
+                "replication slot {}, publication {}",
+                said(slot),
+                said(publication)
+            );
         }
-    };
-    let mut client = connector.connect()?;
-    let stdout = std::io::stdout();
-    let mut out = MessageWriter::new(stdout.lock());
-    sync::run(
-        &mut client,
-        &connector,
-        &catalog,
-        state,
-        &settings,
-        &mut out,
-    )?;
+        Mode::Discover => {
+            let mut client = connector.connect()?;
+            let catalog = discover::catalog(&mut client, &settings.filter_schemas)?;
+            let text = serde_json::to_string(&catalog)?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())
+                .and_then(|_| out.write_all(b"\n"))
+                .and_then(|_| out.flush())
+                .map_err(WriteError::from)?;
+        }
+        Mode::Sync {
+            catalog: catalog_path,
+        } => {
+            let catalog_text = std::fs::read_to_string(catalog_path)
+                .with_context(|| format!("cannot read catalog {}", catalog_path.display()))?;
+            let catalog = Catalog::from_json(&catalog_text)
+                .with_context(|| format!("catalog {}", catalog_path.display()))?;
+            let state = match &args.state {
+                None => State::default(),
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read state {}", path.display()))?;
+                    State::from_json(&text).with_context(|| format!("state {}", path.display()))?
+                }
+            };
+            let mut client = connector.connect()?;
+            let mut out = MessageWriter::new(std::io::stdout().lock());
+            sync::run(
+                &mut client,
+                &connector,
+                &catalog,
+                state,
+                &settings,
+                &mut out,
+            )
+            .map_err(
+                // The shell stops quietly on a closed stdout: show it the
+                // WriteError itself (`Write` is transparent).
+                |e| match e {
+                    sync::SyncError::Write(w) => anyhow::Error::from(w),
+                    other => other.into(),
+                },
+            )?;
+        }
+    }
     Ok(())
 }

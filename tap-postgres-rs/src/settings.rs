@@ -17,14 +17,14 @@ const DEFAULT_METHOD: Setting = Setting::new(
     SettingKind::String,
     "Replication method for streams whose catalog names none (the catalog always wins).",
 )
-.default("\"FULL_TABLE\"")
+.default_text("FULL_TABLE")
 .choices(&["FULL_TABLE", "INCREMENTAL", "LOG_BASED"]);
 const STATE_INTERVAL: Setting = Setting::new(
     "state_interval_records",
     SettingKind::Integer,
     "Emit a STATE message at least every this many records (and at the end of every stream).",
 )
-.default("10000");
+.default_integer(10_000);
 
 /// The tap's own settings (connection settings come first in [`all`]).
 const SLOT_NAME: Setting = Setting::new(
@@ -47,7 +47,7 @@ const SLOT_LAG_WARNING: Setting = Setting::new(
     SettingKind::Integer,
     "LOG_BASED: warn when the slot keeps more WAL than this on the server.",
 )
-.default("1073741824");
+.default_integer(1 << 30);
 
 pub const TAP_SETTINGS: &[Setting] = &[
     FILTER_SCHEMAS,
@@ -114,14 +114,12 @@ impl TapSettings {
     pub fn from_config(config: &Config) -> Result<TapSettings, ConfigError> {
         let connection = ConnectionSettings::from_config(config)?;
         let filter_schemas = config.string_list(&FILTER_SCHEMAS)?.unwrap_or_default();
-        let method = config
-            .string(&DEFAULT_METHOD)?
-            .unwrap_or_else(|| "FULL_TABLE".into());
+        let method = config.string_or_default(&DEFAULT_METHOD)?;
         let default_method = Method::parse(&method).ok_or_else(|| ConfigError::Invalid {
             key: DEFAULT_METHOD.name.into(),
             problem: format!("must be one of FULL_TABLE, INCREMENTAL, LOG_BASED, not {method:?}"),
         })?;
-        let interval = config.integer(&STATE_INTERVAL)?.unwrap_or(10_000);
+        let interval = config.integer_or_default(&STATE_INTERVAL)?;
         if interval < 1 {
             return Err(ConfigError::Invalid {
                 key: STATE_INTERVAL.name.into(),
@@ -161,18 +159,13 @@ impl TapSettings {
             publication: object(&PUBLICATION_NAME)?,
             replication_slot,
             max_run_seconds,
-            slot_lag_warning_bytes: config.integer(&SLOT_LAG_WARNING)?.unwrap_or(1 << 30),
+            slot_lag_warning_bytes: config.integer_or_default(&SLOT_LAG_WARNING)?,
             connection,
             filter_schemas,
             default_method,
             state_interval: interval as u64,
         })
     }
-}
-
-/// The settings as `--help` text.
-pub fn help_text() -> String {
-    singer_core::config::settings_help(ENV_PREFIX, &all())
 }
 
 #[cfg(test)]

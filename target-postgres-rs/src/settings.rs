@@ -23,37 +23,43 @@ const ADD_RECORD_METADATA: Setting = Setting::new(
     SettingKind::Boolean,
     "Add the `_sdc_*` metadata columns (extracted/received/batched/deleted at, sequence, table version).",
 )
-.default("true");
+.default_boolean(true);
 const HARD_DELETE: Setting = Setting::new(
     "hard_delete",
     SettingKind::Boolean,
     "Delete rows whose record has `_sdc_deleted_at` set (and rows of older versions on ACTIVATE_VERSION) instead of marking them.",
 )
-.default("false");
+.default_boolean(false);
 const LOAD_METHOD: Setting = Setting::new(
     "load_method",
     SettingKind::String,
     "`upsert` (last record per key wins), `append-only` (every record is a new row), `overwrite` (each stream's table is emptied before its first batch).",
 )
-.default("\"upsert\"")
+.default_text("upsert")
 .choices(&["upsert", "append-only", "overwrite"]);
 const BATCH_SIZE_ROWS: Setting = Setting::new(
     "batch_size_rows",
     SettingKind::Integer,
     "Rows a stream buffers before everything pending is committed and the newest STATE is emitted.",
 )
-.default("100000");
+.default_integer(100_000);
 const SANITIZE_NUL: Setting = Setting::new(
     "sanitize_null_text_characters",
     SettingKind::Boolean,
     "Strip NUL (`\\u0000`) characters from text and JSON values (Postgres can't store them); default: fail naming the field.",
 )
-.default("false");
+.default_boolean(false);
 const NOTIFY_CHANNEL: Setting = Setting::new(
     "notify_channel",
     SettingKind::String,
     "After each committed flush, `NOTIFY` this channel with `{\"tables\":[{\"schema\",\"table\",\"rows\"}]}`. Unset: off.",
 );
+const TEXT_COPY: Setting = Setting::new(
+    "text_copy",
+    SettingKind::Boolean,
+    "Force text COPY for every column (binary COPY is used where every column has a binary form), for comparison.",
+)
+.default_boolean(false);
 
 /// The target's own settings (connection settings come from pg-connect).
 pub const TARGET_SETTINGS: &[Setting] = &[
@@ -65,6 +71,7 @@ pub const TARGET_SETTINGS: &[Setting] = &[
     BATCH_SIZE_ROWS,
     SANITIZE_NUL,
     NOTIFY_CHANNEL,
+    TEXT_COPY,
 ];
 
 /// How records land.
@@ -86,7 +93,7 @@ pub struct TargetSettings {
     pub batch_size_rows: usize,
     pub sanitize_nul: bool,
     pub notify_channel: Option<String>,
-    /// Always text COPY, never binary (for comparing the two).
+    /// Text COPY for every column, never binary.
     pub text_copy: bool,
 }
 
@@ -120,26 +127,27 @@ impl TargetSettings {
             };
             schema_mapping.insert(source, target);
         }
-        let batch = config.integer(&BATCH_SIZE_ROWS)?.unwrap_or(100_000);
+        let batch = config.integer_or_default(&BATCH_SIZE_ROWS)?;
         if batch < 1 {
             return Err(invalid(BATCH_SIZE_ROWS.name, "must be at least 1"));
         }
-        let load_method = match config.string(&LOAD_METHOD)?.as_deref() {
-            Some("append-only") => LoadMethod::AppendOnly,
-            Some("overwrite") => LoadMethod::Overwrite,
+        // `string` already checked the value against the declared choices.
+        let load_method = match config.string_or_default(&LOAD_METHOD)?.as_str() {
+            "append-only" => LoadMethod::AppendOnly,
+            "overwrite" => LoadMethod::Overwrite,
             _ => LoadMethod::Upsert,
         };
         let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
         Ok(TargetSettings {
             default_target_schema: non_empty(config.string(&DEFAULT_TARGET_SCHEMA)?),
             schema_mapping,
-            add_record_metadata: config.boolean(&ADD_RECORD_METADATA)?.unwrap_or(true),
-            hard_delete: config.boolean(&HARD_DELETE)?.unwrap_or(false),
+            add_record_metadata: config.boolean_or_default(&ADD_RECORD_METADATA)?,
+            hard_delete: config.boolean_or_default(&HARD_DELETE)?,
             load_method,
             batch_size_rows: batch as usize,
-            sanitize_nul: config.boolean(&SANITIZE_NUL)?.unwrap_or(false),
+            sanitize_nul: config.boolean_or_default(&SANITIZE_NUL)?,
             notify_channel: non_empty(config.string(&NOTIFY_CHANNEL)?),
-            text_copy: std::env::var_os("TARGET_POSTGRES_RS_TEXT_COPY").is_some(),
+            text_copy: config.boolean_or_default(&TEXT_COPY)?,
         })
     }
 }
@@ -162,6 +170,22 @@ mod tests {
         assert_eq!(s.batch_size_rows, 100_000);
         assert_eq!(s.default_target_schema, None);
         assert_eq!(s.notify_channel, None);
+        assert!(!s.text_copy);
+    }
+
+    #[test]
+    fn text_copy_from_the_environment() {
+        // `TARGET_POSTGRES_RS_TEXT_COPY=1` has always forced text COPY.
+        for (value, want) in [("1", true), ("true", true), ("0", false), ("false", false)] {
+            let config = Config::default().with_env(ENV_PREFIX, TARGET_SETTINGS, |k| {
+                (k == "TARGET_POSTGRES_RS_TEXT_COPY").then(|| value.to_owned())
+            });
+            assert_eq!(
+                TargetSettings::from_config(&config).unwrap().text_copy,
+                want,
+                "{value}"
+            );
+        }
     }
 
     #[test]

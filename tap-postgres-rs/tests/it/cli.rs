@@ -92,15 +92,15 @@ fn config_errors_name_the_key() {
     let cases = [
         (
             json!({"database": "d"}),
-            "tap-postgres-rs: config: `user` is required",
+            "tap-postgres-rs: error: config: `user` is required",
         ),
         (
             json!({"user": "u", "database": "d", "port": "many"}),
-            "tap-postgres-rs: config: `port` must be a whole number, not \"many\"",
+            "tap-postgres-rs: error: config: `port` must be a whole number, not \"many\"",
         ),
         (
             json!({"user": "u", "database": "d", "filter_schemas": 3}),
-            "tap-postgres-rs: config: `filter_schemas` must be a list of strings, not a number",
+            "tap-postgres-rs: error: config: `filter_schemas` must be a list of strings, not a number",
         ),
     ];
     for (config, want) in cases {
@@ -109,7 +109,7 @@ fn config_errors_name_the_key() {
         assert_fails_with(&r, want);
     }
     let r = tap(&["--discover"]);
-    assert_fails_with(&r, "tap-postgres-rs: --config is required (a JSON file with host, port, user, password, database)");
+    assert_fails_with(&r, "tap-postgres-rs: error: --config is required (a JSON file with host, port, user, password, database)");
 }
 
 #[test]
@@ -128,7 +128,7 @@ fn unreachable_host_and_wrong_password() {
     let r = tap(&["--config".as_ref(), c.as_os_str(), "--discover".as_ref()]);
     assert_fails_with(
         &r,
-        &format!("tap-postgres-rs: cannot connect to PostgreSQL at 127.0.0.1:{port} (database `d`, user `u`): error connecting to server: Connection refused (os error 111)"),
+        &format!("tap-postgres-rs: error: cannot connect to PostgreSQL at 127.0.0.1:{port} (database `d`, user `u`): error connecting to server: Connection refused (os error 111)"),
     );
     assert!(!r.stderr.contains("hunter2"));
 
@@ -149,7 +149,7 @@ fn unreachable_host_and_wrong_password() {
     ]);
     assert_fails_with(
         &r,
-        &format!("tap-postgres-rs: cannot connect to PostgreSQL at 127.0.0.1:{} (database `{}`, user `tap_pw`): FATAL: password authentication failed for user \"tap_pw\"", cluster.port(), db.name),
+        &format!("tap-postgres-rs: error: cannot connect to PostgreSQL at 127.0.0.1:{} (database `{}`, user `tap_pw`): FATAL: password authentication failed for user \"tap_pw\"", cluster.port(), db.name),
     );
     assert!(!r.stderr.contains("hunter2") && !r.stdout.contains("hunter2"));
     config["password"] = json!("right-pw");
@@ -174,24 +174,24 @@ fn sync_errors_name_the_stream() {
         &select_only(&discovered, &["public-gone"], "FULL_TABLE", None),
         None,
     );
-    assert_fails_with(&r, "tap-postgres-rs: stream public-gone: table \"public\".\"gone\" does not exist (or this user cannot see it)");
+    assert_fails_with(&r, "tap-postgres-rs: error: stream public-gone: table \"public\".\"gone\" does not exist (or this user cannot see it)");
     let r = setup.sync(
         &select_only(&discovered, &["public-t"], "INCREMENTAL", Some("nope")),
         None,
     );
-    assert_fails_with(&r, "tap-postgres-rs: stream public-t: replication key \"nope\" is not a column of \"public\".\"t\"");
+    assert_fails_with(&r, "tap-postgres-rs: error: stream public-t: replication key \"nope\" is not a column of \"public\".\"t\"");
     let r = setup.sync(
         &select_only(&discovered, &["public-t"], "INCREMENTAL", None),
         None,
     );
-    assert_fails_with(&r, "tap-postgres-rs: stream public-t: INCREMENTAL needs a replication-key in the catalog metadata");
+    assert_fails_with(&r, "tap-postgres-rs: error: stream public-t: INCREMENTAL needs a replication-key in the catalog metadata");
     let r = setup.sync(
         &select_only(&discovered, &["public-v"], "LOG_BASED", None),
         None,
     );
     assert_fails_with(
         &r,
-        "tap-postgres-rs: stream public-v: LOG_BASED works on ordinary tables only (views, materialized views, foreign and partitioned tables have no change log of their own): use FULL_TABLE or INCREMENTAL for this stream",
+        "tap-postgres-rs: error: stream public-v: LOG_BASED works on ordinary tables only (views, materialized views, foreign and partitioned tables have no change log of their own): use FULL_TABLE or INCREMENTAL for this stream",
     );
     let r = setup.sync(
         &select_only(&discovered, &["public-keyless"], "LOG_BASED", None),
@@ -199,13 +199,13 @@ fn sync_errors_name_the_stream() {
     );
     assert_fails_with(
         &r,
-        "tap-postgres-rs: stream public-keyless: LOG_BASED needs a replica identity, and \"public\".\"keyless\" has none (no primary key, REPLICA IDENTITY DEFAULT): publishing it would make the application's own UPDATEs and DELETEs fail. Add a primary key, or run `ALTER TABLE \"public\".\"keyless\" REPLICA IDENTITY FULL`, or sync it FULL_TABLE.",
+        "tap-postgres-rs: error: stream public-keyless: LOG_BASED needs a replica identity, and \"public\".\"keyless\" has none (no primary key, REPLICA IDENTITY DEFAULT): publishing it would make the application's own UPDATEs and DELETEs fail. Add a primary key, or run `ALTER TABLE \"public\".\"keyless\" REPLICA IDENTITY FULL`, or sync it FULL_TABLE.",
     );
     let r = setup.sync(
         &select_only(&discovered, &["public-t"], "SOMETIMES", None),
         None,
     );
-    assert_fails_with(&r, "tap-postgres-rs: stream public-t: unknown replication method \"SOMETIMES\" (use FULL_TABLE, INCREMENTAL or LOG_BASED)");
+    assert_fails_with(&r, "tap-postgres-rs: error: stream public-t: unknown replication method \"SOMETIMES\" (use FULL_TABLE, INCREMENTAL or LOG_BASED)");
 
     // Malformed files.
     let dir = setup.dir.path();
@@ -217,7 +217,7 @@ fn sync_errors_name_the_stream() {
         "--catalog".as_ref(),
         bad_catalog.as_os_str(),
     ]);
-    assert_fails_with(&r, &format!("tap-postgres-rs: catalog {}: invalid catalog: EOF while parsing a list at line 1 column 13", bad_catalog.display()));
+    assert_fails_with(&r, &format!("tap-postgres-rs: error: catalog {}: invalid catalog: EOF while parsing a list at line 1 column 13", bad_catalog.display()));
     let good_catalog = write_json(
         dir,
         "good.json",
@@ -236,7 +236,7 @@ fn sync_errors_name_the_stream() {
     assert_fails_with(
         &r,
         &format!(
-            "tap-postgres-rs: state {}: invalid state: expected a JSON object, found [1]",
+            "tap-postgres-rs: error: state {}: invalid state: expected a JSON object, found [1]",
             bad_state.display()
         ),
     );
@@ -250,7 +250,7 @@ fn sync_errors_name_the_stream() {
     assert_fails_with(
         &r,
         &format!(
-            "tap-postgres-rs: cannot read catalog {}: No such file or directory (os error 2)",
+            "tap-postgres-rs: error: cannot read catalog {}: No such file or directory (os error 2)",
             missing.display()
         ),
     );

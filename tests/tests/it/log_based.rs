@@ -333,7 +333,7 @@ fn log_based_errors_are_clear_and_drop_slot_cleans_up() {
     assert!(!out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).lines().last().unwrap(),
-        format!("tap-postgres-rs: LOG_BASED: role `{role}` may not use logical replication: grant it with `ALTER ROLE \"{role}\" REPLICATION` (or connect as a superuser)")
+        format!("tap-postgres-rs: error: LOG_BASED: role `{role}` may not use logical replication: grant it with `ALTER ROLE \"{role}\" REPLICATION` (or connect as a superuser)")
     );
 
     // A state LSN the slot has already passed: its changes are gone.
@@ -349,7 +349,7 @@ fn log_based_errors_are_clear_and_drop_slot_cleans_up() {
     let err = String::from_utf8_lossy(&out.stderr);
     let last = err.lines().last().unwrap();
     assert!(
-        last.starts_with("tap-postgres-rs: stream public-t: the state's LSN ")
+        last.starts_with("tap-postgres-rs: error: stream public-t: the state's LSN ")
             && last.ends_with("the changes in between are gone. Remove the stream's bookmark from the state to copy it again."),
         "{last}"
     );
@@ -394,7 +394,7 @@ fn wal_level_and_busy_slot_are_refused_clearly() {
     assert!(!out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).lines().last().unwrap(),
-        "tap-postgres-rs: LOG_BASED: wal_level is `replica`, but LOG_BASED replication needs `logical`: \
+        "tap-postgres-rs: error: LOG_BASED: wal_level is `replica`, but LOG_BASED replication needs `logical`: \
          set wal_level = logical in postgresql.conf and restart the server"
     );
 
@@ -446,7 +446,7 @@ fn wal_level_and_busy_slot_are_refused_clearly() {
         .to_owned();
     assert!(
         last.starts_with(&format!(
-            "tap-postgres-rs: LOG_BASED: replication slot `{}` is in use by another process (pid ",
+            "tap-postgres-rs: error: LOG_BASED: replication slot `{}` is in use by another process (pid ",
             cdc.slot
         )) && last.ends_with("): stop the other reader or choose another replication_slot_name"),
         "{last}"
