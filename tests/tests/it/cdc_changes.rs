@@ -222,9 +222,11 @@ fn invalidated_slot_fails_or_resyncs() {
         eprintln!("max_slot_wal_keep_size exists from PostgreSQL 13");
         return;
     }
-    let mut src = cdc.src.client();
+    let mut src = cdc.src_client();
+    src.batch_execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        .unwrap();
     src.batch_execute(
-        "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'; SELECT pg_reload_conf();
+        "SELECT pg_reload_conf();
          CREATE TABLE t (id integer PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');",
     )
     .unwrap();
@@ -233,11 +235,13 @@ fn invalidated_slot_fails_or_resyncs() {
     src.batch_execute("INSERT INTO t VALUES (2, 'lost'); DELETE FROM t WHERE id = 1")
         .unwrap();
     let lost = TestDb::wait_for(Duration::from_secs(30), || {
+        // Unpublished WAL (temporary tables write none), then a checkpoint.
         src.batch_execute(
-            "CREATE TEMP TABLE IF NOT EXISTS filler (x text); INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 3000);
-             SELECT pg_switch_wal(); CHECKPOINT;",
+            "CREATE TABLE IF NOT EXISTS filler (x text); INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 3000);
+             SELECT pg_switch_wal();",
         )
         .unwrap();
+        src.batch_execute("CHECKPOINT").unwrap();
         src.query_one(
             "SELECT wal_status = 'lost' FROM pg_replication_slots WHERE slot_name = $1",
             &[&cdc.slot],

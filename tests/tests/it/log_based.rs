@@ -41,11 +41,19 @@ impl Cdc {
         }
     }
 
+    /// A superuser connection to the source (on whichever cluster it is).
+    pub fn src_client(&self) -> postgres::Client {
+        connect(&self.src)
+    }
+
+    pub fn dst_client(&self) -> postgres::Client {
+        connect(&self.dst)
+    }
+
     /// The source's `server_version_num`.
     pub fn server_version(&self) -> u32 {
         let v: String = self
-            .src
-            .client()
+            .src_client()
             .query_one("SHOW server_version_num", &[])
             .unwrap()
             .get(0);
@@ -103,9 +111,9 @@ impl Cdc {
 
     /// The source table's rows equal the destination's live rows.
     pub fn assert_converged(&self, table: &str, columns: &[&str]) {
-        let want = table_rows(&mut self.src.client(), "public", table, columns, None);
+        let want = table_rows(&mut self.src_client(), "public", table, columns, None);
         let live = table_rows(
-            &mut self.dst.client(),
+            &mut self.dst_client(),
             "public",
             table,
             columns,
@@ -116,7 +124,7 @@ impl Cdc {
             "table {table} (hard_delete={})",
             self.hard_delete
         );
-        let all = table_rows(&mut self.dst.client(), "public", table, columns, None);
+        let all = table_rows(&mut self.dst_client(), "public", table, columns, None);
         if self.hard_delete {
             assert_eq!(
                 all.len(),
@@ -128,8 +136,7 @@ impl Cdc {
 
     pub fn slot_confirmed(&self) -> u64 {
         let text: String = self
-            .src
-            .client()
+            .src_client()
             .query_one(
                 "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
                 &[&self.slot],
@@ -140,8 +147,7 @@ impl Cdc {
     }
 
     fn slot_pending_bytes(&self) -> i64 {
-        self.src
-            .client()
+        self.src_client()
             .query_one(
                 "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
                 &[&self.slot],
@@ -149,6 +155,16 @@ impl Cdc {
             .unwrap()
             .get(0)
     }
+}
+
+fn connect(db: &TestDb) -> postgres::Client {
+    postgres::Config::new()
+        .host(&db.host)
+        .port(db.port)
+        .user(pg_testkit::SUPERUSER)
+        .dbname(&db.name)
+        .connect(postgres::NoTls)
+        .unwrap()
 }
 
 pub(crate) fn pg_lsn(text: &str) -> u64 {
