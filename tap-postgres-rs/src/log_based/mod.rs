@@ -2,16 +2,22 @@
 //! plugin over an ordinary connection (nothing to install on the server).
 //!
 //! One slot and one publication serve every LOG_BASED stream. A run:
-//! 1. checks `wal_level` and the REPLICATION attribute, refuses tables without
-//!    a replica identity (publishing them would break the application's own
-//!    UPDATEs and DELETEs), makes sure the publication has every table, and
-//!    creates the slot on first use;
-//! 2. advances the slot to the lowest LSN the state (what the target
+//! 1. checks `wal_level` and the REPLICATION attribute, skips (and reports)
+//!    streams it cannot replicate (tables without a replica identity, whose
+//!    publishing would break the application's own UPDATEs and DELETEs;
+//!    views; partitioned tables before PostgreSQL 13), makes sure the
+//!    publication has every table (waiting for transactions older than a
+//!    table's joining it), and creates the slot on first use;
+//! 2. checks the state's positions can still be served (slot dropped,
+//!    replaced or invalidated: fail, or copy again with `on_lost_changes =
+//!    resync`), and the tables' layouts against their bookmarks ([`layout`]);
+//!    then advances the slot to the lowest LSN the state (what the target
 //!    committed) holds for the slot's streams: only forward, and only to
 //!    positions the destination has;
-//! 3. gives each new stream its initial copy (FULL_TABLE, resumable), with the
-//!    LSN read *before* the copy as its bookmark: a change committed after it
-//!    is read again from the log (the target's upsert makes that harmless);
+//! 3. gives each new (or forgotten) stream its initial copy (FULL_TABLE,
+//!    resumable), with the LSN read *before* the copy as its bookmark: a
+//!    change committed after it is read again from the log (the target's
+//!    upsert makes that harmless);
 //! 4. writes a heartbeat, then reads every transaction committed up to the WAL
 //!    position it saw at start, peeked (never consumed), emitting whole-row
 //!    RECORDs (deletes with `_sdc_deleted_at`) and a STATE with the commit's
@@ -292,8 +298,16 @@ fn report_lag(info: &slot::SlotInfo, settings: &TapSettings, when: &str) {
         slot = %info.name,
         pending_bytes = info.pending_bytes,
         retained_bytes = info.retained_bytes,
+        wal_status = info.wal_status.as_deref().unwrap_or("n/a"),
+        safe_wal_size = info.safe_wal_size.map_or("n/a".to_owned(), |b| b.to_string()),
         "replication slot lag {when}"
     );
+    if info.wal_status.as_deref() == Some("unreserved") {
+        tracing::warn!(
+            slot = %info.name,
+            "the replication slot is past max_slot_wal_keep_size: the server may invalidate it at its next checkpoint (run the tap now, or raise max_slot_wal_keep_size)"
+        );
+    }
     if info.retained_bytes > settings.slot_lag_warning_bytes {
         tracing::warn!(
             slot = %info.name,
