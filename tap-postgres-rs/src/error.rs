@@ -97,8 +97,8 @@ pub enum StreamError {
     #[error("replication key {key:?} is not a column of {table}")]
     KeyNotAColumn { key: String, table: String },
     #[error(
-        "LOG_BASED works on ordinary tables only (views, materialized views, foreign and partitioned \
-         tables have no change log of their own): use FULL_TABLE or INCREMENTAL for this stream"
+        "LOG_BASED works on tables only (views, materialized views and foreign tables have no \
+         change log of their own): use FULL_TABLE or INCREMENTAL for this stream"
     )]
     LogBasedNotATable,
     #[error("no column is selected")]
