@@ -95,23 +95,31 @@ fn values(columns: &[Column<'_>], lsn: PgLsn) -> Result<Vec<Value>, LogicalError
 
 impl<'c> ChangeStream<'c> {
     /// Starts reading `slot` through `publication` up to `upto` (exclusive of
-    /// transactions committing at or after it).
+    /// transactions committing at or after it), with the pgoutput options
+    /// server `server_version` (`server_version_num`) knows.
     pub fn open(
         client: &'c mut Client,
         slot: &str,
         publication: &str,
         upto: Lsn,
+        server_version: u32,
     ) -> Result<Self, LogicalError> {
         let publication_names = pg_connect::quote_ident(publication);
         let upto = PgLsn::from(upto);
         let params: [&(dyn postgres::types::ToSql + Sync); 3] = [&slot, &upto, &publication_names];
+        // `messages` exists from PostgreSQL 14; before it a transaction that
+        // wrote only a logical message (the heartbeat) is sent without it.
+        let messages = if server_version >= 140000 {
+            ", 'messages', 'true'"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT lsn, data FROM pg_logical_slot_peek_binary_changes(\
+             $1, $2, NULL, 'proto_version', '1', 'publication_names', $3{messages})"
+        );
         let rows = client
-            .query_raw(
-                "SELECT lsn, data FROM pg_logical_slot_peek_binary_changes(\
-                 $1, $2, NULL, 'proto_version', '1', 'publication_names', $3, \
-                 'messages', 'true')",
-                params,
-            )
+            .query_raw(sql.as_str(), params)
             .map_err(db("reading changes from the replication slot"))?;
         Ok(ChangeStream {
             rows,

@@ -10,10 +10,12 @@
 //! use pg_logical::{changes::ChangeStream, slot};
 //! # fn run(client: &mut postgres::Client) -> Result<(), pg_logical::LogicalError> {
 //! slot::check_prerequisites(client)?;
-//! slot::ensure_publication(client, "my_pub", &[("public".into(), "orders".into())])?;
+//! let server = slot::server_version(client)?;
+//! let tables = [("public".into(), "orders".into())];
+//! slot::ensure_publication(client, "my_pub", &tables, &slot::PublicationOptions::for_server(server))?;
 //! slot::create_slot_if_missing(client, "my_slot")?;
 //! let end = slot::current_flush_lsn(client)?;
-//! let mut changes = ChangeStream::open(client, "my_slot", "my_pub", end)?;
+//! let mut changes = ChangeStream::open(client, "my_slot", "my_pub", end, server)?;
 //! while let Some(change) = changes.next_change()? {
 //!     println!("{change:?}");
 //! }
@@ -34,7 +36,7 @@ pub enum LogicalError {
     WalLevel(String),
     #[error("role `{0}` may not use logical replication: grant it with `ALTER ROLE \"{0}\" REPLICATION` (or connect as a superuser)")]
     NoReplication(String),
-    #[error("replication slot `{slot}` is in use by another process (pid {pid}): stop the other reader or choose another replication_slot_name")]
+    #[error("replication slot `{slot}` is in use by another process (pid {pid}): wait for that reader to finish, or stop it (`SELECT pg_terminate_backend({pid})`) if nothing should be reading; do not choose another replication_slot_name, which would start from now and lose this slot's position")]
     SlotBusy { slot: String, pid: i32 },
     #[error("replication slot `{slot}` uses the `{plugin}` plugin, not pgoutput: drop it or choose another replication_slot_name")]
     WrongPlugin { slot: String, plugin: String },
@@ -46,6 +48,8 @@ pub enum LogicalError {
     PublicationMissingTables { publication: String, tables: String },
     #[error("replication slot `{0}` does not exist")]
     NoSlot(String),
+    #[error("publication `{0}` does not publish partitioned tables as their root (needed to read a partitioned table) and this role cannot change it: `ALTER PUBLICATION \"{0}\" SET (publish_via_partition_root = true)` as its owner")]
+    PublicationNotViaRoot(String),
     #[error("cannot decode a change at LSN {lsn}")]
     Decode {
         lsn: PgLsn,

@@ -26,16 +26,67 @@ pub fn check_prerequisites(client: &mut Client) -> Result<(), LogicalError> {
     Ok(())
 }
 
-/// Makes sure publication `name` exists and includes every table: creates it,
-/// or adds missing tables, when the role may; otherwise says what to run.
+/// The server's `server_version_num` (e.g. 150004): which options exist.
+pub fn server_version(client: &mut Client) -> Result<u32, LogicalError> {
+    let text: String = client
+        .query_one("SELECT current_setting('server_version_num')", &[])
+        .map_err(db("reading the server version"))?
+        .get(0);
+    Ok(text.trim().parse().unwrap_or(0))
+}
+
+/// The publication options a server supports, asked for when this tap creates one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublicationOptions {
+    /// `publish_via_partition_root` (PostgreSQL 13+): a partitioned table's
+    /// changes arrive as the parent's, so the parent can be one stream.
+    pub via_partition_root: bool,
+    /// `publish_generated_columns = stored` (PostgreSQL 18+): stored generated
+    /// columns carry their values in the log.
+    pub generated_columns: bool,
+}
+
+impl PublicationOptions {
+    pub fn for_server(server_version: u32) -> Self {
+        PublicationOptions {
+            via_partition_root: server_version >= 130000,
+            generated_columns: server_version >= 180000,
+        }
+    }
+
+    fn with_clause(&self) -> String {
+        let mut options = Vec::new();
+        if self.via_partition_root {
+            options.push("publish_via_partition_root = true");
+        }
+        if self.generated_columns {
+            options.push("publish_generated_columns = stored");
+        }
+        if options.is_empty() {
+            String::new()
+        } else {
+            format!(" WITH ({})", options.join(", "))
+        }
+    }
+}
+
+/// Makes sure publication `name` exists and includes every table: creates it
+/// (with `options`), or adds missing tables, when the role may; otherwise
+/// says what to run. An existing publication is switched to
+/// `publish_via_partition_root` when `needs_via_root` (a partitioned table is
+/// read). Returns whether tables joined the publication now: transactions
+/// older than that may have written to them unpublished (see
+/// [`wait_for_older_transactions`]).
 pub fn ensure_publication(
     client: &mut Client,
     name: &str,
     tables: &[(String, String)],
-) -> Result<(), LogicalError> {
+    options: &PublicationOptions,
+    needs_via_root: bool,
+) -> Result<bool, LogicalError> {
     let exists = client
         .query_opt(
-            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            "SELECT puballtables, (to_jsonb(p) ->> 'pubviaroot')::bool FROM pg_publication p WHERE pubname = $1",
             &[&name],
         )
         .map_err(db("reading publications"))?;
@@ -50,9 +101,10 @@ pub fn ensure_publication(
         None => {
             let all: Vec<&(String, String)> = tables.iter().collect();
             let sql = format!(
-                "CREATE PUBLICATION {} FOR TABLE {}",
+                "CREATE PUBLICATION {} FOR TABLE {}{}",
                 quote_ident(name),
-                list(&all)
+                list(&all),
+                options.with_clause()
             );
             client.batch_execute(&sql).map_err(|e| {
                 if is_permission_error(&e) {
@@ -66,9 +118,27 @@ pub fn ensure_publication(
                 tables = tables.len(),
                 "created publication"
             );
+            return Ok(true);
         }
         Some(row) if row.get::<_, bool>(0) => {}
-        Some(_) => {
+        Some(row) => {
+            if needs_via_root && row.get::<_, Option<bool>>(1) == Some(false) {
+                let sql = format!(
+                    "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+                    quote_ident(name)
+                );
+                client.batch_execute(&sql).map_err(|e| {
+                    if is_permission_error(&e) {
+                        LogicalError::PublicationNotViaRoot(name.to_owned())
+                    } else {
+                        db("setting publish_via_partition_root")(e)
+                    }
+                })?;
+                tracing::info!(
+                    publication = name,
+                    "publication now publishes via partition root"
+                );
+            }
             let included: Vec<(String, String)> = client
                 .query(
                     "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
@@ -101,10 +171,48 @@ pub fn ensure_publication(
                     added = missing.len(),
                     "added tables to publication"
                 );
+                return Ok(true);
             }
         }
     }
-    Ok(())
+    Ok(false)
+}
+
+/// Waits until every transaction that was running when this is called has
+/// ended, as `CREATE SUBSCRIPTION`'s table sync does. A transaction that
+/// wrote to a table before the table joined the publication has those
+/// changes decoded as unpublished; once it has committed, a copy taken
+/// afterwards sees them instead.
+pub fn wait_for_older_transactions(client: &mut Client) -> Result<(), LogicalError> {
+    let snapshot: String = client
+        .query_one("SELECT txid_current_snapshot()::text", &[])
+        .map_err(db("reading the running transactions"))?
+        .get(0);
+    let started = std::time::Instant::now();
+    let mut logged = std::time::Duration::ZERO;
+    loop {
+        let row = client
+            .query_one(
+                "SELECT count(*), string_agg(DISTINCT a.pid::text, ', ') \
+                   FROM txid_snapshot_xip($1::text::txid_snapshot) x \
+                   LEFT JOIN pg_stat_activity a ON a.backend_xid::text::bigint = x % 4294967296 \
+                  WHERE txid_status(x) = 'in progress'",
+                &[&snapshot],
+            )
+            .map_err(db("waiting for older transactions"))?;
+        if row.get::<_, i64>(0) == 0 {
+            return Ok(());
+        }
+        if started.elapsed() >= logged {
+            tracing::info!(
+                transactions = row.get::<_, i64>(0),
+                pids = row.get::<_, Option<String>>(1).unwrap_or_default(),
+                "waiting for transactions older than the publication change to end before copying"
+            );
+            logged += std::time::Duration::from_secs(10);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 fn is_permission_error(e: &postgres::Error) -> bool {
@@ -127,6 +235,19 @@ pub struct SlotInfo {
     pub retained_bytes: i64,
     /// Bytes of WAL written since the confirmed position: the replication lag.
     pub pending_bytes: i64,
+    /// `reserved`, `extended`, `unreserved` or `lost` (PostgreSQL 13+): `lost`
+    /// means the server removed WAL the slot needed.
+    pub wal_status: Option<String>,
+    /// Bytes of WAL that can still be written before the slot is at risk of
+    /// being invalidated (PostgreSQL 13+, with `max_slot_wal_keep_size`).
+    pub safe_wal_size: Option<i64>,
+}
+
+impl SlotInfo {
+    /// The server invalidated the slot: the WAL it needed is gone.
+    pub fn is_lost(&self) -> bool {
+        self.wal_status.as_deref() == Some("lost")
+    }
 }
 
 /// Reads a slot, if it exists.
@@ -136,8 +257,9 @@ pub fn slot_info(client: &mut Client, slot: &str) -> Result<Option<SlotInfo>, Lo
             "SELECT slot_name::text, coalesce(plugin::text, ''), coalesce(database::text, ''), active_pid, \
              confirmed_flush_lsn, restart_lsn, \
              coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint, \
-             coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint \
-             FROM pg_replication_slots WHERE slot_name = $1",
+             coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint, \
+             to_jsonb(s) ->> 'wal_status', (to_jsonb(s) ->> 'safe_wal_size')::bigint \
+             FROM pg_replication_slots s WHERE slot_name = $1",
             &[&slot],
         )
         .map_err(db("reading the replication slot"))?;
@@ -150,6 +272,8 @@ pub fn slot_info(client: &mut Client, slot: &str) -> Result<Option<SlotInfo>, Lo
         restart_lsn: r.get::<_, Option<PgLsn>>(5).map(Lsn::from),
         retained_bytes: r.get(6),
         pending_bytes: r.get(7),
+        wal_status: r.get(8),
+        safe_wal_size: r.get(9),
     }))
 }
 

@@ -84,6 +84,18 @@ const RELKINDS: &str = "c.relkind IN ('r','v','m','p','f') AND NOT c.relispartit
 const SYSTEM_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog','information_schema') \
     AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp_'";
 
+/// A column's [`Column::sql_datatype`], from `a.atttypid` and `a.atttypmod`
+/// joined with [`SQL_DATATYPE_JOINS`].
+pub const SQL_DATATYPE: &str = "CASE WHEN tn.nspname = 'pg_catalog' OR en.nspname = 'pg_catalog' \
+           THEN format_type(a.atttypid, a.atttypmod) \
+         WHEN et.oid IS NOT NULL \
+           THEN quote_ident(en.nspname) || '.' || quote_ident(et.typname) || '[]' \
+         ELSE quote_ident(tn.nspname) || '.' || quote_ident(t.typname) END";
+pub const SQL_DATATYPE_JOINS: &str = "JOIN pg_type t ON t.oid = a.atttypid \
+    JOIN pg_namespace tn ON tn.oid = t.typnamespace \
+    LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A' \
+    LEFT JOIN pg_namespace en ON en.oid = et.typnamespace";
+
 /// Which relations to read.
 pub enum Scope<'a> {
     /// Every relation in these schemas (empty: every non-system schema).
@@ -125,17 +137,10 @@ pub fn relations(
           ORDER BY n.nspname, c.relname"
     );
     let col_sql = format!(
-        "SELECT a.attrelid, a.attname::text, a.atttypid, a.atttypmod, a.attnotnull, \
-                CASE WHEN tn.nspname = 'pg_catalog' OR en.nspname = 'pg_catalog' \
-                       THEN format_type(a.atttypid, a.atttypmod) \
-                     WHEN et.oid IS NOT NULL \
-                       THEN quote_ident(en.nspname) || '.' || quote_ident(et.typname) || '[]' \
-                     ELSE quote_ident(tn.nspname) || '.' || quote_ident(t.typname) END \
+        "SELECT a.attrelid, a.attname::text, a.atttypid, a.atttypmod, a.attnotnull, {SQL_DATATYPE} \
            FROM pg_attribute a \
            JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-           JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace \
-           LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A' \
-           LEFT JOIN pg_namespace en ON en.oid = et.typnamespace \
+           {SQL_DATATYPE_JOINS} \
           WHERE a.attnum > 0 AND NOT a.attisdropped AND {RELKINDS} AND {filter} \
             AND has_column_privilege(c.oid, a.attnum, 'SELECT') \
           ORDER BY a.attrelid, a.attnum"

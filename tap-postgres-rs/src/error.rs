@@ -65,6 +65,21 @@ pub enum SyncError {
     /// `--drop-slot`.
     #[error(transparent)]
     DropSlot(LogicalError),
+    /// Streams that could not be synced while the others were.
+    #[error("{}", skipped_text(.0))]
+    Skipped(Vec<(String, StreamError)>),
+}
+
+fn skipped_text(skipped: &[(String, StreamError)]) -> String {
+    let list: Vec<String> = skipped
+        .iter()
+        .map(|(id, why)| format!("stream {id}: {why}"))
+        .collect();
+    format!(
+        "{} of the selected streams skipped (the others synced, their state is saved): {}",
+        skipped.len(),
+        list.join("; ")
+    )
 }
 
 /// One stream failed; the variant is the phase it failed in.
@@ -82,8 +97,8 @@ pub enum StreamError {
     #[error("replication key {key:?} is not a column of {table}")]
     KeyNotAColumn { key: String, table: String },
     #[error(
-        "LOG_BASED works on ordinary tables only (views, materialized views, foreign and partitioned \
-         tables have no change log of their own): use FULL_TABLE or INCREMENTAL for this stream"
+        "LOG_BASED works on tables only (views, materialized views and foreign tables have no \
+         change log of their own): use FULL_TABLE or INCREMENTAL for this stream"
     )]
     LogBasedNotATable,
     #[error("no column is selected")]
@@ -123,22 +138,66 @@ pub enum StreamError {
         identity: &'static str,
     },
     #[error(
-        "the state's LSN {} is older than replication slot `{slot}`'s confirmed position {}: \
-         the changes in between are gone. Remove the stream's bookmark from the state to copy it again.",
-        format_lsn(*.state),
-        format_lsn(*.confirmed)
+        "{}{RESYNC_HINT}",
+        lost_text(.slot, *.state, .lost)
     )]
-    StateBehindSlot {
+    ChangesLost {
         slot: String,
         state: Lsn,
-        confirmed: Lsn,
+        lost: Lost,
     },
-    /// Opening the second session that reads unchanged TOASTed values.
+    #[error(
+        "LOG_BASED reads a partitioned table through publish_via_partition_root, which PostgreSQL 12 \
+         does not have: select its partitions as streams, or sync it FULL_TABLE or INCREMENTAL"
+    )]
+    PartitionedBeforePg13,
+    /// Opening the second session that reads what the log does not carry.
     #[error(transparent)]
-    ToastConnect(ConnectError),
-    /// Reading unchanged TOASTed values.
+    SideConnect(ConnectError),
+    /// Reading unchanged TOASTed values and generated columns by key.
     #[error(transparent)]
-    ToastQuery(QueryError),
+    ByKeyQuery(QueryError),
+    /// Naming the types of a table's columns as the log describes them.
+    #[error(transparent)]
+    ColumnTypes(QueryError),
+    /// Reading the table's column layout.
+    #[error(transparent)]
+    Layout(QueryError),
+}
+
+/// Why a stream's position in the log can no longer be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// The slot has confirmed (consumed) past the state's position.
+    Behind { confirmed: Lsn },
+    /// The slot does not exist (dropped since, or never created here).
+    NoSlot,
+    /// The server invalidated the slot (`wal_status = lost`).
+    Invalidated,
+}
+
+const RESYNC_HINT: &str =
+    " Set on_lost_changes to resync to copy the affected streams again as new \
+    table versions, or remove the stream's bookmark from the state.";
+
+fn lost_text(slot: &str, state: Lsn, lost: &Lost) -> String {
+    let state = format_lsn(state);
+    match lost {
+        Lost::Behind { confirmed } => format!(
+            "the state's LSN {state} is older than replication slot `{slot}`'s confirmed position {}: \
+             the changes in between are gone.",
+            format_lsn(*confirmed)
+        ),
+        Lost::NoSlot => format!(
+            "the state's LSN is {state}, but replication slot `{slot}` does not exist (dropped since \
+             the last run?): the changes since then are gone."
+        ),
+        Lost::Invalidated => format!(
+            "the state's LSN is {state}, but the server invalidated replication slot `{slot}` \
+             (wal_status = lost: it kept more WAL than max_slot_wal_keep_size allows): the changes \
+             since then are gone."
+        ),
+    }
 }
 
 impl StreamError {

@@ -224,19 +224,38 @@ impl PgType {
     /// money arrives in the server's lc_monetary format (`$1,234.56`,
     /// `-$5.00`, `($5.00)`); COPY reads it as numeric instead.
     pub fn read_form<'t>(&self, text: &'t str) -> Cow<'t, str> {
-        if !matches!(self, PgType::Scalar(Scalar::Money)) {
-            return Cow::Borrowed(text);
+        match self {
+            PgType::Scalar(Scalar::Money) => Cow::Owned(money_as_numeric(text)),
+            // `{$1.25,"$1,234.56",NULL}`: each element as numeric, which needs no quotes.
+            PgType::Array { .. } if *self.scalar() == Scalar::Money => {
+                let mut out = String::with_capacity(text.len());
+                let mut element = String::new();
+                let mut quoted = false;
+                let flush = |element: &mut String, out: &mut String| {
+                    if !element.is_empty() {
+                        out.push_str(&money_as_numeric(element));
+                        element.clear();
+                    }
+                };
+                for c in text.chars() {
+                    match c {
+                        '"' => quoted = !quoted,
+                        '{' | '}' | ',' if !quoted => {
+                            // An unquoted NULL stays NULL.
+                            if element == "NULL" {
+                                out.push_str("NULL");
+                                element.clear();
+                            }
+                            flush(&mut element, &mut out);
+                            out.push(c);
+                        }
+                        _ => element.push(c),
+                    }
+                }
+                Cow::Owned(out)
+            }
+            _ => Cow::Borrowed(text),
         }
-        let negative = text.contains('-') || text.starts_with('(');
-        let digits: String = text
-            .chars()
-            .filter(|c| c.is_ascii_digit() || *c == '.')
-            .collect();
-        Cow::Owned(if negative {
-            format!("-{digits}")
-        } else {
-            digits
-        })
     }
 
     /// Orderable in a way INCREMENTAL can bookmark.
@@ -318,6 +337,11 @@ impl TypeMap {
         Ok(TypeMap { types, enum_labels })
     }
 
+    /// Whether the type was in the database when the map was loaded.
+    pub fn knows(&self, oid: u32) -> bool {
+        self.types.contains_key(&oid)
+    }
+
     /// The type of a column (`atttypid`, `atttypmod`).
     pub fn parse(&self, oid: u32, typmod: i32) -> PgType {
         self.parse_at(oid, typmod, 0)
@@ -349,6 +373,20 @@ impl TypeMap {
                 .or_else(|| Scalar::extension(&t.name))
                 .unwrap_or(Scalar::Other),
         )
+    }
+}
+
+/// A money value in lc_monetary's format (`$1,234.56`, `-$5.00`, `($5.00)`) as numeric text.
+fn money_as_numeric(text: &str) -> String {
+    let negative = text.contains('-') || text.starts_with('(');
+    let digits: String = text
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    if negative {
+        format!("-{digits}")
+    } else {
+        digits
     }
 }
 
@@ -395,5 +433,13 @@ mod tests {
         assert_eq!(money.read_form("$1,234.56"), "1234.56");
         assert_eq!(money.read_form("-$5.00"), "-5.00");
         assert_eq!(money.read_form("($5.00)"), "-5.00");
+        let array = PgType::Array {
+            element: Box::new(money),
+            delimiter: b',',
+        };
+        assert_eq!(
+            array.read_form(r#"{{$1.25,"$1,234.56"},{NULL,-$5.00}}"#),
+            "{{1.25,1234.56},{NULL,-5.00}}"
+        );
     }
 }

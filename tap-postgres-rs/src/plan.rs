@@ -92,9 +92,6 @@ pub fn prepare(
             Some(key)
         }
     };
-    if method == Method::LogBased && rel.kind != discover::RelKind::Table {
-        return Err(StreamError::LogBasedNotATable.at(id));
-    }
 
     let mut key_properties = entry.key_properties();
     if key_properties.is_empty() {
@@ -144,8 +141,16 @@ pub fn prepare(
 /// The stream's SCHEMA message (LOG_BASED streams also carry `_sdc_lsn` and
 /// `_sdc_deleted_at`).
 pub fn write_schema<W: Write>(p: &Prepared, out: &mut MessageWriter<W>) -> Result<(), SyncError> {
-    let mut properties: serde_json::Map<String, Value> = p
-        .columns
+    write_schema_of(p, &p.columns, out)
+}
+
+/// The stream's SCHEMA with these columns (LOG_BASED, after the table changed).
+pub fn write_schema_of<W: Write>(
+    p: &Prepared,
+    columns: &[Column],
+    out: &mut MessageWriter<W>,
+) -> Result<(), SyncError> {
+    let mut properties: serde_json::Map<String, Value> = columns
         .iter()
         .map(|c| (c.name.clone(), discover::property_schema(c)))
         .collect();

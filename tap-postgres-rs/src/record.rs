@@ -3,6 +3,8 @@
 //! reused buffer. Also the fields LOG_BASED adds (`_sdc_lsn`,
 //! `_sdc_deleted_at`) and the one format of the times the tap writes.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use singer_core::push_json_string;
@@ -35,7 +37,7 @@ pub fn log_properties() -> Vec<(String, Value)> {
 
 /// Builds records of one stream's columns, one at a time.
 pub struct RecordBuilder<'c> {
-    columns: &'c [Column],
+    columns: Cow<'c, [Column]>,
     /// `"name":` of each column, escaped once.
     keys: Vec<String>,
     record: String,
@@ -44,6 +46,15 @@ pub struct RecordBuilder<'c> {
 
 impl<'c> RecordBuilder<'c> {
     pub fn new(columns: &'c [Column]) -> Self {
+        Self::with(Cow::Borrowed(columns))
+    }
+
+    /// A builder that owns its columns (LOG_BASED's change when the table's does).
+    pub fn owned(columns: Vec<Column>) -> RecordBuilder<'static> {
+        RecordBuilder::with(Cow::Owned(columns))
+    }
+
+    fn with(columns: Cow<'c, [Column]>) -> Self {
         let keys = columns
             .iter()
             .map(|c| {
@@ -59,6 +70,10 @@ impl<'c> RecordBuilder<'c> {
             record: String::with_capacity(4096),
             empty: true,
         }
+    }
+
+    pub fn columns(&self) -> &[Column] {
+        &self.columns
     }
 
     /// Starts a new record.

@@ -49,6 +49,14 @@ const SLOT_LAG_WARNING: Setting = Setting::new(
 )
 .default_integer(1 << 30);
 
+const ON_LOST_CHANGES: Setting = Setting::new(
+    "on_lost_changes",
+    SettingKind::String,
+    "LOG_BASED: what to do when the state's position can no longer be read from the slot (the slot was dropped, recreated or invalidated by max_slot_wal_keep_size, or has moved past it): `fail` says so and stops; `resync` copies the affected streams again as new table versions.",
+)
+.default_text("fail")
+.choices(&["fail", "resync"]);
+
 pub const TAP_SETTINGS: &[Setting] = &[
     FILTER_SCHEMAS,
     DEFAULT_METHOD,
@@ -57,6 +65,7 @@ pub const TAP_SETTINGS: &[Setting] = &[
     PUBLICATION_NAME,
     MAX_RUN_SECONDS,
     SLOT_LAG_WARNING,
+    ON_LOST_CHANGES,
 ];
 
 /// Every setting, for `--about`, `--help` and the environment.
@@ -96,6 +105,13 @@ impl Method {
     }
 }
 
+/// LOG_BASED, when changes between the state's position and the slot's are gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnLostChanges {
+    Fail,
+    Resync,
+}
+
 /// The validated config.
 #[derive(Debug)]
 pub struct TapSettings {
@@ -108,6 +124,7 @@ pub struct TapSettings {
     pub publication: String,
     pub max_run_seconds: Option<u64>,
     pub slot_lag_warning_bytes: i64,
+    pub on_lost_changes: OnLostChanges,
 }
 
 impl TapSettings {
@@ -155,7 +172,18 @@ impl TapSettings {
                 })
             }
         };
+        let on_lost_changes = match config.string_or_default(&ON_LOST_CHANGES)?.as_str() {
+            "fail" => OnLostChanges::Fail,
+            "resync" => OnLostChanges::Resync,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: ON_LOST_CHANGES.name.into(),
+                    problem: format!("must be fail or resync, not {other:?}"),
+                })
+            }
+        };
         Ok(TapSettings {
+            on_lost_changes,
             publication: object(&PUBLICATION_NAME)?,
             replication_slot,
             max_run_seconds,

@@ -1,7 +1,8 @@
 //! The sync dispatcher, above every sync method: plans each selected stream
 //! and hands it to FULL_TABLE ([`crate::full_table`]), INCREMENTAL
 //! ([`crate::incremental`]) or, last and together, LOG_BASED
-//! ([`crate::log_based`]); then writes the run's final STATE.
+//! ([`crate::log_based`]); then writes the run's final STATE, and fails if a
+//! stream had to be skipped.
 
 use std::io::Write;
 
@@ -38,6 +39,8 @@ pub fn run<W: Write>(
     // Types are loaded once per run, not once per stream.
     let types = TypeMap::load(client).map_err(SyncError::Types)?;
     let mut log_based = Vec::new();
+    // Streams LOG_BASED cannot replicate: reported at the end, the run fails.
+    let mut skipped = Vec::new();
     for entry in streams {
         let p = plan::prepare(client, &types, entry, settings)?;
         if p.method == Method::LogBased {
@@ -50,12 +53,25 @@ pub fn run<W: Write>(
         for p in &log_based {
             plan::write_schema(p, out)?;
         }
-        log_based::sync(client, connector, &log_based, &mut state, settings, out)?;
+        log_based::sync(
+            client,
+            connector,
+            &types,
+            &log_based,
+            &mut state,
+            settings,
+            out,
+            &mut skipped,
+        )?;
     }
     state.set_currently_syncing(None);
     out.write_state(&state.to_value())?;
     out.flush()?;
-    Ok(())
+    if skipped.is_empty() {
+        Ok(())
+    } else {
+        Err(SyncError::Skipped(skipped))
+    }
 }
 
 /// One FULL_TABLE or INCREMENTAL stream.

@@ -4,6 +4,12 @@ use pg_logical::changes::{Change, ChangeStream, Value};
 use pg_logical::slot;
 use pg_logical::LogicalError;
 
+/// What a publication this tap creates asks for on a current server.
+const OPTIONS: slot::PublicationOptions = slot::PublicationOptions {
+    via_partition_root: false,
+    generated_columns: false,
+};
+
 fn connect_as(db: &pg_testkit::TestDb, user: &str) -> postgres::Client {
     postgres::Config::new()
         .host(&db.host)
@@ -31,8 +37,14 @@ fn prerequisites_and_permission_errors_say_what_to_do() {
         err.to_string(),
         format!("role `{role}` may not use logical replication: grant it with `ALTER ROLE \"{role}\" REPLICATION` (or connect as a superuser)")
     );
-    let err =
-        slot::ensure_publication(&mut plain, "p1", &[("public".into(), "t".into())]).unwrap_err();
+    let err = slot::ensure_publication(
+        &mut plain,
+        "p1",
+        &[("public".into(), "t".into())],
+        &OPTIONS,
+        false,
+    )
+    .unwrap_err();
     assert!(matches!(err, LogicalError::NoPublication(_)), "{err}");
     assert_eq!(
         err.to_string(),
@@ -47,12 +59,21 @@ fn slot_lifecycle_and_change_stream() {
     c.batch_execute("CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, n numeric)")
         .unwrap();
     let slot_name = slot::object_name(&format!("s_{}", db.name));
-    slot::ensure_publication(&mut c, "pub_ab", &[("public".into(), "a".into())]).unwrap();
+    slot::ensure_publication(
+        &mut c,
+        "pub_ab",
+        &[("public".into(), "a".into())],
+        &OPTIONS,
+        false,
+    )
+    .unwrap();
     // A second call adds the missing table and keeps the first.
     slot::ensure_publication(
         &mut c,
         "pub_ab",
         &[("public".into(), "a".into()), ("public".into(), "b".into())],
+        &OPTIONS,
+        false,
     )
     .unwrap();
     let n: i64 = c
@@ -80,9 +101,10 @@ fn slot_lifecycle_and_change_stream() {
     c.batch_execute("INSERT INTO a VALUES (3, 'after the end')")
         .unwrap();
 
+    let server = slot::server_version(&mut c).unwrap();
     let read_all = |c: &mut postgres::Client, upto| {
         let mut out = Vec::new();
-        let mut stream = ChangeStream::open(c, &slot_name, "pub_ab", upto).unwrap();
+        let mut stream = ChangeStream::open(c, &slot_name, "pub_ab", upto, server).unwrap();
         while let Some((_, change)) = stream.next_change().unwrap() {
             out.push(change);
         }

@@ -1,11 +1,17 @@
 //! Step 4 of LOG_BASED: the changes committed up to the WAL position seen at
 //! the start, read from the slot and applied to the streams they belong to
 //! as whole-row RECORDs (deletes with `_sdc_deleted_at`, unchanged TOASTed
-//! values read back by key), ACTIVATE_VERSION for a TRUNCATE, and a STATE
-//! with the commit's end LSN as transactions complete.
+//! values and generated columns read back by key), ACTIVATE_VERSION for a
+//! TRUNCATE, and a STATE with the commit's end LSN as transactions complete.
+//!
+//! Every Relation message (sent before a table's first change and again after
+//! each change of its layout) maps the log's columns to the stream's by name.
+//! A column the stream did not have, or whose type changed, makes the stream
+//! a new SCHEMA before its next RECORD; a dropped column is no longer mapped.
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pg_connect::{quote_ident, quote_qualified, Connector};
@@ -17,8 +23,10 @@ use serde_json::json;
 use singer_core::metrics::{tags, Counter};
 use singer_core::{MessageWriter, State};
 
+use crate::discover::{Column, SQL_DATATYPE, SQL_DATATYPE_JOINS};
 use crate::error::{query_failed, StreamError, SyncError};
-use crate::plan::Prepared;
+use crate::pg_type::TypeMap;
+use crate::plan::{self, Prepared};
 use crate::record::{self, RecordBuilder};
 use crate::settings::TapSettings;
 use crate::state::{LSN, VERSION};
@@ -29,11 +37,17 @@ pub struct LogStream<'a> {
     /// Changes whose transaction commits before this are already in the destination.
     lsn: Lsn,
     version: i64,
-    /// For each column of the WAL relation: the index of the selected column it feeds.
+    /// For each column of the WAL relation: the index of the stream column it feeds.
     mapping: Vec<Option<usize>>,
-    mapped_relation: u32,
+    /// The Relation message `mapping` was made from.
+    mapped: Option<Arc<WalRelation>>,
     key_indexes: Vec<usize>,
-    record: RecordBuilder<'a>,
+    /// Generated columns the log does not carry: stream column indexes, read back by key.
+    by_key: Vec<usize>,
+    /// Names of the table's generated columns.
+    generated: Vec<String>,
+    /// The stream's columns (those of its last SCHEMA) and its records.
+    record: RecordBuilder<'static>,
 }
 
 /// Microseconds since 2000-01-01 UTC as ISO 8601.
@@ -47,34 +61,80 @@ fn pg_time(micros: i64) -> String {
 }
 
 impl<'a> LogStream<'a> {
-    pub fn new(p: &'a Prepared, lsn: Lsn, version: i64) -> Self {
+    pub fn new(p: &'a Prepared, lsn: Lsn, version: i64, generated: Vec<String>) -> Self {
         LogStream {
             p,
             lsn,
             version,
             mapping: Vec::new(),
-            mapped_relation: 0,
+            mapped: None,
             key_indexes: Vec::new(),
-            record: RecordBuilder::new(&p.columns),
+            by_key: Vec::new(),
+            generated,
+            record: RecordBuilder::owned(p.columns.clone()),
         }
     }
 
-    fn map_relation(&mut self, rel: &WalRelation) {
-        if self.mapped_relation == rel.id && !self.mapping.is_empty() {
-            return;
+    fn columns(&self) -> &[Column] {
+        self.record.columns()
+    }
+
+    /// Maps a Relation message's columns to the stream's by name. Returns
+    /// whether the stream gained or retyped a column (a new SCHEMA is due).
+    fn map_relation(
+        &mut self,
+        rel: &Arc<WalRelation>,
+        side: &mut Side<'_>,
+    ) -> Result<bool, SyncError> {
+        if self.mapped.as_ref().is_some_and(|m| Arc::ptr_eq(m, rel)) {
+            return Ok(false);
         }
-        self.mapping = rel
-            .columns
-            .iter()
-            .map(|c| self.p.columns.iter().position(|s| s.name == c.name))
-            .collect();
+        let types = side.column_types(&self.p.id, rel)?;
+        let mut columns: Vec<Column> = self.columns().to_vec();
+        let mut changed = false;
+        self.mapping = Vec::with_capacity(rel.columns.len());
+        for (c, (sql_datatype, ty)) in rel.columns.iter().zip(types) {
+            let at = columns.iter().position(|s| s.name == c.name);
+            let fresh = || Column {
+                name: c.name.clone(),
+                sql_datatype: sql_datatype.clone(),
+                codec: ty.codec(),
+                // Nullability is not in the log: claim nothing.
+                schema: ty.schema(true),
+                ty: ty.clone(),
+            };
+            match at {
+                Some(i) if columns[i].sql_datatype == sql_datatype => self.mapping.push(Some(i)),
+                Some(i) => {
+                    columns[i] = fresh();
+                    changed = true;
+                    self.mapping.push(Some(i));
+                }
+                // A column of the table at the start that the catalog did not select.
+                None if self.p.rel.column(&c.name).is_some() => self.mapping.push(None),
+                None => {
+                    columns.push(fresh());
+                    changed = true;
+                    self.mapping.push(Some(columns.len() - 1));
+                }
+            }
+        }
         self.key_indexes = self
             .p
             .key_properties
             .iter()
             .filter_map(|k| rel.columns.iter().position(|c| &c.name == k))
             .collect();
-        self.mapped_relation = rel.id;
+        self.by_key = (0..columns.len())
+            .filter(|i| {
+                self.generated.contains(&columns[*i].name) && !self.mapping.contains(&Some(*i))
+            })
+            .collect();
+        if changed {
+            self.record = RecordBuilder::owned(columns);
+        }
+        self.mapped = Some(Arc::clone(rel));
+        Ok(changed)
     }
 }
 
@@ -85,29 +145,33 @@ struct Emitter<'s, W: Write> {
 }
 
 impl<W: Write> Emitter<'_, W> {
-    /// Writes one whole-row RECORD. `values[i]` feeds the WAL relation's column i.
+    /// Writes one whole-row RECORD. `values[i]` feeds the WAL relation's
+    /// column i; `by_key[j]` (when read) the stream's column `s.by_key[j]`.
     fn row(
         &mut self,
         s: &mut LogStream<'_>,
         values: &[Cell],
+        by_key: &[Cell],
         lsn: Lsn,
         deleted_at: Option<&str>,
     ) -> Result<(), SyncError> {
         let r = &mut s.record;
         r.begin();
-        for (i, v) in values.iter().enumerate() {
-            let Some(Some(col_index)) = s.mapping.get(i) else {
-                continue;
-            };
+        let cells = values
+            .iter()
+            .zip(&s.mapping)
+            .filter_map(|(v, m)| m.map(|i| (i, v)))
+            .chain(s.by_key.iter().copied().zip(by_key));
+        for (col_index, v) in cells {
             match v {
                 // Not known here (a delete's non-key column): leave it out
                 // rather than claim it is NULL.
                 Cell::UnchangedToast => continue,
                 Cell::Null if deleted_at.is_some() => continue,
-                Cell::Null => r.field(*col_index, None),
+                Cell::Null => r.field(col_index, None),
                 Cell::Text(t) => {
-                    let text = s.p.columns[*col_index].ty.read_form(t);
-                    r.field(*col_index, Some(&text))
+                    let text = r.columns()[col_index].ty.read_form(t);
+                    r.field(col_index, Some(&text))
                 }
             }
         }
@@ -126,59 +190,113 @@ impl<W: Write> Emitter<'_, W> {
     }
 }
 
-/// Reads the current values of columns an update left TOASTed, by key, on a
-/// second connection (the first is busy streaming the log).
-struct ToastFiller<'c> {
+/// A second session for what the log does not say while the first streams
+/// it: the current values of unchanged TOASTed and of generated columns (by
+/// key), and the types of columns a table gained.
+pub struct Side<'c> {
     connector: &'c Connector,
     client: Option<Client>,
+    types: &'c TypeMap,
+    /// Reloaded when the log names a type created after the run started.
+    reloaded: Option<TypeMap>,
 }
 
-impl ToastFiller<'_> {
+impl<'c> Side<'c> {
+    pub fn new(connector: &'c Connector, types: &'c TypeMap) -> Self {
+        Side {
+            connector,
+            client: None,
+            types,
+            reloaded: None,
+        }
+    }
+
+    fn client(&mut self, stream: &str) -> Result<&mut Client, SyncError> {
+        if self.client.is_none() {
+            self.client = Some(
+                self.connector
+                    .connect()
+                    .map_err(|e| StreamError::SideConnect(e).at(stream))?,
+            );
+        }
+        Ok(self.client.as_mut().expect("just connected"))
+    }
+
+    /// Each column's `sql_datatype` and parsed type, from a Relation message's
+    /// type OIDs and typmods.
+    fn column_types(
+        &mut self,
+        stream: &str,
+        rel: &WalRelation,
+    ) -> Result<Vec<(String, crate::pg_type::PgType)>, SyncError> {
+        let oids: Vec<u32> = rel.columns.iter().map(|c| c.type_id).collect();
+        let typmods: Vec<i32> = rel.columns.iter().map(|c| c.type_modifier).collect();
+        let client = self.client(stream)?;
+        let names: HashMap<i64, String> = client
+            .query(
+                &format!(
+                    "SELECT a.ord, {SQL_DATATYPE}                        FROM unnest($1::oid[], $2::int4[]) WITH ORDINALITY AS a(atttypid, atttypmod, ord)                        {SQL_DATATYPE_JOINS}"
+                ),
+                &[&oids, &typmods],
+            )
+            .map_err(query_failed(stream, StreamError::ColumnTypes))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        if self.reloaded.is_none() && oids.iter().any(|o| !self.types.knows(*o)) {
+            let client = self.client(stream)?;
+            self.reloaded = Some(TypeMap::load(client).map_err(SyncError::Types)?);
+        }
+        let types = self.reloaded.as_ref().unwrap_or(self.types);
+        Ok(rel
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let name = names
+                    .get(&(i as i64 + 1))
+                    .cloned()
+                    .unwrap_or_else(|| "text".to_owned());
+                (name, types.parse(c.type_id, c.type_modifier))
+            })
+            .collect())
+    }
+
+    /// Reads, by key, the columns an update left TOASTed (into `new`) and the
+    /// stream's generated columns (returned, for [`Emitter::row`]'s `by_key`).
     fn fill(
         &mut self,
         s: &LogStream<'_>,
         rel: &WalRelation,
         new: &mut [Cell],
-    ) -> Result<(), SyncError> {
-        let missing: Vec<usize> = (0..new.len())
+    ) -> Result<Vec<Cell>, SyncError> {
+        let toasted: Vec<usize> = (0..new.len())
             .filter(|i| {
                 new[*i] == Cell::UnchangedToast && s.mapping.get(*i).is_some_and(Option::is_some)
             })
             .collect();
-        if missing.is_empty() {
-            return Ok(());
+        if (toasted.is_empty() && s.by_key.is_empty()) || s.key_indexes.is_empty() {
+            return Ok(Vec::new());
         }
-        if s.key_indexes.is_empty() {
-            return Ok(());
-        }
-        if self.client.is_none() {
-            self.client = Some(
-                self.connector
-                    .connect()
-                    .map_err(|e| StreamError::ToastConnect(e).at(&s.p.id))?,
-            );
-        }
-        let client = self.client.as_mut().expect("just connected");
-        let select: Vec<String> = missing
+        let select: Vec<String> = toasted
             .iter()
-            .map(|i| format!("{}::text", quote_ident(&rel.columns[*i].name)))
+            .map(|i| rel.columns[*i].name.as_str())
+            .chain(s.by_key.iter().map(|i| s.columns()[*i].name.as_str()))
+            .map(|name| format!("{}::text", quote_ident(name)))
             .collect();
         let mut params: Vec<String> = Vec::new();
         let mut conds: Vec<String> = Vec::new();
         for k in &s.key_indexes {
             let Cell::Text(t) = &new[*k] else {
-                return Ok(());
+                return Ok(Vec::new());
             };
             params.push(t.clone());
-            let col =
-                &s.p.rel
-                    .columns
-                    .iter()
-                    .find(|c| c.name == rel.columns[*k].name);
+            let name = &rel.columns[*k].name;
+            let col = s.columns().iter().find(|c| &c.name == name);
             let ty = col.map_or("text", |c| c.sql_datatype.as_str());
             conds.push(format!(
                 "{} = ${}::text::{}",
-                quote_ident(&rel.columns[*k].name),
+                quote_ident(name),
                 params.len(),
                 ty
             ));
@@ -193,37 +311,48 @@ impl ToastFiller<'_> {
             .iter()
             .map(|p| p as &(dyn postgres::types::ToSql + Sync))
             .collect();
-        let row = client
+        let row = self
+            .client(&s.p.id)?
             .query_opt(&sql, &refs)
-            .map_err(query_failed(&s.p.id, StreamError::ToastQuery))?;
+            .map_err(query_failed(&s.p.id, StreamError::ByKeyQuery))?;
         // Gone since (a later DELETE in the log will say so): leave them out.
-        if let Some(row) = row {
-            for (j, i) in missing.iter().enumerate() {
-                new[*i] = match row.get::<_, Option<String>>(j) {
-                    Some(t) => Cell::Text(t),
-                    None => Cell::Null,
-                };
-            }
+        let Some(row) = row else {
+            return Ok(Vec::new());
+        };
+        let cell = |j: usize| match row.get::<_, Option<String>>(j) {
+            Some(t) => Cell::Text(t),
+            None => Cell::Null,
+        };
+        for (j, i) in toasted.iter().enumerate() {
+            new[*i] = cell(j);
         }
-        Ok(())
+        Ok((toasted.len()..select.len()).map(cell).collect())
     }
 }
 
 /// The selected stream a change belongs to, unless its transaction committed
-/// before the stream's bookmark (the stream's initial copy already has it).
-fn covering<'s, 'p>(
+/// before the stream's bookmark (the stream's initial copy already has it);
+/// mapped to the change's relation (with a new SCHEMA first when that changed it).
+fn covering<'s, 'p, W: Write>(
     streams: &'s mut [LogStream<'p>],
     by_table: &mut StreamIndex,
-    rel: &WalRelation,
+    rel: &Arc<WalRelation>,
     final_lsn: Lsn,
-) -> Option<&'s mut LogStream<'p>> {
-    let i = by_table.stream_of(rel)?;
+    side: &mut Side<'_>,
+    out: &mut MessageWriter<W>,
+) -> Result<Option<&'s mut LogStream<'p>>, SyncError> {
+    let Some(i) = by_table.stream_of(rel) else {
+        return Ok(None);
+    };
     let s = &mut streams[i];
     if final_lsn < s.lsn {
-        return None;
+        return Ok(None);
     }
-    s.map_relation(rel);
-    Some(s)
+    if s.map_relation(rel, side)? {
+        tracing::info!(stream = %s.p.id, "the table's columns changed in the log: new SCHEMA");
+        plan::write_schema_of(s.p, s.columns(), out)?;
+    }
+    Ok(Some(s))
 }
 
 /// Which selected stream a WAL relation feeds: looked up by name once per
@@ -251,7 +380,8 @@ impl StreamIndex {
 /// (not stopped by `max_run_seconds`).
 pub fn read_changes<W: Write>(
     client: &mut Client,
-    connector: &Connector,
+    side: &mut Side<'_>,
+    server_version: u32,
     streams: &mut [LogStream<'_>],
     state: &mut State,
     settings: &TapSettings,
@@ -270,10 +400,6 @@ pub fn read_changes<W: Write>(
     };
     let started = Instant::now();
     let deadline = settings.max_run_seconds.map(Duration::from_secs);
-    let mut toast = ToastFiller {
-        connector,
-        client: None,
-    };
     let mut emit = Emitter {
         out,
         time_extracted: record::format_time(chrono::Utc::now()),
@@ -285,6 +411,7 @@ pub fn read_changes<W: Write>(
         &settings.replication_slot,
         &settings.publication,
         end,
+        server_version,
     )
     .map_err(setup)?;
     let mut final_lsn: Lsn = 0;
@@ -302,11 +429,14 @@ pub fn read_changes<W: Write>(
                 final_lsn = f;
                 commit_time = pg_time(t);
             }
-            Change::Insert { relation, new } => {
-                let Some(s) = covering(streams, &mut by_table, &relation, final_lsn) else {
+            Change::Insert { relation, mut new } => {
+                let Some(s) =
+                    covering(streams, &mut by_table, &relation, final_lsn, side, emit.out)?
+                else {
                     continue;
                 };
-                emit.row(s, &new, lsn, None)?;
+                let by_key = side.fill(s, &relation, &mut new)?;
+                emit.row(s, &new, &by_key, lsn, None)?;
                 since_state += 1;
             }
             Change::Update {
@@ -314,7 +444,9 @@ pub fn read_changes<W: Write>(
                 old,
                 mut new,
             } => {
-                let Some(s) = covering(streams, &mut by_table, &relation, final_lsn) else {
+                let Some(s) =
+                    covering(streams, &mut by_table, &relation, final_lsn, side, emit.out)?
+                else {
                     continue;
                 };
                 if let Some(old) = &old {
@@ -343,24 +475,28 @@ pub fn read_changes<W: Write>(
                                 }
                             })
                             .collect();
-                        emit.row(s, &key_only, lsn, Some(&commit_time))?;
+                        emit.row(s, &key_only, &[], lsn, Some(&commit_time))?;
                         since_state += 1;
                     }
                 }
-                toast.fill(s, &relation, &mut new)?;
-                emit.row(s, &new, lsn, None)?;
+                let by_key = side.fill(s, &relation, &mut new)?;
+                emit.row(s, &new, &by_key, lsn, None)?;
                 since_state += 1;
             }
             Change::Delete { relation, old } => {
-                let Some(s) = covering(streams, &mut by_table, &relation, final_lsn) else {
+                let Some(s) =
+                    covering(streams, &mut by_table, &relation, final_lsn, side, emit.out)?
+                else {
                     continue;
                 };
-                emit.row(s, &old, lsn, Some(&commit_time))?;
+                emit.row(s, &old, &[], lsn, Some(&commit_time))?;
                 since_state += 1;
             }
             Change::Truncate { relations } => {
                 for relation in relations {
-                    let Some(s) = covering(streams, &mut by_table, &relation, final_lsn) else {
+                    let Some(s) =
+                        covering(streams, &mut by_table, &relation, final_lsn, side, emit.out)?
+                    else {
                         continue;
                     };
                     // A new version: the target drops (or marks) every older row.

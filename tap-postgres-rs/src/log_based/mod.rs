@@ -2,16 +2,22 @@
 //! plugin over an ordinary connection (nothing to install on the server).
 //!
 //! One slot and one publication serve every LOG_BASED stream. A run:
-//! 1. checks `wal_level` and the REPLICATION attribute, refuses tables without
-//!    a replica identity (publishing them would break the application's own
-//!    UPDATEs and DELETEs), makes sure the publication has every table, and
-//!    creates the slot on first use;
-//! 2. advances the slot to the lowest LSN the state (what the target
+//! 1. checks `wal_level` and the REPLICATION attribute, skips (and reports)
+//!    streams it cannot replicate (tables without a replica identity, whose
+//!    publishing would break the application's own UPDATEs and DELETEs;
+//!    views; partitioned tables before PostgreSQL 13), makes sure the
+//!    publication has every table (waiting for transactions older than a
+//!    table's joining it), and creates the slot on first use;
+//! 2. checks the state's positions can still be served (slot dropped,
+//!    replaced or invalidated: fail, or copy again with `on_lost_changes =
+//!    resync`), and the tables' layouts against their bookmarks ([`layout`]);
+//!    then advances the slot to the lowest LSN the state (what the target
 //!    committed) holds for the slot's streams: only forward, and only to
 //!    positions the destination has;
-//! 3. gives each new stream its initial copy (FULL_TABLE, resumable), with the
-//!    LSN read *before* the copy as its bookmark: a change committed after it
-//!    is read again from the log (the target's upsert makes that harmless);
+//! 3. gives each new (or forgotten) stream its initial copy (FULL_TABLE,
+//!    resumable), with the LSN read *before* the copy as its bookmark: a
+//!    change committed after it is read again from the log (the target's
+//!    upsert makes that harmless);
 //! 4. writes a heartbeat, then reads every transaction committed up to the WAL
 //!    position it saw at start, peeked (never consumed), emitting whole-row
 //!    RECORDs (deletes with `_sdc_deleted_at`) and a STATE with the commit's
@@ -24,6 +30,7 @@
 //! Steps 1 to 3 live here; step 4 in [`apply`].
 
 mod apply;
+mod layout;
 
 use std::io::Write;
 
@@ -33,12 +40,17 @@ use postgres::Client;
 use serde_json::{json, Value};
 use singer_core::{MessageWriter, State};
 
-use crate::error::{query_failed, StreamError, SyncError};
+use crate::discover::RelKind;
+use crate::error::{query_failed, Lost, StreamError, SyncError};
 use crate::full_table;
+use crate::pg_type::TypeMap;
 use crate::plan::Prepared;
-use crate::settings::TapSettings;
-use crate::state::{INITIAL_COPY_LSN, LAST_METHOD, LSN, VERSION};
+use crate::settings::{OnLostChanges, TapSettings};
+use crate::state::{
+    CTID, INITIAL_COPY_LSN, LAST_METHOD, LSN, RELFILENODE, SNAPSHOT_XIP, SNAPSHOT_XMAX, VERSION,
+};
 use apply::LogStream;
+use layout::{Layout, LAYOUT};
 
 /// The bookmark `key` (an LSN) of stream `id`, if the state holds one.
 fn lsn_of(state: &State, id: &str, key: &str) -> Option<Lsn> {
@@ -68,13 +80,18 @@ pub fn drop_slot(client: &mut Client, settings: &TapSettings) -> Result<(bool, b
 }
 
 /// Syncs the LOG_BASED streams (each already prepared: SCHEMA written).
+/// Streams that cannot be replicated are skipped, with the reason, into
+/// `skipped`; the others run.
+#[allow(clippy::too_many_arguments)]
 pub fn sync<W: Write>(
     client: &mut Client,
     connector: &Connector,
+    types: &TypeMap,
     prepared: &[Prepared],
     state: &mut State,
     settings: &TapSettings,
     out: &mut MessageWriter<W>,
+    skipped: &mut Vec<(String, StreamError)>,
 ) -> Result<(), SyncError> {
     if prepared.is_empty() {
         return Ok(());
@@ -83,43 +100,115 @@ pub fn sync<W: Write>(
     let publication = settings.publication.as_str();
     let setup = SyncError::LogBased;
     slot::check_prerequisites(client).map_err(setup)?;
-    check_replica_identity(client, prepared)?;
-    let tables: Vec<(String, String)> = prepared
+    let server = slot::server_version(client).map_err(setup)?;
+    let mut runnable: Vec<&Prepared> = Vec::new();
+    for p in prepared {
+        match replicable(client, p, server)? {
+            None => runnable.push(p),
+            Some(why) => {
+                tracing::warn!(stream = %p.id, reason = %why, "stream skipped: it cannot be replicated LOG_BASED");
+                skipped.push((p.id.clone(), why));
+            }
+        }
+    }
+    if runnable.is_empty() {
+        return Ok(());
+    }
+    let tables: Vec<(String, String)> = runnable
         .iter()
         .map(|p| (p.rel.schema.clone(), p.rel.name.clone()))
         .collect();
-    slot::ensure_publication(client, publication, &tables).map_err(setup)?;
-    let (info, created) = slot::create_slot_if_missing(client, slot_name).map_err(setup)?;
+    let needs_via_root = runnable
+        .iter()
+        .any(|p| p.rel.kind == RelKind::PartitionedTable);
+    let joined = slot::ensure_publication(
+        client,
+        publication,
+        &tables,
+        &slot::PublicationOptions::for_server(server),
+        needs_via_root,
+    )
+    .map_err(setup)?;
+    if joined {
+        slot::wait_for_older_transactions(client).map_err(setup)?;
+    }
+
+    // Positions the slot can no longer serve: fail, or copy those streams again.
+    let existing = slot::slot_info(client, slot_name).map_err(setup)?;
+    for p in &runnable {
+        let Some(lsn) = lsn_of(state, &p.id, LSN) else {
+            continue;
+        };
+        let lost = match &existing {
+            None => Some(Lost::NoSlot),
+            Some(info) if info.is_lost() => Some(Lost::Invalidated),
+            Some(info) => info
+                .confirmed_flush_lsn
+                .filter(|c| lsn < *c)
+                .map(|confirmed| Lost::Behind { confirmed }),
+        };
+        let Some(lost) = lost else { continue };
+        let error = StreamError::ChangesLost {
+            slot: slot_name.to_owned(),
+            state: lsn,
+            lost,
+        };
+        match settings.on_lost_changes {
+            OnLostChanges::Fail => return Err(error.at(&p.id)),
+            OnLostChanges::Resync => {
+                tracing::warn!(stream = %p.id, reason = %error, "on_lost_changes = resync: copying the stream again");
+                forget_position(state, &p.id);
+            }
+        }
+    }
+    if existing.as_ref().is_some_and(slot::SlotInfo::is_lost) {
+        // Nothing depends on it any more (or we failed above): start afresh.
+        tracing::warn!(
+            slot = slot_name,
+            "dropping the invalidated replication slot to create it again"
+        );
+        slot::drop_slot(client, slot_name).map_err(setup)?;
+    }
+    let (info, _created) = slot::create_slot_if_missing(client, slot_name).map_err(setup)?;
     report_lag(&info, settings, "before the run");
+
+    // The table's layout against the one its destination rows were written
+    // under: some changes need the stream copied again (see `layout`).
+    let mut layouts = Vec::with_capacity(runnable.len());
+    for p in &runnable {
+        let now = Layout::read(client, &p.rel.schema, &p.rel.name)
+            .map_err(query_failed(&p.id, StreamError::Layout))?;
+        let before = state.get(&p.id, LAYOUT).and_then(Layout::from_bookmark);
+        if lsn_of(state, &p.id, LSN).is_some() {
+            if let Some(why) = before.and_then(|b| now.recopy_reason(&b)) {
+                tracing::info!(stream = %p.id, reason = %why, "rows in the destination may be wrong: copying the stream again as a new version");
+                forget_position(state, &p.id);
+            }
+        }
+        state.set(&p.id, LAYOUT, now.to_bookmark());
+        layouts.push(now);
+    }
 
     // The slot may move up to what every stream's destination has committed.
     let confirmed = info.confirmed_flush_lsn.unwrap_or(0);
-    let mut committed: Option<Lsn> = None;
-    for p in prepared {
-        if let Some(lsn) = lsn_of(state, &p.id, LSN) {
-            if lsn < confirmed && !created {
-                return Err(StreamError::StateBehindSlot {
-                    slot: slot_name.to_owned(),
-                    state: lsn,
-                    confirmed,
-                }
-                .at(&p.id));
-            }
-            committed = Some(committed.map_or(lsn, |c: Lsn| c.min(lsn)));
-        }
-    }
+    let committed = runnable
+        .iter()
+        .filter_map(|p| lsn_of(state, &p.id, LSN))
+        .min();
     if let Some(lsn) = committed {
         slot::advance_slot(client, slot_name, lsn).map_err(setup)?;
     }
 
     // Initial copies for streams the slot has not covered yet.
-    for p in prepared {
+    for p in &runnable {
         if lsn_of(state, &p.id, LSN).is_some() {
             continue;
         }
-        let start = match lsn_of(state, &p.id, INITIAL_COPY_LSN) {
+        let start = match lsn_of(state, &p.id, INITIAL_COPY_LSN).filter(|l| *l >= confirmed) {
             Some(l) => l,
             None => {
+                // A copy interrupted before the slot was replaced starts over.
+                forget_position(state, &p.id);
                 let l = slot::current_flush_lsn(client)
                     .map_err(setup)?
                     .max(confirmed);
@@ -138,18 +227,34 @@ pub fn sync<W: Write>(
         out.flush()?;
     }
 
-    let mut streams: Vec<LogStream<'_>> = prepared
+    let mut streams: Vec<LogStream<'_>> = runnable
         .iter()
-        .map(|p| {
+        .zip(&layouts)
+        .map(|(p, layout)| {
             let lsn = lsn_of(state, &p.id, LSN).unwrap_or(0);
             let version = state
                 .get(&p.id, VERSION)
                 .and_then(Value::as_i64)
                 .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
-            LogStream::new(p, lsn, version)
+            let generated = layout
+                .0
+                .iter()
+                .filter(|c| c.generated)
+                .map(|c| c.name.clone())
+                .collect();
+            LogStream::new(p, lsn, version, generated)
         })
         .collect();
-    let finished = apply::read_changes(client, connector, &mut streams, state, settings, out)?;
+    let mut side = apply::Side::new(connector, types);
+    let finished = apply::read_changes(
+        client,
+        &mut side,
+        server,
+        &mut streams,
+        state,
+        settings,
+        out,
+    )?;
     // After an early stop the connection still has unread rows: leave it.
     if finished {
         if let Ok(Some(info)) = slot::slot_info(client, slot_name) {
@@ -159,13 +264,50 @@ pub fn sync<W: Write>(
     Ok(())
 }
 
+/// Forgets where a stream is, so that it is copied again (a new table version).
+fn forget_position(state: &mut State, id: &str) {
+    for key in [
+        LSN,
+        INITIAL_COPY_LSN,
+        CTID,
+        RELFILENODE,
+        SNAPSHOT_XMAX,
+        SNAPSHOT_XIP,
+    ] {
+        state.remove(id, key);
+    }
+}
+
+/// Why a stream cannot be replicated LOG_BASED, if it cannot.
+fn replicable(
+    client: &mut Client,
+    p: &Prepared,
+    server: u32,
+) -> Result<Option<StreamError>, SyncError> {
+    match p.rel.kind {
+        RelKind::Table => {}
+        RelKind::PartitionedTable if server >= 130000 => {}
+        RelKind::PartitionedTable => return Ok(Some(StreamError::PartitionedBeforePg13)),
+        _ => return Ok(Some(StreamError::LogBasedNotATable)),
+    }
+    replica_identity_problem(client, p)
+}
+
 fn report_lag(info: &slot::SlotInfo, settings: &TapSettings, when: &str) {
     tracing::info!(
         slot = %info.name,
         pending_bytes = info.pending_bytes,
         retained_bytes = info.retained_bytes,
+        wal_status = info.wal_status.as_deref().unwrap_or("n/a"),
+        safe_wal_size = info.safe_wal_size.map_or("n/a".to_owned(), |b| b.to_string()),
         "replication slot lag {when}"
     );
+    if info.wal_status.as_deref() == Some("unreserved") {
+        tracing::warn!(
+            slot = %info.name,
+            "the replication slot is past max_slot_wal_keep_size: the server may invalidate it at its next checkpoint (run the tap now, or raise max_slot_wal_keep_size)"
+        );
+    }
     if info.retained_bytes > settings.slot_lag_warning_bytes {
         tracing::warn!(
             slot = %info.name,
@@ -178,32 +320,29 @@ fn report_lag(info: &slot::SlotInfo, settings: &TapSettings, when: &str) {
 }
 
 /// Tables without a replica identity can't be published without breaking the
-/// application's UPDATEs and DELETEs: refuse them, saying what to run.
-fn check_replica_identity(client: &mut Client, prepared: &[Prepared]) -> Result<(), SyncError> {
-    for p in prepared {
-        let row = client
-            .query_one(
-                "SELECT c.relreplident::text, \
-                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident)) \
-                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2",
-                &[&p.rel.schema, &p.rel.name],
-            )
-            .map_err(query_failed(&p.id, StreamError::ReplicaIdentityCheck))?;
-        let ident: String = row.get(0);
-        let has_index: bool = row.get(1);
-        let ok = match ident.as_str() {
-            "f" => true,
-            "n" => false,
-            _ => has_index,
-        };
-        if !ok {
-            return Err(StreamError::NoReplicaIdentity {
-                table: quote_qualified(&p.rel.schema, &p.rel.name),
-                identity: if ident == "n" { "NOTHING" } else { "DEFAULT" },
-            }
-            .at(&p.id));
-        }
-    }
-    Ok(())
+/// application's UPDATEs and DELETEs: say what to run instead.
+fn replica_identity_problem(
+    client: &mut Client,
+    p: &Prepared,
+) -> Result<Option<StreamError>, SyncError> {
+    let row = client
+        .query_one(
+            "SELECT c.relreplident::text, \
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident)) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&p.rel.schema, &p.rel.name],
+        )
+        .map_err(query_failed(&p.id, StreamError::ReplicaIdentityCheck))?;
+    let ident: String = row.get(0);
+    let has_index: bool = row.get(1);
+    let ok = match ident.as_str() {
+        "f" => true,
+        "n" => false,
+        _ => has_index,
+    };
+    Ok((!ok).then(|| StreamError::NoReplicaIdentity {
+        table: quote_qualified(&p.rel.schema, &p.rel.name),
+        identity: if ident == "n" { "NOTHING" } else { "DEFAULT" },
+    }))
 }

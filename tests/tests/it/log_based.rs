@@ -4,23 +4,32 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 
-use e2e_tests::{bin, discover, pipe, select, table_rows, tap_sync, write_json};
-use pg_testkit::{cluster, TestDb};
+use e2e_tests::{bin, discover, pipe, select, table_rows, tap_sync, write_json, PipeRun};
+use pg_testkit::{cluster, Cluster, TestDb};
 use serde_json::{json, Value};
 
-struct Cdc {
-    src: TestDb,
-    dst: TestDb,
-    dir: tempfile::TempDir,
-    slot: String,
+/// A source and a destination database, and the files of `tap | target` runs between them.
+pub(crate) struct Cdc {
+    pub src: TestDb,
+    pub dst: TestDb,
+    pub dir: tempfile::TempDir,
+    pub slot: String,
     hard_delete: bool,
+    /// Settings added to the tap's config.
+    pub tap_extra: Mutex<serde_json::Map<String, Value>>,
 }
 
 impl Cdc {
-    fn new(name: &str, hard_delete: bool) -> Cdc {
-        let src = cluster().create_database(&format!("{name}_src"));
-        let dst = cluster().create_database(&format!("{name}_dst"));
+    pub fn new(name: &str, hard_delete: bool) -> Cdc {
+        Cdc::on(cluster(), name, hard_delete)
+    }
+
+    /// Source and destination on `cluster`.
+    pub fn on(cluster: &Cluster, name: &str, hard_delete: bool) -> Cdc {
+        let src = cluster.create_database(&format!("{name}_src"));
+        let dst = cluster.create_database(&format!("{name}_dst"));
         let slot = format!("slot_{}", src.name);
         Cdc {
             src,
@@ -28,37 +37,65 @@ impl Cdc {
             dir: tempfile::tempdir().unwrap(),
             slot,
             hard_delete,
+            tap_extra: Mutex::default(),
         }
     }
 
-    fn tap_config(&self) -> PathBuf {
+    /// A superuser connection to the source (on whichever cluster it is).
+    pub fn src_client(&self) -> postgres::Client {
+        connect(&self.src)
+    }
+
+    pub fn dst_client(&self) -> postgres::Client {
+        connect(&self.dst)
+    }
+
+    /// The source's `server_version_num`.
+    pub fn server_version(&self) -> u32 {
+        let v: String = self
+            .src_client()
+            .query_one("SHOW server_version_num", &[])
+            .unwrap()
+            .get(0);
+        v.parse().unwrap()
+    }
+
+    pub fn tap_config(&self) -> PathBuf {
         let mut c = self.src.config();
         c["replication_slot_name"] = json!(self.slot);
         c["publication_name"] = json!(format!("pub_{}", self.src.name));
+        for (k, v) in self.tap_extra.lock().unwrap().iter() {
+            c[k] = v.clone();
+        }
         write_json(self.dir.path(), "tap.json", &c)
     }
 
-    fn target_config(&self) -> PathBuf {
+    pub fn target_config(&self) -> PathBuf {
         let mut c = self.dst.config();
         c["hard_delete"] = json!(self.hard_delete);
         write_json(self.dir.path(), "target.json", &c)
     }
 
-    fn catalog(&self, tables: &[&str]) -> PathBuf {
+    pub fn catalog(&self, tables: &[&str]) -> PathBuf {
         let mut catalog = discover(&self.tap_config());
         select(&mut catalog, tables, "LOG_BASED", None);
         write_json(self.dir.path(), "catalog.json", &catalog)
     }
 
-    /// One `tap | target` run from `state`; returns the last committed state.
-    fn run(&self, tables: &[&str], state: Option<&Value>) -> Value {
+    /// One `tap | target` run from `state`, whatever its outcome.
+    pub fn run_raw(&self, tables: &[&str], state: Option<&Value>) -> PipeRun {
         let state_path = state.map(|s| write_json(self.dir.path(), "state.json", s));
-        let r = pipe(
+        pipe(
             &self.tap_config(),
             &self.catalog(tables),
             state_path.as_deref(),
             &self.target_config(),
-        );
+        )
+    }
+
+    /// One `tap | target` run from `state`; returns the last committed state.
+    pub fn run(&self, tables: &[&str], state: Option<&Value>) -> Value {
+        let r = self.run_raw(tables, state);
         r.assert_success();
         // Meltano treats log lines with "error" as failures.
         let noisy: Vec<&str> = r
@@ -73,10 +110,10 @@ impl Cdc {
     }
 
     /// The source table's rows equal the destination's live rows.
-    fn assert_converged(&self, table: &str, columns: &[&str]) {
-        let want = table_rows(&mut self.src.client(), "public", table, columns, None);
+    pub fn assert_converged(&self, table: &str, columns: &[&str]) {
+        let want = table_rows(&mut self.src_client(), "public", table, columns, None);
         let live = table_rows(
-            &mut self.dst.client(),
+            &mut self.dst_client(),
             "public",
             table,
             columns,
@@ -87,7 +124,7 @@ impl Cdc {
             "table {table} (hard_delete={})",
             self.hard_delete
         );
-        let all = table_rows(&mut self.dst.client(), "public", table, columns, None);
+        let all = table_rows(&mut self.dst_client(), "public", table, columns, None);
         if self.hard_delete {
             assert_eq!(
                 all.len(),
@@ -97,10 +134,9 @@ impl Cdc {
         }
     }
 
-    fn slot_confirmed(&self) -> u64 {
+    pub fn slot_confirmed(&self) -> u64 {
         let text: String = self
-            .src
-            .client()
+            .src_client()
             .query_one(
                 "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
                 &[&self.slot],
@@ -111,8 +147,7 @@ impl Cdc {
     }
 
     fn slot_pending_bytes(&self) -> i64 {
-        self.src
-            .client()
+        self.src_client()
             .query_one(
                 "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
                 &[&self.slot],
@@ -122,7 +157,17 @@ impl Cdc {
     }
 }
 
-fn pg_lsn(text: &str) -> u64 {
+fn connect(db: &TestDb) -> postgres::Client {
+    postgres::Config::new()
+        .host(&db.host)
+        .port(db.port)
+        .user(pg_testkit::SUPERUSER)
+        .dbname(&db.name)
+        .connect(postgres::NoTls)
+        .unwrap()
+}
+
+pub(crate) fn pg_lsn(text: &str) -> u64 {
     let (hi, lo) = text.split_once('/').unwrap();
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
 }
@@ -350,7 +395,7 @@ fn log_based_errors_are_clear_and_drop_slot_cleans_up() {
     let last = err.lines().last().unwrap();
     assert!(
         last.starts_with("tap-postgres-rs: error: stream public-t: the state's LSN ")
-            && last.ends_with("the changes in between are gone. Remove the stream's bookmark from the state to copy it again."),
+            && last.ends_with("the changes in between are gone. Set on_lost_changes to resync to copy the affected streams again as new table versions, or remove the stream's bookmark from the state."),
         "{last}"
     );
 
@@ -448,7 +493,7 @@ fn wal_level_and_busy_slot_are_refused_clearly() {
         last.starts_with(&format!(
             "tap-postgres-rs: error: LOG_BASED: replication slot `{}` is in use by another process (pid ",
             cdc.slot
-        )) && last.ends_with("): stop the other reader or choose another replication_slot_name"),
+        )) && last.ends_with("if nothing should be reading; do not choose another replication_slot_name, which would start from now and lose this slot's position"),
         "{last}"
     );
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests, in one test binary (one link, one private cluster for
 //! all of them; each test takes databases of its own).
 
+mod cdc_changes;
 mod cli;
 mod help;
 mod interop;
