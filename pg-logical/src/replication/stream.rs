@@ -169,8 +169,10 @@ impl ReplicationStream {
         Ok(())
     }
 
-    /// The next pgoutput message and its WAL record's LSN; `None` after the
-    /// last transaction committed before the end LSN.
+    /// The next pgoutput message and its WAL record's LSN (0 for a Relation
+    /// or Type message: the walsender sends no LSN for a message written
+    /// ahead of the change it describes); `None` after the last transaction
+    /// committed before the end LSN.
     fn next_message(&mut self) -> Result<Option<(Lsn, Bytes)>, ReplicationError> {
         if self.done {
             return Ok(None);
