@@ -208,9 +208,13 @@ impl Wire {
         frontend::startup_message(params.iter().copied(), &mut self.output)?;
         self.send()?;
         let password = || {
-            settings.password.as_deref().map(str::as_bytes).ok_or_else(|| {
-                Attempt::Failed("the server asks for a password, but none is set".into())
-            })
+            settings
+                .password
+                .as_deref()
+                .map(str::as_bytes)
+                .ok_or_else(|| {
+                    Attempt::Failed("the server asks for a password, but none is set".into())
+                })
         };
         let mut scram: Option<sasl::ScramSha256> = None;
         loop {
@@ -321,7 +325,8 @@ impl Wire {
     pub fn frame(&mut self) -> io::Result<Frame> {
         loop {
             if self.input.len() >= 5 {
-                let len = u32::from_be_bytes(self.input[1..5].try_into().expect("4 bytes")) as usize;
+                let len =
+                    u32::from_be_bytes(self.input[1..5].try_into().expect("4 bytes")) as usize;
                 if len < 4 {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -380,9 +385,7 @@ impl Wire {
                     let buf = row.buffer();
                     let values = row
                         .ranges()
-                        .map(|r| {
-                            Ok(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned()))
-                        })
+                        .map(|r| Ok(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned())))
                         .collect()
                         .map_err(ReplicationError::Io)?;
                     rows.push(values);
@@ -438,7 +441,11 @@ fn tcp_connect(settings: &ConnectionSettings, timeout: Duration) -> io::Result<T
 /// The `tls-server-end-point` channel binding data (as postgres-openssl computes it).
 fn tls_server_end_point(ssl: &SslRef) -> Option<Vec<u8>> {
     let cert = ssl.peer_certificate()?;
-    let algorithms = cert.signature_algorithm().object().nid().signature_algorithms()?;
+    let algorithms = cert
+        .signature_algorithm()
+        .object()
+        .nid()
+        .signature_algorithms()?;
     let md = match algorithms.digest {
         Nid::MD5 | Nid::SHA1 => MessageDigest::sha256(),
         nid => MessageDigest::from_nid(nid)?,

@@ -118,7 +118,8 @@ fn streams_changes_up_to_the_end_and_confirms_only_what_it_is_told() {
         .unwrap();
     c.batch_execute("INSERT INTO b VALUES (1, 'not published')")
         .unwrap();
-    c.batch_execute("UPDATE a SET v = 'uno' WHERE id = 1").unwrap();
+    c.batch_execute("UPDATE a SET v = 'uno' WHERE id = 1")
+        .unwrap();
     c.batch_execute("DELETE FROM a WHERE id = 2").unwrap();
     let end = slot::current_flush_lsn(&mut c).unwrap();
     c.batch_execute("INSERT INTO a VALUES (3, 'after the end')")
@@ -222,7 +223,8 @@ fn an_end_with_nothing_left_to_send_ends_the_run() {
 fn the_first_message_does_not_wait_for_the_backlog_and_a_dropped_reader_frees_the_slot() {
     let (db, mut c) = setup("stream_backlog");
     let slot = slot_name(&db);
-    c.batch_execute("INSERT INTO a VALUES (1, 'first')").unwrap();
+    c.batch_execute("INSERT INTO a VALUES (1, 'first')")
+        .unwrap();
     // About 150 MB of WAL no published table is part of.
     c.batch_execute("INSERT INTO b SELECT g, repeat('x', 1000) FROM generate_series(1, 150000) g")
         .unwrap();
@@ -292,7 +294,8 @@ fn tls_verify_full_with_the_cluster_ca_and_scram() {
         "hostssl replication \"{role}\" 127.0.0.1/32 scram-sha-256\n\
          hostssl all \"{role}\" 127.0.0.1/32 scram-sha-256"
     ));
-    c.batch_execute("INSERT INTO a VALUES (1, 'over TLS')").unwrap();
+    c.batch_execute("INSERT INTO a VALUES (1, 'over TLS')")
+        .unwrap();
     let end = slot::current_flush_lsn(&mut c).unwrap();
     let slot = slot_name(&db);
     let request = StartReplication {
@@ -342,10 +345,7 @@ fn tls_verify_full_with_the_cluster_ca_and_scram() {
         .unwrap()
         .get(0);
     assert!(ssl);
-    let lines: Vec<String> = stream
-        .by_ref()
-        .map(|m| summary(&m.unwrap().1))
-        .collect();
+    let lines: Vec<String> = stream.by_ref().map(|m| summary(&m.unwrap().1)).collect();
     assert_eq!(
         lines,
         ["B", "R a", r#"I [Some("1"), Some("over TLS")]"#, "C"]
