@@ -23,7 +23,7 @@
 //! #     -> Result<(), pg_logical::replication::ReplicationError> {
 //! let request = StartReplication { slot: "my_slot", publication: "my_pub", start: committed, end };
 //! let mut stream = ReplicationStream::start(connector.settings(), "tap-postgres-rs", &request)?;
-//! stream.confirm(committed)?;
+//! stream.confirm(committed);
 //! while let Some(message) = stream.next() {
 //!     let (lsn, bytes) = message?;
 //!     let decoded = pg_logical::pgoutput::decode(&bytes);
@@ -32,10 +32,12 @@
 //! # Ok(()) }
 //! ```
 
+mod session;
 mod stream;
 mod wire;
 
-pub use stream::{ReplicationStream, StartReplication};
+pub use session::StartReplication;
+pub use stream::ReplicationStream;
 
 /// What went wrong on a replication connection.
 #[derive(Debug, thiserror::Error)]

@@ -1,62 +1,58 @@
-//! `START_REPLICATION … LOGICAL` and the CopyBoth stream: XLogData in,
-//! keepalives answered, feedback only up to what the caller confirmed.
+//! The reader's side: messages handed over in batches from a thread that
+//! owns the socket. The thread keeps the session alive (feedback within
+//! `wal_sender_timeout`) while the reader is busy or blocked, e.g. on a
+//! slow destination, which the SQL peek function never needed.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use pg_connect::{quote_ident, quote_literal, ConnectionSettings};
-use postgres_protocol::message::frontend;
+use bytes::Bytes;
+use pg_connect::ConnectionSettings;
 
-use super::wire::{server_error, Wire};
+use super::session::{Session, StartReplication};
 use super::ReplicationError;
-use crate::{format_lsn, Lsn};
+use crate::Lsn;
 
-/// How often feedback is sent unasked (pg_recvlogical's default too).
-const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// Messages per hand-over, at most.
+const BATCH: usize = 512;
+/// Hand-overs in flight: with [`BATCH`], what bounds memory.
+const IN_FLIGHT: usize = 16;
+/// How often the socket thread looks up from a read or a full hand-over
+/// to send feedback or see that the reader is done.
+const TICK: Duration = Duration::from_millis(200);
+/// How long the socket thread waits between tries of a full hand-over.
+const FULL_WAIT: Duration = Duration::from_millis(2);
 
-/// How long [`ReplicationStream::finish`] waits for the server to end the COPY.
-const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
+enum Handover {
+    Messages(Vec<(Lsn, Bytes)>),
+    /// The end LSN was reached; the COPY is closed.
+    End,
+    Failed(ReplicationError),
+}
 
-/// Microseconds between the Unix epoch and Postgres's (2000-01-01).
-const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
-
-/// Where to read from and until when.
-#[derive(Debug, Clone, Copy)]
-pub struct StartReplication<'a> {
-    pub slot: &'a str,
-    pub publication: &'a str,
-    /// Where to start; the server starts at the slot's confirmed position
-    /// when that is later (0 means: from the slot).
-    pub start: Lsn,
-    /// The run ends with the last transaction committed before this LSN
-    /// (e.g. the flush position when the run started).
-    pub end: Lsn,
+struct Shared {
+    confirmed: AtomicU64,
+    /// The reader is gone or finishing: stop streaming.
+    stop: AtomicBool,
 }
 
 /// The pgoutput messages of the transactions committed before the end LSN,
-/// each with the LSN of its WAL record, as they are decoded on the server.
-/// Memory holds one read buffer, whatever the backlog.
+/// each with the LSN of its WAL record, as the server decodes them (so the
+/// first arrives whatever the backlog). Memory is bounded by a few batches.
+///
+/// Feedback reports only what [`ReplicationStream::confirm`] was given.
+/// [`ReplicationStream::finish`] closes the session cleanly; dropping the
+/// stream closes the socket, and the server frees the slot at once.
 pub struct ReplicationStream {
-    wire: Wire,
-    end: Lsn,
-    /// Feedback never reports more than this (see [`ReplicationStream::confirm`]).
-    confirmed: Lsn,
-    last_feedback: Instant,
-    in_transaction: bool,
-    done: bool,
-    slot: String,
-}
-
-fn be_u64(b: &[u8], at: usize) -> Result<u64, ReplicationError> {
-    b.get(at..at + 8)
-        .map(|s| u64::from_be_bytes(s.try_into().expect("8 bytes")))
-        .ok_or_else(|| ReplicationError::Protocol(format!("message too short ({} bytes)", b.len())))
-}
-
-/// A string literal of the replication command grammar: quotes doubled,
-/// backslashes plain (it has no `E'…'`).
-fn replication_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\0', "").replace('\'', "''"))
+    batches: Option<Receiver<Handover>>,
+    current: std::vec::IntoIter<(Lsn, Bytes)>,
+    shared: Arc<Shared>,
+    worker: Option<JoinHandle<Result<Session, ReplicationError>>>,
+    ended: bool,
 }
 
 impl ReplicationStream {
@@ -67,231 +63,68 @@ impl ReplicationStream {
         application_name: &str,
         request: &StartReplication<'_>,
     ) -> Result<Self, ReplicationError> {
-        let mut wire = Wire::connect(settings, application_name)?;
-        // The same text output of every value as the SQL sessions have.
-        wire.simple_query(pg_connect::SESSION_SETUP)?;
-        // Feedback below the slot's confirmed position would move it back
-        // (PostgreSQL before 17 takes any flush position it is sent).
-        let rows = wire.simple_query(&format!(
-            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = {}",
-            quote_literal(request.slot)
-        ))?;
-        let confirmed = rows
-            .first()
-            .and_then(|r| r.first().cloned().flatten())
-            .and_then(|t| crate::parse_lsn(&t))
-            .unwrap_or(0);
-        let mut options = format!(
-            "proto_version '1', publication_names {}",
-            replication_literal(&quote_ident(request.publication))
-        );
-        // The heartbeat's logical message counts only with it on 15+; the
-        // option does not exist before 14.
-        if wire.server_major >= 14 {
-            options.push_str(", messages 'true'");
-        }
-        let command = format!(
-            "START_REPLICATION SLOT {} LOGICAL {} ({options})",
-            quote_ident(request.slot),
-            format_lsn(request.start)
-        );
-        tracing::debug!(%command, "starting replication");
-        frontend::query(&command, wire.output()).map_err(ReplicationError::Io)?;
-        wire.send().map_err(ReplicationError::Io)?;
-        loop {
-            let frame = wire.frame().map_err(ReplicationError::Io)?;
-            match frame.tag {
-                // CopyBothResponse: streaming.
-                b'W' => break,
-                b'E' => {
-                    let e = server_error(frame).map_err(ReplicationError::Io)?;
-                    return Err(ReplicationError::Server {
-                        context: format!("starting replication from slot `{}`", request.slot),
-                        message: e.text,
-                    });
-                }
-                b'N' | b'S' => {}
-                other => {
-                    return Err(ReplicationError::Protocol(format!(
-                        "{:?} in answer to START_REPLICATION",
-                        other as char
-                    )))
-                }
-            }
-        }
+        let session = Session::start(settings, application_name, request)?;
+        let shared = Arc::new(Shared {
+            confirmed: AtomicU64::new(session.confirmed()),
+            stop: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::sync_channel(IN_FLIGHT);
+        let worker = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("replication".into())
+                .spawn(move || pump(session, &shared, &tx))
+                .map_err(ReplicationError::Io)?
+        };
         Ok(ReplicationStream {
-            wire,
-            end: request.end,
-            confirmed,
-            last_feedback: Instant::now(),
-            in_transaction: false,
-            done: false,
-            slot: request.slot.to_owned(),
+            batches: Some(rx),
+            current: Vec::new().into_iter(),
+            shared,
+            worker: Some(worker),
+            ended: false,
         })
     }
 
     /// The destination has committed everything before `lsn`: the slot may
-    /// be confirmed up to it (never further, whatever has been read). Sent
-    /// at once; lower values than before are ignored.
-    pub fn confirm(&mut self, lsn: Lsn) -> Result<(), ReplicationError> {
-        if lsn > self.confirmed {
-            self.confirmed = lsn;
-            self.feedback(false)?;
-        }
-        Ok(())
+    /// be confirmed up to it (never further, whatever has been read). Lower
+    /// values than before are ignored. Sent within a fraction of a second,
+    /// and at the latest by [`ReplicationStream::finish`].
+    pub fn confirm(&self, lsn: Lsn) {
+        self.shared.confirmed.fetch_max(lsn, Ordering::SeqCst);
     }
 
     /// The position feedback reports.
     pub fn confirmed(&self) -> Lsn {
-        self.confirmed
+        self.shared.confirmed.load(Ordering::SeqCst)
     }
 
-    /// A Standby Status Update with write = flush = apply = the confirmed
-    /// position, so the server frees nothing the destination lacks.
-    fn feedback(&mut self, reply_requested: bool) -> Result<(), ReplicationError> {
-        let micros = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0)
-            - PG_EPOCH_MICROS;
-        let mut update = Vec::with_capacity(34);
-        update.push(b'r');
-        for _ in 0..3 {
-            update.extend_from_slice(&self.confirmed.to_be_bytes());
-        }
-        update.extend_from_slice(&micros.to_be_bytes());
-        update.push(u8::from(reply_requested));
-        frontend::CopyData::new(&update[..])
-            .map_err(ReplicationError::Io)?
-            .write(self.wire.output());
-        self.wire.send().map_err(ReplicationError::Io)?;
-        self.last_feedback = Instant::now();
-        Ok(())
-    }
-
-    /// The next pgoutput message and its WAL record's LSN (0 for a Relation
-    /// or Type message: the walsender sends no LSN for a message written
-    /// ahead of the change it describes); `None` after the last transaction
-    /// committed before the end LSN.
-    fn next_message(&mut self) -> Result<Option<(Lsn, Bytes)>, ReplicationError> {
-        if self.done {
-            return Ok(None);
-        }
-        loop {
-            if self.last_feedback.elapsed() >= STATUS_INTERVAL {
-                self.feedback(false)?;
-            }
-            let frame = self.wire.frame().map_err(ReplicationError::Io)?;
-            match frame.tag {
-                b'd' => {}
-                b'E' => {
-                    let e = server_error(frame).map_err(ReplicationError::Io)?;
-                    return Err(ReplicationError::Server {
-                        context: format!("streaming from replication slot `{}`", self.slot),
-                        message: e.text,
-                    });
-                }
-                b'N' => {
-                    if let Ok(e) = server_error(frame) {
-                        tracing::info!(notice = %e.text, "server notice");
-                    }
-                    continue;
-                }
-                // The server ended the COPY (e.g. shutting down).
-                b'c' => {
-                    self.done = true;
-                    return Err(ReplicationError::Protocol(
-                        "the server ended the stream before the end position".into(),
-                    ));
-                }
-                other => {
-                    return Err(ReplicationError::Protocol(format!(
-                        "{:?} inside the replication stream",
-                        other as char
-                    )))
-                }
-            }
-            let mut body: BytesMut = frame.body;
-            match body.first() {
-                // XLogData: start, server WAL end, send time, then the message.
-                Some(b'w') => {
-                    let lsn = be_u64(&body, 1)?;
-                    if body.len() < 26 {
-                        return Err(ReplicationError::Protocol("empty XLogData".into()));
-                    }
-                    body.advance(25);
-                    let data = body.freeze();
-                    match data[0] {
-                        b'B' => {
-                            // A transaction committing at or after the end
-                            // belongs to the next run.
-                            if be_u64(&data, 1)? >= self.end {
-                                self.done = true;
-                                return Ok(None);
-                            }
-                            self.in_transaction = true;
-                        }
-                        b'C' => {
-                            self.in_transaction = false;
-                            if be_u64(&data, 10)? >= self.end {
-                                self.done = true;
-                            }
-                        }
-                        _ => {}
-                    }
-                    return Ok(Some((lsn, data)));
-                }
-                // Primary keepalive: the server's decoding position, and
-                // whether it wants an answer now (else it times us out).
-                Some(b'k') => {
-                    let sent_up_to = be_u64(&body, 1)?;
-                    if body.get(17).copied().unwrap_or(0) != 0 {
-                        self.feedback(false)?;
-                    }
-                    // Decoded past the end with no transaction open: every
-                    // transaction committed before it has been sent.
-                    if !self.in_transaction && sent_up_to >= self.end {
-                        self.done = true;
-                        return Ok(None);
-                    }
-                }
-                other => {
-                    return Err(ReplicationError::Protocol(format!(
-                        "CopyData of kind {:?}",
-                        other.map(|b| *b as char)
-                    )))
-                }
-            }
-        }
-    }
-
-    /// Ends the stream cleanly: last feedback, CopyDone, the server's end of
-    /// the command, Terminate. (Dropping the stream instead just closes the
-    /// socket; the server frees the slot as soon as it notices.)
+    /// Ends the session cleanly (also before the end LSN): the COPY is ended,
+    /// the last confirmed position is sent, the connection closed.
     pub fn finish(mut self) -> Result<(), ReplicationError> {
-        self.feedback(false)?;
-        frontend::copy_done(self.wire.output());
-        self.wire.send().map_err(ReplicationError::Io)?;
-        self.wire
-            .set_read_timeout(Some(FINISH_TIMEOUT))
-            .map_err(ReplicationError::Io)?;
-        loop {
-            let frame = self.wire.frame().map_err(ReplicationError::Io)?;
-            match frame.tag {
-                b'Z' => break,
-                b'E' => {
-                    let e = server_error(frame).map_err(ReplicationError::Io)?;
-                    return Err(ReplicationError::Server {
-                        context: format!("ending replication from slot `{}`", self.slot),
-                        message: e.text,
-                    });
-                }
-                // What was in flight, the server's CopyDone, CommandComplete.
-                _ => {}
-            }
-        }
-        self.wire.terminate();
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Unblocks a full hand-over.
+        self.batches = None;
+        let worker = self.worker.take().expect("finish runs once");
+        let mut session = worker
+            .join()
+            .map_err(|_| ReplicationError::Protocol("the replication thread panicked".into()))??;
+        // Confirmed while the COPY is open: sent as feedback; else the
+        // session advances the slot itself.
+        session.confirm(self.confirmed())?;
+        session.end_copy()?;
+        session.terminate();
         Ok(())
+    }
+}
+
+impl Drop for ReplicationStream {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            self.shared.stop.store(true, Ordering::SeqCst);
+            self.batches = None;
+            // Within a tick; the session's socket closes with it.
+            let _ = worker.join();
+        }
     }
 }
 
@@ -299,12 +132,109 @@ impl Iterator for ReplicationStream {
     type Item = Result<(Lsn, Bytes), ReplicationError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self.next_message() {
-            Ok(Some(m)) => Some(Ok(m)),
-            Ok(None) => None,
+        loop {
+            if let Some(m) = self.current.next() {
+                return Some(Ok(m));
+            }
+            if self.ended {
+                return None;
+            }
+            let handover = self.batches.as_ref().and_then(|rx| rx.recv().ok());
+            match handover {
+                Some(Handover::Messages(batch)) => self.current = batch.into_iter(),
+                Some(Handover::End) => self.ended = true,
+                Some(Handover::Failed(e)) => {
+                    self.ended = true;
+                    return Some(Err(e));
+                }
+                None => {
+                    self.ended = true;
+                    return Some(Err(ReplicationError::Protocol(
+                        "the replication thread stopped".into(),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+fn timed_out(e: &ReplicationError) -> bool {
+    matches!(e, ReplicationError::Io(e)
+        if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
+}
+
+/// The socket thread: reads, batches and hands over until the end LSN or
+/// until the reader stops; returns the session for a clean close.
+fn pump(
+    mut session: Session,
+    shared: &Shared,
+    tx: &SyncSender<Handover>,
+) -> Result<Session, ReplicationError> {
+    session.set_read_timeout(Some(TICK))?;
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            return Ok(session);
+        }
+        if let Err(e) = session.confirm(shared.confirmed.load(Ordering::SeqCst)) {
+            let _ = tx.send(Handover::Failed(e));
+            return Ok(session);
+        }
+        match session.next_message() {
+            Ok(Some(m)) => {
+                batch.push(m);
+                if batch.len() < BATCH && session.has_message() {
+                    continue;
+                }
+            }
+            Ok(None) => {}
+            Err(e) if timed_out(&e) => {}
             Err(e) => {
-                self.done = true;
-                Some(Err(e))
+                let _ = hand_over(&mut session, shared, tx, Handover::Failed(e));
+                return Ok(session);
+            }
+        }
+        if !batch.is_empty() {
+            let messages = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            if !hand_over(&mut session, shared, tx, Handover::Messages(messages)) {
+                return Ok(session);
+            }
+        }
+        if session.done {
+            // Nothing more to stream: the server stops decoding now, and
+            // the idle session needs no feedback while the reader catches up.
+            let last = match session.end_copy() {
+                Ok(()) => Handover::End,
+                Err(e) => Handover::Failed(e),
+            };
+            hand_over(&mut session, shared, tx, last);
+            return Ok(session);
+        }
+    }
+}
+
+/// Hands `item` to the reader, keeping the session alive while the reader
+/// is busy; false when the reader stopped.
+fn hand_over(
+    session: &mut Session,
+    shared: &Shared,
+    tx: &SyncSender<Handover>,
+    mut item: Handover,
+) -> bool {
+    loop {
+        match tx.try_send(item) {
+            Ok(()) => return true,
+            Err(TrySendError::Disconnected(_)) => return false,
+            Err(TrySendError::Full(back)) => {
+                if shared.stop.load(Ordering::SeqCst) {
+                    return false;
+                }
+                // A failed feedback shows as the next read's error.
+                let _ = session
+                    .confirm(shared.confirmed.load(Ordering::SeqCst))
+                    .and_then(|()| session.keep_alive());
+                item = back;
+                std::thread::sleep(FULL_WAIT);
             }
         }
     }

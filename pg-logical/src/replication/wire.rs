@@ -321,6 +321,13 @@ impl Wire {
         &mut self.output
     }
 
+    /// Whether a whole message is buffered.
+    pub fn has_frame(&self) -> bool {
+        self.input.len() >= 5
+            && self.input.len()
+                > u32::from_be_bytes(self.input[1..5].try_into().expect("4 bytes")) as usize
+    }
+
     /// The next whole message from the server.
     pub fn frame(&mut self) -> io::Result<Frame> {
         loop {

@@ -166,8 +166,8 @@ fn streams_changes_up_to_the_end_and_confirms_only_what_it_is_told() {
             _ => None,
         })
         .unwrap();
-    stream.confirm(first_commit_end).unwrap();
-    stream.confirm(1).unwrap();
+    stream.confirm(first_commit_end);
+    stream.confirm(1);
     assert_eq!(stream.confirmed(), first_commit_end);
     stream.finish().unwrap();
     assert!(TestDb::wait_for(Duration::from_secs(5), || !slot_active(
