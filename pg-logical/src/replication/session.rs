@@ -12,9 +12,26 @@ use super::wire::{server_error, Wire};
 use super::ReplicationError;
 use crate::{format_lsn, Lsn};
 
-/// How often feedback is sent unasked (pg_recvlogical's default too): well
-/// within the server's `wal_sender_timeout` (60 s by default).
+/// How often feedback is sent unasked (pg_recvlogical's default too), or a
+/// third of the server's `wal_sender_timeout` when that is shorter.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// `wal_sender_timeout` as `SHOW` prints it (`60s`, `1min`, `500ms`, `0`).
+fn parse_timeout(text: &str) -> Option<Duration> {
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let n: u64 = text[..digits].parse().ok()?;
+    let ms = match &text[digits..] {
+        "" | "ms" => n,
+        "s" => n * 1000,
+        "min" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => return None,
+    };
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
 
 /// How long [`Session::end_copy`] waits for the server to end the COPY.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,6 +59,7 @@ pub(super) struct Session {
     /// Feedback never reports more than this (see [`Session::confirm`]).
     confirmed: Lsn,
     last_feedback: Instant,
+    status_interval: Duration,
     /// What the server was last told.
     sent: Lsn,
     in_transaction: bool,
@@ -77,6 +95,12 @@ impl Session {
         wire.simple_query(pg_connect::SESSION_SETUP)?;
         // Feedback below the slot's confirmed position would move it back
         // (PostgreSQL before 17 takes any flush position it is sent).
+        let timeout = wire.simple_query("SHOW wal_sender_timeout")?;
+        let status_interval = timeout
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .and_then(|t| parse_timeout(&t))
+            .map_or(STATUS_INTERVAL, |t| STATUS_INTERVAL.min(t / 3));
         let rows = wire.simple_query(&format!(
             "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = {}",
             quote_literal(request.slot)
@@ -130,6 +154,7 @@ impl Session {
             confirmed,
             sent: 0,
             last_feedback: Instant::now(),
+            status_interval,
             in_transaction: false,
             done: false,
             copying: true,
@@ -165,10 +190,10 @@ impl Session {
         self.confirmed
     }
 
-    /// Sends feedback when [`STATUS_INTERVAL`] has passed without any, so
+    /// Sends feedback when the status interval has passed without any, so
     /// that the server does not time the session out while the reader is busy.
     pub fn keep_alive(&mut self) -> Result<(), ReplicationError> {
-        if self.copying && self.last_feedback.elapsed() >= STATUS_INTERVAL {
+        if self.copying && self.last_feedback.elapsed() >= self.status_interval {
             self.feedback()?;
         }
         Ok(())
@@ -338,5 +363,21 @@ impl Session {
     /// Closes the session politely.
     pub fn terminate(self) {
         self.wire.terminate();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn wal_sender_timeout_as_show_prints_it() {
+        assert_eq!(parse_timeout("60s"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_timeout("1min"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_timeout("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_timeout("0"), None, "0 disables the timeout");
+        assert_eq!(parse_timeout("soon"), None);
     }
 }

@@ -281,6 +281,41 @@ fn the_first_message_does_not_wait_for_the_backlog_and_a_dropped_reader_frees_th
 }
 
 #[test]
+fn a_busy_reader_is_not_timed_out() {
+    let (db, mut c) = setup("stream_busy");
+    let role = format!("r_{}", db.name);
+    // More changes than the hand-over holds, so the socket thread waits on
+    // the reader, and a server that gives up on a silent client within 1 s.
+    c.batch_execute(&format!(
+        "CREATE ROLE \"{role}\" LOGIN REPLICATION; \
+         ALTER ROLE \"{role}\" SET wal_sender_timeout = '1s'; \
+         INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, 30000) g"
+    ))
+    .unwrap();
+    let end = slot::current_flush_lsn(&mut c).unwrap();
+    let slot = slot_name(&db);
+    let mut s = settings(&db);
+    s.user = role;
+    let request = StartReplication {
+        slot: &slot,
+        publication: "p",
+        start: 0,
+        end,
+    };
+    let mut stream = ReplicationStream::start(&s, "pg-logical-busy-test", &request).unwrap();
+    assert_eq!(summary(&stream.next().unwrap().unwrap().1), "B");
+    // The reader is busy (e.g. a slow destination) for 4 timeouts.
+    std::thread::sleep(Duration::from_secs(4));
+    let inserts = stream
+        .by_ref()
+        .map(|m| m.unwrap())
+        .filter(|(_, d)| d[0] == b'I')
+        .count();
+    assert_eq!(inserts, 30000);
+    stream.finish().unwrap();
+}
+
+#[test]
 fn tls_verify_full_with_the_cluster_ca_and_scram() {
     let (db, mut c) = setup("stream_tls");
     let role = format!("r_{}", db.name);
