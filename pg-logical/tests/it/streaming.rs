@@ -459,3 +459,71 @@ fn bench_against_pg_recvlogical() {
         theirs_secs / ours_secs
     );
 }
+
+#[test]
+fn through_an_ssh_tunnel_with_verify_full() {
+    // A database only the bastion can reach (a network namespace of its own).
+    let c = pg_testkit::start_cluster(pg_testkit::ClusterOptions {
+        tls: true,
+        private_network: true,
+        ..Default::default()
+    });
+    let b = pg_testkit::bastion::Bastion::start(&c);
+    let db = c.create_database("stream_tunnel");
+    let mut admin = c.client(&db.name);
+    admin
+        .batch_execute("CREATE TABLE a (id int PRIMARY KEY, v text)")
+        .unwrap();
+    slot::ensure_publication(&mut admin, "p", &[("public".into(), "a".into())]).unwrap();
+    let slot = slot_name(&db);
+    slot::create_slot_if_missing(&mut admin, &slot).unwrap();
+    admin
+        .batch_execute("INSERT INTO a VALUES (1, 'through the tunnel')")
+        .unwrap();
+    let end = slot::current_flush_lsn(&mut admin).unwrap();
+
+    let mut s = settings(&db);
+    s.host = "localhost".into();
+    s.port = c.port();
+    s.ssl_mode = SslMode::VerifyFull;
+    s.ssl_ca = Some(c.ca_cert().to_str().unwrap().to_owned());
+    s.ssh_tunnel = Some(pg_connect::SshTunnelSettings {
+        host: b.host().into(),
+        port: b.port(),
+        username: b.user().into(),
+        private_key: Some(b.private_key().to_str().unwrap().to_owned()),
+        private_key_password: None,
+        host_key: None,
+        known_hosts_file: Some(c.dir().join("known_hosts").to_str().unwrap().to_owned()),
+    });
+    let connector = pg_connect::Connector::new(s, "pg-logical-tunnel-test").unwrap();
+    assert!(connector.is_tunnelled());
+    let request = StartReplication {
+        slot: &slot,
+        publication: "p",
+        start: 0,
+        end,
+    };
+    let mut stream =
+        ReplicationStream::start(connector.settings(), "pg-logical-tunnel-test", &request).unwrap();
+    let ssl: bool = admin
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl JOIN pg_stat_replication USING (pid) \
+             WHERE application_name = 'pg-logical-tunnel-test'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(ssl, "TLS through the tunnel");
+    let lines: Vec<String> = stream.by_ref().map(|m| summary(&m.unwrap().1)).collect();
+    assert_eq!(
+        lines,
+        [
+            "B",
+            "R a",
+            r#"I [Some("1"), Some("through the tunnel")]"#,
+            "C"
+        ]
+    );
+    stream.finish().unwrap();
+}
