@@ -50,8 +50,14 @@ pub enum ReplicationError {
         user: String,
         reason: String,
     },
+    /// The server's error; `code` is its SQLSTATE (e.g. `55006`: the slot
+    /// is active for another process).
     #[error("{context}: {message}")]
-    Server { context: String, message: String },
+    Server {
+        context: String,
+        code: String,
+        message: String,
+    },
     #[error("replication connection failed")]
     Io(#[source] std::io::Error),
     #[error("unexpected replication message: {0}")]

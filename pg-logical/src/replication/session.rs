@@ -136,6 +136,7 @@ impl Session {
                     let e = server_error(frame).map_err(ReplicationError::Io)?;
                     return Err(ReplicationError::Server {
                         context: format!("starting replication from slot `{}`", request.slot),
+                        code: e.code,
                         message: e.text,
                     });
                 }
@@ -255,6 +256,7 @@ impl Session {
                     let e = server_error(frame).map_err(ReplicationError::Io)?;
                     return Err(ReplicationError::Server {
                         context: format!("streaming from replication slot `{}`", self.slot),
+                        code: e.code,
                         message: e.text,
                     });
                 }
@@ -351,6 +353,7 @@ impl Session {
                     let e = server_error(frame).map_err(ReplicationError::Io)?;
                     return Err(ReplicationError::Server {
                         context: format!("ending replication from slot `{}`", self.slot),
+                        code: e.code,
                         message: e.text,
                     });
                 }

@@ -19,7 +19,9 @@ use crate::Lsn;
 
 /// Messages per hand-over, at most.
 const BATCH: usize = 512;
-/// Hand-overs in flight: with [`BATCH`], what bounds memory.
+/// Bytes per hand-over, at most (one message more can go over it).
+const BATCH_BYTES: usize = 1 << 20;
+/// Hand-overs in flight: with [`BATCH_BYTES`], what bounds memory.
 const IN_FLIGHT: usize = 16;
 /// How often the socket thread looks up from a read or a full hand-over
 /// to send feedback or see that the reader is done.
@@ -172,6 +174,7 @@ fn pump(
 ) -> Result<Session, ReplicationError> {
     session.set_read_timeout(Some(TICK))?;
     let mut batch = Vec::with_capacity(BATCH);
+    let mut batch_bytes = 0;
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             return Ok(session);
@@ -182,8 +185,9 @@ fn pump(
         }
         match session.next_message() {
             Ok(Some(m)) => {
+                batch_bytes += m.1.len();
                 batch.push(m);
-                if batch.len() < BATCH && session.has_message() {
+                if batch.len() < BATCH && batch_bytes < BATCH_BYTES && session.has_message() {
                     continue;
                 }
             }
@@ -196,6 +200,7 @@ fn pump(
         }
         if !batch.is_empty() {
             let messages = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            batch_bytes = 0;
             if !hand_over(&mut session, shared, tx, Handover::Messages(messages)) {
                 return Ok(session);
             }

@@ -404,6 +404,7 @@ impl Wire {
         match error {
             Some(e) => Err(ReplicationError::Server {
                 context: format!("running `{}`", sql.split_whitespace().next().unwrap_or(sql)),
+                code: e.code,
                 message: e.text,
             }),
             None => Ok(rows),

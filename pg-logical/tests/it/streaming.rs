@@ -203,6 +203,43 @@ fn streams_changes_up_to_the_end_and_confirms_only_what_it_is_told() {
 }
 
 #[test]
+fn a_slot_in_use_is_refused_with_its_sqlstate() {
+    let (db, mut c) = setup("stream_busy_slot");
+    c.batch_execute("INSERT INTO a VALUES (1, 'x')").unwrap();
+    let end = slot::current_flush_lsn(&mut c).unwrap();
+    // Never reaching its end, it holds the slot.
+    let first = start(&db, 0, Lsn::MAX);
+    let slot = slot_name(&db);
+    let request = StartReplication {
+        slot: &slot,
+        publication: "p",
+        start: 0,
+        end,
+    };
+    let err = ReplicationStream::start(&settings(&db), "second", &request)
+        .err()
+        .unwrap();
+    let pid: i32 = c
+        .query_one(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .unwrap()
+        .get(0);
+    match &err {
+        pg_logical::replication::ReplicationError::Server { code, .. } => {
+            assert_eq!(code, "55006")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        format!("starting replication from slot `{slot}`: ERROR: replication slot \"{slot}\" is active for PID {pid}")
+    );
+    drop(first);
+}
+
+#[test]
 fn an_end_with_nothing_left_to_send_ends_the_run() {
     let (db, mut c) = setup("stream_idle_end");
     c.batch_execute("INSERT INTO b VALUES (1, 'not published')")
