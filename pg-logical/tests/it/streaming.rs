@@ -42,15 +42,24 @@ fn slot_name(db: &TestDb) -> String {
     slot::object_name(&format!("s_{}", db.name))
 }
 
-fn start(db: &TestDb, start: Lsn, end: Lsn) -> ReplicationStream {
-    let slot = slot_name(db);
-    let request = StartReplication {
-        slot: &slot,
+/// Publication `p` of `slot` from the slot's position to `end`.
+fn request(slot: &str, end: Lsn) -> StartReplication<'_> {
+    StartReplication {
+        slot,
         publication: "p",
-        start,
+        start: 0,
         end,
-    };
-    ReplicationStream::start(&settings(db), "pg-logical-streaming-test", &request).unwrap()
+    }
+}
+
+fn start(db: &TestDb, end: Lsn) -> ReplicationStream {
+    let slot = slot_name(db);
+    ReplicationStream::start(
+        &settings(db),
+        "pg-logical-streaming-test",
+        &request(&slot, end),
+    )
+    .unwrap()
 }
 
 /// One line per message, decoded by the pgoutput decoder.
@@ -126,7 +135,7 @@ fn streams_changes_up_to_the_end_and_confirms_only_what_it_is_told() {
         .unwrap();
 
     let peek = peeked(&mut c, &slot, end);
-    let mut stream = start(&db, 0, end);
+    let mut stream = start(&db, end);
     let messages: Vec<(Lsn, Vec<u8>)> = stream
         .by_ref()
         .map(|m| m.map(|(lsn, data)| (lsn, data.to_vec())))
@@ -179,7 +188,7 @@ fn streams_changes_up_to_the_end_and_confirms_only_what_it_is_told() {
     // A run that confirms nothing leaves the slot where it was, and the next
     // run starts after the confirmed transaction.
     let end = slot::current_flush_lsn(&mut c).unwrap();
-    let stream = start(&db, 0, end);
+    let stream = start(&db, end);
     let lines: Vec<String> = stream.map(|m| summary(&m.unwrap().1)).collect();
     assert_eq!(
         lines,
@@ -208,14 +217,9 @@ fn a_slot_in_use_is_refused_with_its_sqlstate() {
     c.batch_execute("INSERT INTO a VALUES (1, 'x')").unwrap();
     let end = slot::current_flush_lsn(&mut c).unwrap();
     // Never reaching its end, it holds the slot.
-    let first = start(&db, 0, Lsn::MAX);
+    let first = start(&db, Lsn::MAX);
     let slot = slot_name(&db);
-    let request = StartReplication {
-        slot: &slot,
-        publication: "p",
-        start: 0,
-        end,
-    };
+    let request = request(&slot, end);
     let err = ReplicationStream::start(&settings(&db), "second", &request)
         .err()
         .unwrap();
@@ -246,7 +250,7 @@ fn an_end_with_nothing_left_to_send_ends_the_run() {
         .unwrap();
     let end = slot::current_flush_lsn(&mut c).unwrap();
     let started = Instant::now();
-    let mut stream = start(&db, 0, end);
+    let mut stream = start(&db, end);
     assert!(stream.next().is_none());
     stream.finish().unwrap();
     assert!(
@@ -269,7 +273,7 @@ fn the_first_message_does_not_wait_for_the_backlog_and_a_dropped_reader_frees_th
     let end = slot::current_flush_lsn(&mut c).unwrap();
 
     let started = Instant::now();
-    let mut stream = start(&db, 0, end);
+    let mut stream = start(&db, end);
     let (_, first) = stream.next().unwrap().unwrap();
     let first_after = started.elapsed();
     assert_eq!(summary(&first), "B");
@@ -301,7 +305,7 @@ fn the_first_message_does_not_wait_for_the_backlog_and_a_dropped_reader_frees_th
     );
 
     // The whole range, to the end.
-    let stream = start(&db, 0, end);
+    let stream = start(&db, end);
     let lines: Vec<String> = stream.map(|m| summary(&m.unwrap().1)).collect();
     assert_eq!(
         lines,
@@ -333,12 +337,7 @@ fn a_busy_reader_is_not_timed_out() {
     let slot = slot_name(&db);
     let mut s = settings(&db);
     s.user = role;
-    let request = StartReplication {
-        slot: &slot,
-        publication: "p",
-        start: 0,
-        end,
-    };
+    let request = request(&slot, end);
     let mut stream = ReplicationStream::start(&s, "pg-logical-busy-test", &request).unwrap();
     assert_eq!(summary(&stream.next().unwrap().unwrap().1), "B");
     // The reader is busy (e.g. a slow destination) for 4 timeouts.
@@ -370,12 +369,7 @@ fn tls_verify_full_with_the_cluster_ca_and_scram() {
         .unwrap();
     let end = slot::current_flush_lsn(&mut c).unwrap();
     let slot = slot_name(&db);
-    let request = StartReplication {
-        slot: &slot,
-        publication: "p",
-        start: 0,
-        end,
-    };
+    let request = request(&slot, end);
     let mut s = settings(&db);
     s.host = "localhost".into();
     s.user = role.clone();
@@ -447,7 +441,7 @@ fn bench_against_pg_recvlogical() {
 
     let started = Instant::now();
     let mut n = 0u64;
-    for m in start(&db, 0, end) {
+    for m in start(&db, end) {
         let (_, data) = m.unwrap();
         if let Message::Insert(_) = pgoutput::decode(&data).unwrap() {
             n += 1;
@@ -535,12 +529,7 @@ fn through_an_ssh_tunnel_with_verify_full() {
     });
     let connector = pg_connect::Connector::new(s, "pg-logical-tunnel-test").unwrap();
     assert!(connector.is_tunnelled());
-    let request = StartReplication {
-        slot: &slot,
-        publication: "p",
-        start: 0,
-        end,
-    };
+    let request = request(&slot, end);
     let mut stream =
         ReplicationStream::start(connector.settings(), "pg-logical-tunnel-test", &request).unwrap();
     let ssl: bool = admin
