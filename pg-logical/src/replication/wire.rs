@@ -349,9 +349,10 @@ impl Wire {
                 self.input.reserve(1 + len - self.input.len());
             }
             let start = self.input.len();
+            // At most a chunk per read: the room is zeroed first, and a big
+            // message's whole room zeroed at every read would be quadratic.
             self.input.reserve(READ_CHUNK);
-            let room = self.input.capacity() - start;
-            self.input.resize(start + room, 0);
+            self.input.resize(start + READ_CHUNK, 0);
             let n = loop {
                 match self.socket.read(&mut self.input[start..]) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -219,8 +219,8 @@ fn a_slot_in_use_is_refused_with_its_sqlstate() {
     // Never reaching its end, it holds the slot.
     let first = start(&db, Lsn::MAX);
     let slot = slot_name(&db);
-    let request = request(&slot, end);
-    let err = ReplicationStream::start(&settings(&db), "second", &request)
+    let to_end = request(&slot, end);
+    let err = ReplicationStream::start(&settings(&db), "second", &to_end)
         .err()
         .unwrap();
     let pid: i32 = c
@@ -337,8 +337,8 @@ fn a_busy_reader_is_not_timed_out() {
     let slot = slot_name(&db);
     let mut s = settings(&db);
     s.user = role;
-    let request = request(&slot, end);
-    let mut stream = ReplicationStream::start(&s, "pg-logical-busy-test", &request).unwrap();
+    let to_end = request(&slot, end);
+    let mut stream = ReplicationStream::start(&s, "pg-logical-busy-test", &to_end).unwrap();
     assert_eq!(summary(&stream.next().unwrap().unwrap().1), "B");
     // The reader is busy (e.g. a slow destination) for 4 timeouts.
     std::thread::sleep(Duration::from_secs(4));
@@ -369,7 +369,7 @@ fn tls_verify_full_with_the_cluster_ca_and_scram() {
         .unwrap();
     let end = slot::current_flush_lsn(&mut c).unwrap();
     let slot = slot_name(&db);
-    let request = request(&slot, end);
+    let to_end = request(&slot, end);
     let mut s = settings(&db);
     s.host = "localhost".into();
     s.user = role.clone();
@@ -377,7 +377,7 @@ fn tls_verify_full_with_the_cluster_ca_and_scram() {
     s.ssl_mode = SslMode::VerifyFull;
 
     // The system store does not know the test CA.
-    let err = ReplicationStream::start(&s, "pg-logical-tls-test", &request)
+    let err = ReplicationStream::start(&s, "pg-logical-tls-test", &to_end)
         .err()
         .unwrap()
         .to_string();
@@ -389,7 +389,7 @@ fn tls_verify_full_with_the_cluster_ca_and_scram() {
     s.ssl_ca = Some(cluster().ca_cert().to_str().unwrap().to_owned());
     let mut wrong = s.clone();
     wrong.password = Some("wrong".into());
-    let err = ReplicationStream::start(&wrong, "pg-logical-tls-test", &request)
+    let err = ReplicationStream::start(&wrong, "pg-logical-tls-test", &to_end)
         .err()
         .unwrap()
         .to_string();
@@ -401,7 +401,7 @@ fn tls_verify_full_with_the_cluster_ca_and_scram() {
         )
     );
 
-    let mut stream = ReplicationStream::start(&s, "pg-logical-tls-test", &request).unwrap();
+    let mut stream = ReplicationStream::start(&s, "pg-logical-tls-test", &to_end).unwrap();
     let ssl: bool = c
         .query_one(
             "SELECT ssl FROM pg_stat_ssl JOIN pg_stat_replication USING (pid) \
@@ -417,6 +417,32 @@ fn tls_verify_full_with_the_cluster_ca_and_scram() {
         ["B", "R a", r#"I [Some("1"), Some("over TLS")]"#, "C"]
     );
     stream.finish().unwrap();
+
+    // Waiting on an idle server (the socket thread's reads time out every
+    // tick) loses nothing of the TLS stream.
+    let mut stream =
+        ReplicationStream::start(&s, "pg-logical-tls-test", &request(&slot, Lsn::MAX)).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    c.batch_execute("INSERT INTO a VALUES (2, 'later')")
+        .unwrap();
+    let lines: Vec<String> = stream
+        .by_ref()
+        .take(7)
+        .map(|m| summary(&m.unwrap().1))
+        .collect();
+    // Nothing was confirmed: the first transaction comes again.
+    assert_eq!(
+        lines,
+        [
+            "B",
+            "R a",
+            r#"I [Some("1"), Some("over TLS")]"#,
+            "C",
+            "B",
+            r#"I [Some("2"), Some("later")]"#,
+            "C"
+        ]
+    );
 }
 
 /// `cargo test -p pg-logical --release --test it streaming::bench -- --ignored --nocapture`:
@@ -529,9 +555,9 @@ fn through_an_ssh_tunnel_with_verify_full() {
     });
     let connector = pg_connect::Connector::new(s, "pg-logical-tunnel-test").unwrap();
     assert!(connector.is_tunnelled());
-    let request = request(&slot, end);
+    let to_end = request(&slot, end);
     let mut stream =
-        ReplicationStream::start(connector.settings(), "pg-logical-tunnel-test", &request).unwrap();
+        ReplicationStream::start(connector.settings(), "pg-logical-tunnel-test", &to_end).unwrap();
     let ssl: bool = admin
         .query_one(
             "SELECT ssl FROM pg_stat_ssl JOIN pg_stat_replication USING (pid) \
