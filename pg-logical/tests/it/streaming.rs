@@ -352,6 +352,82 @@ fn a_busy_reader_is_not_timed_out() {
 }
 
 #[test]
+fn every_sslmode_and_every_password_method() {
+    let (db, mut c) = setup("stream_modes");
+    let slot = slot_name(&db);
+    let ca = cluster().ca_cert().to_str().unwrap().to_owned();
+    let ssl_of = |c: &mut postgres::Client, app: &str| -> bool {
+        c.query_one(
+            "SELECT ssl FROM pg_stat_ssl JOIN pg_stat_replication USING (pid) \
+             WHERE application_name = $1",
+            &[&app],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let mut check = |s: &ConnectionSettings, app: &str| -> bool {
+        let stream = ReplicationStream::start(s, app, &request(&slot, Lsn::MAX))
+            .unwrap_or_else(|e| panic!("{app}: {e}"));
+        let ssl = ssl_of(&mut c, app);
+        drop(stream);
+        assert!(TestDb::wait_for(Duration::from_secs(5), || !slot_active(
+            &mut c, &slot
+        )));
+        ssl
+    };
+    // libpq: disable and allow stay plain when the server accepts plain.
+    for (mode, tls) in [
+        (SslMode::Disable, false),
+        (SslMode::Allow, false),
+        (SslMode::Prefer, true),
+        (SslMode::Require, true),
+        (SslMode::VerifyCa, true),
+        (SslMode::VerifyFull, true),
+    ] {
+        let mut s = settings(&db);
+        s.host = "localhost".into();
+        s.ssl_mode = mode;
+        if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) {
+            s.ssl_ca = Some(ca.clone());
+        }
+        assert_eq!(check(&s, &format!("mode-{}", mode.name())), tls, "{mode:?}");
+    }
+
+    let mut admin = db.client();
+    let (md5, plain) = (format!("m_{}", db.name), format!("p_{}", db.name));
+    admin
+        .batch_execute(&format!(
+            "SET password_encryption = 'md5'; \
+             CREATE ROLE \"{md5}\" LOGIN REPLICATION PASSWORD 'md5 pw'; \
+             SET password_encryption = 'scram-sha-256'; \
+             CREATE ROLE \"{plain}\" LOGIN REPLICATION PASSWORD 'plain pw'"
+        ))
+        .unwrap();
+    // Logical replication connections match `all`, never `replication`.
+    cluster().prepend_hba(&format!(
+        "host all \"{md5}\" 127.0.0.1/32 md5\n\
+         host all \"{plain}\" 127.0.0.1/32 password"
+    ));
+    for (user, password) in [(&md5, "md5 pw"), (&plain, "plain pw")] {
+        let mut s = settings(&db);
+        s.user = user.clone();
+        s.password = Some(password.into());
+        assert!(!check(&s, user));
+        s.password = Some("wrong".into());
+        let err = ReplicationStream::start(&s, user, &request(&slot, Lsn::MAX))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.ends_with(&format!(
+                "FATAL: password authentication failed for user \"{user}\""
+            )),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn tls_verify_full_with_the_cluster_ca_and_scram() {
     let (db, mut c) = setup("stream_tls");
     let role = format!("r_{}", db.name);
@@ -361,9 +437,10 @@ fn tls_verify_full_with_the_cluster_ca_and_scram() {
          GRANT SELECT ON a TO \"{role}\""
     ))
     .unwrap();
+    // Logical replication connections match `all` (or the database), never
+    // `replication` (physical only).
     cluster().prepend_hba(&format!(
-        "hostssl replication \"{role}\" 127.0.0.1/32 scram-sha-256\n\
-         hostssl all \"{role}\" 127.0.0.1/32 scram-sha-256"
+        "hostssl all \"{role}\" 127.0.0.1/32 scram-sha-256"
     ));
     c.batch_execute("INSERT INTO a VALUES (1, 'over TLS')")
         .unwrap();
