@@ -20,7 +20,7 @@ mod tunnel;
 
 pub use quote::{quote_ident, quote_literal, quote_qualified};
 pub use settings::{ConnectionSettings, SshTunnelSettings, SslMode, CONNECTION_SETTINGS};
-pub use tls::TlsError;
+pub use tls::{explain as explain_tls_failure, openssl_connector, TlsError};
 pub use tunnel::TunnelError;
 
 use std::time::Duration;

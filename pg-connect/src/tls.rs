@@ -61,8 +61,10 @@ fn pem_or_file(value: &str, what: &'static str) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// What to fix, for the TLS failures users meet most.
-fn explain(msg: String, s: &ConnectionSettings) -> String {
+/// What to fix, for the TLS failures users meet most (`msg`: the failure's
+/// whole text). Public for connections the driver does not make (the
+/// streaming replication protocol), so that they say the same.
+pub fn explain(msg: String, s: &ConnectionSettings) -> String {
     if msg.contains("server does not support TLS") {
         return format!(
             "the server does not offer TLS, but ssl_mode `{}` requires it: turn ssl on in the server's postgresql.conf, or set ssl_mode to prefer",
@@ -135,6 +137,19 @@ fn hba_refused(e: &postgres::Error) -> bool {
 }
 
 fn build_connector(s: &ConnectionSettings) -> Result<MakeTlsConnector, TlsError> {
+    let (connector, full) = openssl_connector(s)?;
+    let mut connector = MakeTlsConnector::new(connector);
+    connector.set_callback(move |cfg, _domain| {
+        cfg.set_verify_hostname(full);
+        Ok(())
+    });
+    Ok(connector)
+}
+
+/// The OpenSSL connector for `s`'s sslmode and certificates, and whether the
+/// host name must be checked too (verify-full): what every connection uses,
+/// also those the driver does not make (the streaming replication protocol).
+pub fn openssl_connector(s: &ConnectionSettings) -> Result<(SslConnector, bool), TlsError> {
     let tls_err = openssl("TLS set-up failed");
     let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(tls_err)?;
     let verify = match s.ssl_mode {
@@ -190,11 +205,5 @@ fn build_connector(s: &ConnectionSettings) -> Result<MakeTlsConnector, TlsError>
         }
         (None, None) => {}
     }
-    let mut connector = MakeTlsConnector::new(builder.build());
-    let full = s.ssl_mode == SslMode::VerifyFull;
-    connector.set_callback(move |cfg, _domain| {
-        cfg.set_verify_hostname(full);
-        Ok(())
-    });
-    Ok(connector)
+    Ok((builder.build(), s.ssl_mode == SslMode::VerifyFull))
 }

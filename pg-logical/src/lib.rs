@@ -24,6 +24,7 @@
 
 pub mod changes;
 pub mod pgoutput;
+pub mod replication;
 pub mod slot;
 
 pub use pgoutput::{format_lsn, parse_lsn, Lsn};

@@ -2,3 +2,4 @@
 
 mod real_server;
 mod slot_and_changes;
+mod streaming;
