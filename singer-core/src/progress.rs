@@ -196,7 +196,13 @@ impl Reporter {
             let rows: u64 = streams.values().map(|s| s.totals().0).sum();
             let secs = self.started.elapsed().as_secs_f64();
             let (elapsed_s, rows_per_s) = (tenths(secs), rate(rows, secs));
-            tracing::info!(streams = streams.len(), rows, rows_per_s, elapsed_s, "progress total");
+            tracing::info!(
+                streams = streams.len(),
+                rows,
+                rows_per_s,
+                elapsed_s,
+                "progress total"
+            );
         }
     }
 }
@@ -244,7 +250,13 @@ pub fn finish() {
     let rows: u64 = streams.iter().map(|s| s.totals().0).sum();
     let secs = reporter.started.elapsed().as_secs_f64();
     let (seconds, rows_per_s) = (tenths(secs), rate(rows, secs));
-    tracing::info!(streams = streams.len(), rows, rows_per_s, seconds, "run summary");
+    tracing::info!(
+        streams = streams.len(),
+        rows,
+        rows_per_s,
+        seconds,
+        "run summary"
+    );
 }
 
 #[cfg(test)]

@@ -174,7 +174,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!((s.get("a", "x"), n), (Some(&json!(2)), 2));
-        let (s, n) = State::from_json_values("{\n  \"bookmarks\": {\"a\": {\"x\": 3}}\n}\n").unwrap();
+        let (s, n) =
+            State::from_json_values("{\n  \"bookmarks\": {\"a\": {\"x\": 3}}\n}\n").unwrap();
         assert_eq!((s.get("a", "x"), n), (Some(&json!(3)), 1));
         assert_eq!(
             State::from_json("{}\n{oops").unwrap_err().to_string(),
