@@ -7,5 +7,6 @@ mod interop;
 mod log_based;
 mod logging;
 mod meltano;
+mod readme;
 mod roundtrip;
 mod secure;
