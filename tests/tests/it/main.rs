@@ -7,6 +7,7 @@ mod interop;
 mod log_based;
 mod logging;
 mod meltano;
+mod progress;
 mod readme;
 mod roundtrip;
 mod secure;

@@ -97,7 +97,12 @@ fn shell_pipe() {
     let tap = write_json(dir.path(), "tap.json", &src.config());
     write_json(dir.path(), "target.json", &dst.config());
     let mut catalog = e2e_tests::discover(&tap);
-    select(&mut catalog, &["public-items"], "INCREMENTAL", Some("updated_at"));
+    select(
+        &mut catalog,
+        &["public-items"],
+        "INCREMENTAL",
+        Some("updated_at"),
+    );
     write_json(dir.path(), "catalog.json", &catalog);
     bin("target-postgres-rs");
     let path = path_with_binaries(&[]);
@@ -196,7 +201,10 @@ fn meltano_quick_start() {
     let mut d = dst.client();
     for (table, rows) in [("orders", 30), ("customers", 10)] {
         let n: i64 = d
-            .query_one(&format!("SELECT count(*) FROM tap_postgres_rs.{table}"), &[])
+            .query_one(
+                &format!("SELECT count(*) FROM tap_postgres_rs.{table}"),
+                &[],
+            )
             .unwrap()
             .get(0);
         assert_eq!(n, rows, "{table}");
