@@ -48,7 +48,7 @@ fn tap_and_target_log_progress_and_summaries() {
         None,
     );
     let catalog = write_json(dir.path(), "catalog.json", &catalog);
-    let tap = Command::new(bin("tap-postgres-rs"))
+    let mut tap = Command::new(bin("tap-postgres-rs"))
         .arg("--config")
         .arg(&tap_config)
         .arg("--catalog")
@@ -67,10 +67,11 @@ fn tap_and_target_log_progress_and_summaries() {
         .arg(&target_config)
         .env("SINGER_PG_RS_PROGRESS_SECONDS", "0.2")
         .env_remove("RUST_LOG")
-        .stdin(tap.stdout.unwrap())
+        .stdin(tap.stdout.take().unwrap())
         .output()
         .unwrap();
-    let tap_err = std::io::read_to_string(tap.stderr.unwrap()).unwrap();
+    let tap_err = std::io::read_to_string(tap.stderr.take().unwrap()).unwrap();
+    assert!(tap.wait().unwrap().success(), "{tap_err}");
     let target_err = String::from_utf8_lossy(&target.stderr).into_owned();
     assert!(target.status.success(), "{target_err}");
 
