@@ -21,6 +21,7 @@ mod io;
 pub mod logging;
 mod message;
 pub mod metrics;
+pub mod progress;
 mod schema;
 mod state;
 

@@ -23,12 +23,25 @@ pub struct State {
 impl State {
     /// Parses a state file. Accepts the state value itself, a whole
     /// `{"type":"STATE","value":…}` message, an empty file, `{}` and `null`.
+    /// A file of several JSON values (a target's output: one state line per
+    /// commit) means its last one, the newest; see [`State::from_json_values`].
     pub fn from_json(text: &str) -> Result<State, StateError> {
-        if text.trim().is_empty() {
-            return Ok(State::default());
+        State::from_json_values(text).map(|(state, _)| state)
+    }
+
+    /// [`State::from_json`], also returning how many JSON values the text
+    /// held (more than 1: the last was taken), so the caller can say so.
+    pub fn from_json_values(text: &str) -> Result<(State, usize), StateError> {
+        let mut last = None;
+        let mut count = 0;
+        for v in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+            last = Some(v.map_err(|e| StateError(e.to_string()))?);
+            count += 1;
         }
-        let v: Value = serde_json::from_str(text).map_err(|e| StateError(e.to_string()))?;
-        State::from_value(v)
+        match last {
+            None => Ok((State::default(), 0)),
+            Some(v) => Ok((State::from_value(v)?, count)),
+        }
     }
 
     pub fn from_value(v: Value) -> Result<State, StateError> {
@@ -149,6 +162,24 @@ mod tests {
         assert_eq!(
             State::from_json("[1]").unwrap_err().to_string(),
             "invalid state: expected a JSON object, found [1]"
+        );
+    }
+
+    /// A target's output saved whole (`target ... > state.jsonl`): the last
+    /// line is the newest committed state; a pretty-printed file is one value.
+    #[test]
+    fn several_json_lines_mean_the_last() {
+        let (s, n) = State::from_json_values(
+            "{\"bookmarks\":{\"a\":{\"x\":1}}}\n{\"bookmarks\":{\"a\":{\"x\":2}}}\n",
+        )
+        .unwrap();
+        assert_eq!((s.get("a", "x"), n), (Some(&json!(2)), 2));
+        let (s, n) =
+            State::from_json_values("{\n  \"bookmarks\": {\"a\": {\"x\": 3}}\n}\n").unwrap();
+        assert_eq!((s.get("a", "x"), n), (Some(&json!(3)), 1));
+        assert_eq!(
+            State::from_json("{}\n{oops").unwrap_err().to_string(),
+            "invalid state: key must be a string at line 2 column 2"
         );
     }
 

@@ -23,6 +23,8 @@ pub struct StreamCtx<'a> {
     pub p: &'a Prepared,
     interval: u64,
     time_extracted: String,
+    /// Rows so far, for the progress lines a person watches.
+    progress: singer_core::progress::StreamProgress,
 }
 
 impl<'a> StreamCtx<'a> {
@@ -40,6 +42,7 @@ impl<'a> StreamCtx<'a> {
             p,
             interval: settings.state_interval,
             time_extracted: record::format_time(chrono::Utc::now()),
+            progress: singer_core::progress::stream(&p.id),
         })
     }
 
@@ -53,7 +56,8 @@ impl<'a> StreamCtx<'a> {
         state.set_currently_syncing(None);
         out.write_state(&state.to_value())?;
         out.flush()?;
-        tracing::info!(stream = %self.p.id, records = count, "sync finished");
+        tracing::debug!(stream = %self.p.id, records = count, "stream done");
+        singer_core::progress::end_stream(&self.progress);
         Ok(())
     }
 
@@ -176,6 +180,7 @@ pub fn emit_rows<W: Write>(
         count += 1;
         since_checkpoint += 1;
         counter.add(1);
+        ctx.progress.rows(1);
         if since_checkpoint >= ctx.interval {
             since_checkpoint = 0;
             checkpoint(&tracker, out)?;

@@ -143,7 +143,15 @@ fn run(tap: &Connector, args: Args) -> anyhow::Result<()> {
                 Some(path) => {
                     let text = std::fs::read_to_string(path)
                         .with_context(|| format!("cannot read state {}", path.display()))?;
-                    State::from_json(&text).with_context(|| format!("state {}", path.display()))?
+                    let (state, values) = State::from_json_values(&text)
+                        .with_context(|| format!("state {}", path.display()))?;
+                    if values > 1 {
+                        tracing::info!(
+                            "state {} holds {values} JSON lines: using the last one (the newest state the target committed)",
+                            path.display()
+                        );
+                    }
+                    state
                 }
             };
             let mut client = connector.connect()?;

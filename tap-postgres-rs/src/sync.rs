@@ -26,6 +26,7 @@ pub fn run<W: Write>(
     settings: &TapSettings,
     out: &mut MessageWriter<W>,
 ) -> Result<(), SyncError> {
+    singer_core::progress::start(singer_core::progress::Role::Tap);
     client
         .batch_execute("SET synchronize_seqscans = off; SET max_parallel_workers_per_gather = 0")
         .map_err(|e| SyncError::Session(QueryError(e)))?;
@@ -67,6 +68,7 @@ pub fn run<W: Write>(
     state.set_currently_syncing(None);
     out.write_state(&state.to_value())?;
     out.flush()?;
+    singer_core::progress::finish();
     if skipped.is_empty() {
         Ok(())
     } else {

@@ -8,6 +8,11 @@ use pg_logical::replication::{ReplicationStream, StartReplication};
 use pg_logical::{slot, Lsn};
 use pg_testkit::{cluster, TestDb};
 
+const OPTIONS: slot::PublicationOptions = slot::PublicationOptions {
+    via_partition_root: false,
+    generated_columns: false,
+};
+
 fn settings(db: &TestDb) -> ConnectionSettings {
     ConnectionSettings {
         host: db.host.clone(),
@@ -33,7 +38,14 @@ fn setup(hint: &str) -> (TestDb, postgres::Client) {
         "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int, pad text)",
     )
     .unwrap();
-    slot::ensure_publication(&mut c, "p", &[("public".into(), "a".into())]).unwrap();
+    slot::ensure_publication(
+        &mut c,
+        "p",
+        &[("public".into(), "a".into())],
+        &OPTIONS,
+        false,
+    )
+    .unwrap();
     slot::create_slot_if_missing(&mut c, &slot_name(&db)).unwrap();
     (db, c)
 }
@@ -608,7 +620,14 @@ fn through_an_ssh_tunnel_with_verify_full() {
     admin
         .batch_execute("CREATE TABLE a (id int PRIMARY KEY, v text)")
         .unwrap();
-    slot::ensure_publication(&mut admin, "p", &[("public".into(), "a".into())]).unwrap();
+    slot::ensure_publication(
+        &mut admin,
+        "p",
+        &[("public".into(), "a".into())],
+        &OPTIONS,
+        false,
+    )
+    .unwrap();
     let slot = slot_name(&db);
     slot::create_slot_if_missing(&mut admin, &slot).unwrap();
     admin

@@ -142,6 +142,9 @@ struct Emitter<'s, W: Write> {
     out: &'s mut MessageWriter<W>,
     time_extracted: String,
     counters: HashMap<String, Counter>,
+    /// Changes per stream for the progress lines (`<stream> (log)`: apart
+    /// from the stream's initial copy).
+    progress: HashMap<String, singer_core::progress::StreamProgress>,
 }
 
 impl<W: Write> Emitter<'_, W> {
@@ -186,6 +189,10 @@ impl<W: Write> Emitter<'_, W> {
             .entry(s.p.id.clone())
             .or_insert_with(|| Counter::new("record_count", tags([("stream", json!(s.p.id))])))
             .add(1);
+        self.progress
+            .entry(s.p.id.clone())
+            .or_insert_with(|| singer_core::progress::stream(&format!("{} (log)", s.p.id)))
+            .rows(1);
         Ok(())
     }
 }
@@ -404,6 +411,7 @@ pub fn read_changes<W: Write>(
         out,
         time_extracted: record::format_time(chrono::Utc::now()),
         counters: HashMap::new(),
+        progress: HashMap::new(),
     };
     tracing::info!(upto = %format_lsn(end), "reading the log");
     let mut changes = ChangeStream::open(

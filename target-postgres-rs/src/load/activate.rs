@@ -52,7 +52,19 @@ impl<W: Write> Loader<W> {
             Ok(0)
         }
         .map_err(check)?;
-        tracing::info!(stream = %m.stream, version = m.version, rows = n, "activated version");
+        // A FULL_TABLE run activates its version at its start and its end:
+        // only a change is news at info level.
+        if n == 0 {
+            tracing::debug!(stream = %m.stream, version = m.version, "activated version: no rows of older versions");
+        } else if self.settings.hard_delete {
+            tracing::info!(stream = %m.stream, version = m.version, rows = n, "activated version: {n} rows of older versions deleted");
+        } else {
+            tracing::info!(
+                stream = %m.stream, version = m.version, rows = n,
+                "activated version: {n} rows of older versions marked deleted ({DELETED_AT}); live rows: WHERE {DELETED_AT} IS NULL"
+            );
+        }
+        singer_core::progress::stream(&m.stream).deleted(n);
         Ok(())
     }
 }

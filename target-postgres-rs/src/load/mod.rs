@@ -107,6 +107,7 @@ impl<W: Write> Loader<W> {
 
     /// Loads every message, then commits what is pending.
     pub fn run<I: Iterator<Item = Item>>(&mut self, input: &mut Input<I>) -> Result<(), LoadError> {
+        singer_core::progress::start(singer_core::progress::Role::Target);
         while let Some(item) = input.next() {
             let (line, message) = item?;
             match message {
@@ -116,7 +117,9 @@ impl<W: Write> Loader<W> {
                 Message::ActivateVersion(a) => self.activate_version(a)?,
             }
         }
-        self.flush()
+        self.flush()?;
+        singer_core::progress::finish();
+        Ok(())
     }
 
     fn begin(&mut self) -> Result<(), LoadError> {
@@ -243,6 +246,7 @@ impl<W: Write> Loader<W> {
     /// Merges every pending stream, commits, notifies, then emits STATE.
     pub fn flush(&mut self) -> Result<(), LoadError> {
         let mut written = Vec::new();
+        let mut committed = Vec::new();
         let hard_delete = self.settings.hard_delete;
         let mut names: Vec<&String> = self.streams.keys().collect();
         names.sort();
@@ -269,7 +273,8 @@ impl<W: Write> Loader<W> {
                 written.push(json!({"schema": table.schema, "table": table.table, "rows": rows}));
                 st.info.empty = false;
             }
-            tracing::info!(stream = %name, table = %table.qualified(), rows, staged, merge_ms, "batch loaded");
+            tracing::debug!(stream = %name, table = %table.qualified(), rows, staged, merge_ms, "batch loaded");
+            committed.push((name.clone(), rows as u64));
             st.batch = Batch::new();
         }
         if let (Some(channel), false) = (&self.settings.notify_channel, written.is_empty()) {
@@ -283,6 +288,9 @@ impl<W: Write> Loader<W> {
                 .batch_execute("COMMIT")
                 .map_err(session("COMMIT"))?;
             self.in_tx = false;
+        }
+        for (name, rows) in committed {
+            singer_core::progress::stream(&name).batch(rows);
         }
         self.state.committed()?;
         Ok(())

@@ -3,13 +3,12 @@
 //! that might (a key loaded before, a repeat) is merged. Either way the table
 //! ends with the last record per key.
 
-use crate::common::run;
-
 /// Runs the target in batches of 4: (exit 0, stderr).
 fn run_target(db: &pg_testkit::TestDb, input: &str) -> (bool, String) {
-    let r = run(
-        db,
-        serde_json::json!({"batch_size_rows": 4}),
+    // "batch loaded" lines are debug-level.
+    let cfg = crate::common::config(db, serde_json::json!({"batch_size_rows": 4}));
+    let r = pg_testkit::process::run(
+        crate::common::target(cfg.path()).env("RUST_LOG", "target_postgres_rs=debug"),
         input.as_bytes(),
     );
     assert!(r.stdin_ok, "the target stopped reading: {}", r.stderr);

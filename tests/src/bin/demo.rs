@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release --bin demo                  # throwaway server, ~430k rows
-//! cargo run --release --bin demo -- --scale 5     # five times the rows
+//! cargo run --release --bin demo -- --scale 5     # five times the rows (any N >= 1)
 //! PGPASSWORD=... cargo run --release --bin demo -- --host db.example --port 5432 --user me
 //! ```
 
@@ -40,8 +40,11 @@ impl Server {
         }
         c.connect(postgres::NoTls).unwrap_or_else(|e| {
             eprintln!(
-                "demo: cannot connect to {}:{} as {}: {e}",
-                self.host, self.port, self.user
+                "demo: cannot connect to {}:{} as {}: {}",
+                self.host,
+                self.port,
+                self.user,
+                chain(&e)
             );
             std::process::exit(1);
         })
@@ -54,49 +57,37 @@ impl Server {
     }
 }
 
+/// demo: throwaway Postgres + sample database + tap-postgres-rs | target-postgres-rs
+#[derive(clap::Parser, Debug)]
+#[command(name = "demo")]
 struct Args {
+    /// Multiply the sample's ~430k rows by N.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     scale: u64,
+    /// Use your server instead of a throwaway one (password from PGPASSWORD).
+    #[arg(long, value_name = "H")]
     host: Option<String>,
+    /// Its port.
+    #[arg(long, default_value_t = 5432, value_name = "P")]
     port: u16,
+    /// Its user.
+    #[arg(long, default_value = "postgres", value_name = "U")]
     user: String,
 }
 
-fn parse_args() -> Args {
-    let mut args = Args {
-        scale: 1,
-        host: None,
-        port: 5432,
-        user: "postgres".into(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| {
-            it.next().unwrap_or_else(|| {
-                eprintln!("demo: {name} needs a value");
-                std::process::exit(2)
-            })
-        };
-        match a.as_str() {
-            "--scale" => args.scale = value("--scale").parse().unwrap_or(1).max(1),
-            "--host" => args.host = Some(value("--host")),
-            "--port" => args.port = value("--port").parse().unwrap_or(5432),
-            "--user" => args.user = value("--user"),
-            "-h" | "--help" => {
-                println!(
-                    "demo: throwaway Postgres + sample database + tap-postgres-rs | target-postgres-rs\n\n\
-                     Options:\n  --scale N     multiply the sample's ~430k rows by N (default 1)\n  \
-                     --host H      use your server instead of a throwaway one (password from PGPASSWORD)\n  \
-                     --port P      its port (default 5432)\n  --user U      its user (default postgres)"
-                );
-                std::process::exit(0);
-            }
-            other => {
-                eprintln!("demo: unknown argument {other:?} (try --help)");
-                std::process::exit(2);
-            }
+/// An error and its causes: `postgres::Error` alone says only `db error`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let said = s.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
         }
+        source = s.source();
     }
-    args
+    text
 }
 
 /// The sample: a small shop. Deterministic (no random()), varied types.
@@ -111,14 +102,14 @@ fn sample_sql(scale: u64) -> String {
              (ARRAY['DE','FR','US','JP','BR','IN'])[1 + i % 6], '2020-01-01'::timestamptz + i * interval '17 minutes',
              round((i % 100000)::numeric / 7, 2), ARRAY['t' || (i % 5), 'vip' || (i % 3)],
              jsonb_build_object('newsletter', i % 2 = 0, 'lang', (ARRAY['de','fr','en'])[1 + i % 3])
-           FROM generate_series(1, {customers}) i;
+           FROM generate_series(1::bigint, {customers}) i;
          CREATE TABLE products (
              id integer PRIMARY KEY, sku uuid NOT NULL, name varchar(120), price numeric(10,2),
              weight_kg real, active boolean, dims jsonb);
          INSERT INTO products SELECT i, md5('sku' || i)::uuid, 'Product ' || i || E' \\u2014 \"special\"',
              round((i % 5000)::numeric / 3 + 1, 2), (i % 97) / 10.0, i % 11 <> 0,
              jsonb_build_object('w', i % 50, 'h', i % 30, 'd', i % 20)
-           FROM generate_series(1, {products}) i;
+           FROM generate_series(1::bigint, {products}) i;
          CREATE TABLE orders (
              id bigint PRIMARY KEY, customer_id bigint NOT NULL REFERENCES customers, placed_at timestamptz NOT NULL,
              status order_status NOT NULL, total numeric(14,2), shipping_address text, client_ip inet, notes text);
@@ -127,12 +118,12 @@ fn sample_sql(scale: u64) -> String {
              round((i % 100000)::numeric / 9, 2), i || E' Main Street\\nApt ' || (i % 50),
              ('10.' || (i % 256) || '.' || (i / 256 % 256) || '.1')::inet,
              CASE WHEN i % 13 = 0 THEN E'gift\\twrap, \"fragile\" \\\\ ok' END
-           FROM generate_series(1, {orders}) i;
+           FROM generate_series(1::bigint, {orders}) i;
          CREATE TABLE order_items (
              order_id bigint REFERENCES orders, line smallint, product_id integer REFERENCES products,
              quantity integer NOT NULL, unit_price numeric(10,2), PRIMARY KEY (order_id, line));
          INSERT INTO order_items SELECT o, l, 1 + (o * 31 + l) % {products}, 1 + (o + l) % 5, round(((o + l) % 5000)::numeric / 3 + 1, 2)
-           FROM generate_series(1, {orders}) o, generate_series(1, 2 + (o % 2)::int) l;
+           FROM generate_series(1::bigint, {orders}) o, generate_series(1, 2 + (o % 2)::int) l;
          CREATE TABLE events (
              id bigint PRIMARY KEY, occurred_at timestamptz NOT NULL, kind text, payload jsonb, duration interval,
              latency_ms double precision);
@@ -140,7 +131,7 @@ fn sample_sql(scale: u64) -> String {
              (ARRAY['view','click','purchase','refund'])[1 + i % 4],
              jsonb_build_object('page', '/p/' || (i % 500), 'ua', 'Mozilla/5.0', 'items', jsonb_build_array(i % 7, i % 11)),
              (i % 3600) * interval '1 second', (i % 10000) / 7.0
-           FROM generate_series(1, {events}) i;
+           FROM generate_series(1::bigint, {events}) i;
          ANALYZE;",
         customers = n(20_000),
         products = n(2_000),
@@ -170,8 +161,16 @@ struct StreamStats {
 }
 
 fn main() {
-    let args = parse_args();
+    let args = <Args as clap::Parser>::parse();
     let started = Instant::now();
+    // `bin` builds the two binaries behind `cargo --quiet`: say why it waits.
+    eprint!(
+        "demo: building tap-postgres-rs and target-postgres-rs ({}, first run takes about 1-2 minutes) ... ",
+        if cfg!(debug_assertions) { "debug" } else { "release" }
+    );
+    bin("tap-postgres-rs");
+    bin("target-postgres-rs");
+    eprintln!("{:.1} s", started.elapsed().as_secs_f64());
     let server = match &args.host {
         Some(h) => Server {
             host: h.clone(),
@@ -202,9 +201,10 @@ fn main() {
     {
         let mut admin = server.client("postgres");
         for db in [&source, &target] {
-            admin
-                .batch_execute(&format!("CREATE DATABASE \"{db}\""))
-                .unwrap();
+            if let Err(e) = admin.batch_execute(&format!("CREATE DATABASE \"{db}\"")) {
+                eprintln!("demo: cannot create database {db}: {}", chain(&e));
+                std::process::exit(1);
+            }
         }
     }
     let result = std::panic::catch_unwind(|| run(&server, &source, &target, args.scale));
@@ -226,17 +226,16 @@ fn main() {
 fn run(server: &Server, source: &str, target: &str, scale: u64) -> bool {
     let t = Instant::now();
     eprint!("demo: creating the sample database (customers, products, orders, order_items, events) ... ");
-    server
-        .client(source)
-        .batch_execute(&sample_sql(scale))
-        .unwrap();
+    if let Err(e) = server.client(source).batch_execute(&sample_sql(scale)) {
+        eprintln!("\ndemo: creating the sample failed: {}", chain(&e));
+        return false;
+    }
     eprintln!("{:.1} s", t.elapsed().as_secs_f64());
 
     let dir = tempfile::tempdir().unwrap();
     let tap_config = write_json(dir.path(), "tap.json", &server.config(source));
     let target_config = write_json(dir.path(), "target.json", &server.config(target));
-    let tap = bin("tap-postgres-rs");
-    let target_bin = bin("target-postgres-rs");
+    let (tap, target_bin) = (bin("tap-postgres-rs"), bin("target-postgres-rs"));
 
     let out = Command::new(&tap)
         .arg("--config")

@@ -8,5 +8,7 @@ mod interop;
 mod log_based;
 mod logging;
 mod meltano;
+mod progress;
+mod readme;
 mod roundtrip;
 mod secure;
