@@ -202,8 +202,9 @@ fn encode_value(
             uuid(out, &s).ok_or(Fallback)?;
         }
         Jsonb | Json => {
-            // jsonb rejects \u0000; let the text path judge anything unusual.
-            if t.contains("\\u0000") {
+            // jsonb rejects \u0000 (json keeps it verbatim); let the text
+            // path judge it.
+            if kind == Jsonb && t.contains("\\u0000") {
                 return Err(BinError::Fallback);
             }
             if kind == Jsonb {

@@ -14,8 +14,11 @@ pub enum TextKind {
     Scalar,
     /// `timestamp[tz]`: text, with a doubled UTC offset repaired.
     Timestamp,
-    /// `json`/`jsonb`: the value's JSON text, strings included.
+    /// `jsonb`: the value's JSON text, strings included (no `\u0000`: jsonb can't hold NUL).
     Json,
+    /// `json`: the value's JSON text verbatim; `json` stores its text as
+    /// given, so a `\u0000` escape is kept too.
+    JsonText,
     /// A Postgres array: JSON arrays become array literals.
     Array(Element),
     /// `bytea`: hex strings get the `\x` prefix Postgres needs.
@@ -29,9 +32,11 @@ pub enum TextKind {
 pub enum Element {
     /// Nested JSON arrays are dimensions; scalars are written as their text.
     Scalar,
-    /// `json[]`/`jsonb[]`: each item of the top-level array is one JSON value
+    /// `jsonb[]`: each item of the top-level array is one JSON value
     /// (a JSON array item is a value, not a dimension).
     Json,
+    /// `json[]`: as `jsonb[]`, each item kept verbatim (`\u0000` included).
+    JsonText,
     /// `bytea[]`: hex strings with the `\x` prefix.
     Bytea,
     /// `hstore[]`: objects as hstore literals.
@@ -41,7 +46,7 @@ pub enum Element {
 /// Why a value can't be written (the caller names stream, line and column).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
-    #[error("contains a NUL character (\\u0000), which Postgres can't store; set `sanitize_null_text_characters: true` to strip it")]
+    #[error("contains a NUL character (\\u0000), which text and jsonb columns can't hold; set `sanitize_null_text_characters: true` to strip it, or declare the column `json` (`x-sql-datatype`), which keeps it")]
     Nul,
     #[error("is not valid JSON: {0}")]
     Json(String),
@@ -78,6 +83,7 @@ pub fn encode_value(
         Some(b'n') => out.extend_from_slice(b"\\N"),
         Some(b'"') => match kind {
             TextKind::Json => json_text(out, raw, strip_nul)?,
+            TextKind::JsonText => copy_escape(out, bytes),
             _ => {
                 let s = unescape(raw, strip_nul)?;
                 match kind {
@@ -103,6 +109,7 @@ pub fn encode_value(
             hstore_literal(&mut lit, raw, strip_nul)?;
             copy_escape(out, lit.as_bytes());
         }
+        Some(b'[' | b'{') if kind == TextKind::JsonText => copy_escape(out, bytes),
         Some(b'[' | b'{') => json_text(out, raw, strip_nul)?,
         // Numbers and booleans: the exact text sent; it needs no escaping.
         Some(_) => out.extend_from_slice(bytes),
@@ -195,6 +202,7 @@ fn array_literal(
         match (t.as_bytes().first(), element) {
             (Some(b'n'), _) => lit.push_str("NULL"),
             // Each item of a json[] is one JSON value, whatever its shape.
+            (Some(_), Element::JsonText) => quote_element(lit, t),
             (Some(_), Element::Json) => {
                 if has_nul_escape(t) && !strip_nul {
                     return Err(EncodeError::Nul);
@@ -377,6 +385,17 @@ mod tests {
             "2019-12-18T13:19:44+02:00"
         );
         assert_eq!(enc(r#""infinity""#, Timestamp), "infinity");
+    }
+
+    #[test]
+    fn json_keeps_nul_escapes_verbatim() {
+        use TextKind::*;
+        assert_eq!(enc(r#"{"k":"a\u0000b"}"#, JsonText), r#"{"k":"a\\u0000b"}"#);
+        assert_eq!(enc(r#""\u0000""#, JsonText), r#""\\u0000""#);
+        assert_eq!(
+            enc(r#"["\u0000",null]"#, Array(Element::JsonText)),
+            r#"{"\\"\\\\u0000\\"",NULL}"#
+        );
     }
 
     #[test]

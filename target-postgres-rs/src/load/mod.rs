@@ -27,8 +27,8 @@ use crate::evolve::{ensure_table, resolve_type, TableInfo};
 use crate::naming::{table_for_stream, TableName};
 use crate::settings::{LoadMethod, TargetSettings};
 use crate::state::StateOut;
-use crate::stream::{Source, StreamShape, DELETED_AT};
-use crate::types::{declared_sql_type, json_schema_type, ColumnType};
+use crate::stream::{Source, StreamShape, Wanted, DELETED_AT};
+use crate::types::{declared_sql_type, json_schema_type, unbounded_integer, ColumnType};
 
 pub use error::LoadError;
 use error::{db_err, session};
@@ -63,6 +63,9 @@ struct StreamLoad {
     /// Binary COPY kinds, when every column has one (and text COPY isn't asked for).
     binary: Option<Vec<BinKind>>,
     info: TableInfo,
+    /// Per column: a value beyond bigint widens it to numeric (an unbounded
+    /// integer whose column is still an integer type; never a key).
+    grows: Vec<bool>,
     /// Staging table name (unique per stream in this run).
     stage: String,
     keying: Keying,
@@ -175,17 +178,25 @@ impl<W: Write> Loader<W> {
             }
         }
         let cache = &self.type_cache;
-        let mut type_for = |prop: &str, sub: &JsonSchema| -> String {
+        let mut type_for = |prop: &str, sub: &JsonSchema| -> Wanted {
             if let Some(t) = declared_sql_type(sub) {
                 match cache.get(t) {
-                    Some(Some(resolved)) => return resolved.clone(),
+                    Some(Some(resolved)) => {
+                        return Wanted {
+                            sql: resolved.clone(),
+                            grows_to_numeric: false,
+                        }
+                    }
                     _ => tracing::warn!(
                         stream = %stream, property = prop, r#type = t,
                         "the destination has no such type; using the JSON Schema mapping"
                     ),
                 }
             }
-            json_schema_type(sub)
+            Wanted {
+                sql: json_schema_type(sub),
+                grows_to_numeric: unbounded_integer(sub),
+            }
         };
         let use_keys = self.settings.load_method != LoadMethod::AppendOnly;
         let shape = StreamShape::new(
@@ -200,6 +211,9 @@ impl<W: Write> Loader<W> {
         let info = ensure_table(&mut self.client, &shape, use_keys)
             .map_err(|e| db_err(&stream, &table, "creating or altering the table", &e))?;
         let text = info.types.iter().map(ColumnType::text_kind).collect();
+        let grows = (shape.columns.iter().zip(&info.types).enumerate())
+            .map(|(i, (c, t))| c.grows_to_numeric && t.is_integer() && !shape.keys.contains(&i))
+            .collect();
         let binary = if self.settings.text_copy {
             None
         } else {
@@ -214,6 +228,7 @@ impl<W: Write> Loader<W> {
             text,
             binary,
             info,
+            grows,
             stage,
             keying,
             batch: Batch::new(),

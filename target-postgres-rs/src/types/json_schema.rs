@@ -57,6 +57,14 @@ pub fn json_schema_type(schema: &JsonSchema) -> String {
     t.to_owned()
 }
 
+/// A JSON Schema integer with no bounds: its column is `bigint` until a
+/// value beyond bigint arrives, then `numeric` (see [`crate::stream::Column`]).
+pub fn unbounded_integer(schema: &JsonSchema) -> bool {
+    schema.non_null_types().as_slice() == ["integer"]
+        && schema.minimum.is_none()
+        && schema.maximum.is_none()
+}
+
 fn fits_bigint(schema: &JsonSchema) -> bool {
     let within = |n: &Option<serde_json::Number>| match n {
         None => true,

@@ -10,7 +10,7 @@
 mod json_schema;
 mod widen;
 
-pub use json_schema::{declared_sql_type, json_schema_type};
+pub use json_schema::{declared_sql_type, json_schema_type, unbounded_integer};
 pub use widen::widen;
 
 use postgres::types::Type;
@@ -101,7 +101,7 @@ static BUILTINS: [Builtin; 17] = {
         b("date", Type::DATE, T::Scalar, Some(B::Date), false, true, F::Date),
         b("uuid", Type::UUID, T::Scalar, Some(B::Uuid), false, true, F::Other),
         b("jsonb", Type::JSONB, T::Json, Some(B::Jsonb), false, false, F::Json),
-        b("json", Type::JSON, T::Json, Some(B::Json), false, false, F::Json),
+        b("json", Type::JSON, T::JsonText, Some(B::Json), false, false, F::Json),
         b("bytea", Type::BYTEA, T::Bytea, Some(B::Bytea), false, false, F::Other),
     ]
 };
@@ -146,6 +146,7 @@ impl ColumnType {
         }
         TextKind::Array(match scalar {
             TextKind::Json => Element::Json,
+            TextKind::JsonText => Element::JsonText,
             TextKind::Bytea => Element::Bytea,
             TextKind::Hstore => Element::Hstore,
             _ => Element::Scalar,
