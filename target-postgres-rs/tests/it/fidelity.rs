@@ -180,3 +180,147 @@ fn integers_beyond_bigint_land_exactly() {
         assert_eq!(column(db, "b", "neg"), some(&["-9223372036854775809"]));
     });
 }
+
+fn declared(t: &str, json_type: Value) -> Value {
+    json!({"type": json_type, "x-sql-datatype": t})
+}
+
+#[test]
+fn types_without_a_modifier_keep_their_unbounded_meaning() {
+    both_formats("unmodified", |db, c| {
+        let props = json!({
+            "ch": declared("character", json!(["null", "string"])),
+            "chs": declared("character[]", json!(["null", "array"])),
+            "ch3": declared("character(3)", json!(["null", "string"])),
+            "b": declared("bit", json!(["null", "string"])),
+            "b4": declared("bit(4)", json!(["null", "string"])),
+            "vc": declared("character varying", json!(["null", "string"])),
+            "n": declared("numeric", json!(["null", "number"])),
+            "ts": declared("timestamp", json!(["null", "string"])),
+        });
+        let r = run(
+            db,
+            c,
+            &input(
+                "m",
+                props,
+                &[
+                    r#"{"ch": "foo", "chs": ["ab", "cde"], "ch3": "ab", "b": "101101", "b4": "1010", "vc": "any length", "n": 1.2345678901234567890123, "ts": "2020-01-02 03:04:05.123456"}"#,
+                ],
+            ),
+        );
+        assert!(r.ok, "{}", r.stderr);
+        for (col, ty) in [
+            ("ch", "bpchar"),
+            ("chs", "bpchar[]"),
+            ("ch3", "character(3)"),
+            ("b", "\"bit\""),
+            ("b4", "bit(4)"),
+            ("vc", "character varying"),
+            ("n", "numeric"),
+            ("ts", "timestamp without time zone"),
+        ] {
+            assert_eq!(column_type(db, "m", col), ty, "column {col}");
+        }
+        let got: Vec<_> = ["ch", "chs", "ch3", "b", "b4", "vc", "n", "ts"]
+            .iter()
+            .map(|col| column(db, "m", col).remove(0).unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "foo",
+                "{ab,cde}",
+                "ab",
+                "101101",
+                "1010",
+                "any length",
+                "1.2345678901234567890123",
+                "2020-01-02 03:04:05.123456"
+            ]
+        );
+    });
+}
+
+#[test]
+fn domains_are_written_as_their_base_type() {
+    both_formats("domains", |db, c| {
+        db.client()
+            .batch_execute(
+                "CREATE DOMAIN public.ints AS integer[]; \
+                 CREATE DOMAIN public.pos AS integer CHECK (VALUE > 0); \
+                 CREATE DOMAIN public.pos_ints AS public.ints CHECK (cardinality(VALUE) > 0); \
+                 CREATE DOMAIN public.doc AS jsonb; \
+                 CREATE DOMAIN public.blob AS bytea; \
+                 CREATE DOMAIN public.texts AS text[]",
+            )
+            .unwrap();
+        let props = json!({
+            "a": declared("public.ints", json!(["null", "array"])),
+            "p": declared("public.pos", json!(["null", "integer"])),
+            "pa": declared("public.pos_ints", json!(["null", "array"])),
+            "j": declared("public.doc", json!(["null", "object", "array"])),
+            "bl": declared("public.blob", json!(["null", "string"])),
+            "t": declared("public.texts", json!(["null", "array"])),
+        });
+        let rec = r#"{"a": [2, 2], "p": 7, "pa": [[1, 2], [3, 4]], "j": [1, {"k": "v"}], "bl": "00ff", "t": ["a,b", null, "c\"d"]}"#;
+        let r = run(db, c.clone(), &input("d", props.clone(), &[rec]));
+        assert!(r.ok, "{}", r.stderr);
+        for (col, ty, value) in [
+            ("a", "ints", "{2,2}"),
+            ("p", "pos", "7"),
+            ("pa", "pos_ints", "{{1,2},{3,4}}"),
+            ("j", "doc", r#"[1, {"k": "v"}]"#),
+            ("bl", "blob", "\\x00ff"),
+            ("t", "texts", r#"{"a,b",NULL,"c\"d"}"#),
+        ] {
+            assert_eq!(column_type(db, "d", col), ty, "column {col}");
+            assert_eq!(column(db, "d", col), some(&[value]), "column {col}");
+        }
+        // The same SCHEMA again, into the existing table: the same codec.
+        let r = run(db, c, &input("d", props, &[rec]));
+        assert!(r.ok, "{}", r.stderr);
+        assert_eq!(
+            column(db, "d", "pa"),
+            some(&["{{1,2},{3,4}}", "{{1,2},{3,4}}"])
+        );
+    });
+}
+
+#[test]
+fn a_tables_row_type_lands_as_its_text_form() {
+    both_formats("rowtypes", |db, c| {
+        // The destination's `t.item` is the target's own table (with `_sdc_*`
+        // columns when metadata is on), not the source's row type.
+        let mut with_meta = c.clone();
+        with_meta["add_record_metadata"] = json!(true);
+        let item = json!({"id": {"type": "integer"}, "name": {"type": ["null", "string"]}});
+        let r = run(
+            db,
+            with_meta.clone(),
+            &input("item", item, &[r#"{"id": 1, "name": "a"}"#]),
+        );
+        assert!(r.ok, "{}", r.stderr);
+        let props = json!({
+            "one": declared("t.item", json!(["null", "string"])),
+            "many": declared("t.item[]", json!(["null", "array"])),
+        });
+        let r = run(
+            db,
+            with_meta,
+            &input(
+                "orders",
+                props,
+                &[r#"{"one": "(1,a)", "many": ["(1,a)", "(2,\"b c\")", null]}"#],
+            ),
+        );
+        assert!(r.ok, "{}", r.stderr);
+        assert_eq!(column_type(db, "orders", "one"), "text");
+        assert_eq!(column_type(db, "orders", "many"), "text[]");
+        assert_eq!(column(db, "orders", "one"), some(&["(1,a)"]));
+        assert_eq!(
+            column(db, "orders", "many"),
+            some(&[r#"{"(1,a)","(2,\"b c\")",NULL}"#])
+        );
+    });
+}
