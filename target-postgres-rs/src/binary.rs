@@ -5,7 +5,7 @@
 
 use serde_json::value::RawValue;
 
-use crate::encode::unescape;
+use crate::encode::{bytea_hex, unescape};
 
 /// PGCOPY header: signature, flags, header extension length.
 pub const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -214,10 +214,7 @@ fn encode_value(
         }
         Bytea => {
             let s = string_of(t, strip_nul)?;
-            let hex = s.strip_prefix("\\x").unwrap_or(&s);
-            if hex.len() & 1 == 1 {
-                return Err(BinError::Fallback);
-            }
+            let hex = bytea_hex(&s);
             for pair in hex.as_bytes().chunks(2) {
                 let hi = hex_val(pair[0]).ok_or(Fallback)?;
                 let lo = hex_val(pair[1]).ok_or(Fallback)?;

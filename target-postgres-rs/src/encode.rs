@@ -87,9 +87,9 @@ pub fn encode_value(
             _ => {
                 let s = unescape(raw, strip_nul)?;
                 match kind {
-                    TextKind::Bytea if !s.starts_with("\\x") => {
+                    TextKind::Bytea => {
                         out.extend_from_slice(b"\\\\x");
-                        copy_escape(out, s.as_bytes());
+                        copy_escape(out, bytea_hex(&s).as_bytes());
                     }
                     TextKind::Timestamp => copy_escape(out, repair_offset(&s).as_bytes()),
                     _ => copy_escape(out, s.as_bytes()),
@@ -184,6 +184,21 @@ fn strip_nul_escapes(raw: &str) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// The hex digits of a bytea string as taps send it: Postgres' `\x` prefix
+/// or a `0x` prefix stripped, an odd count left-padded with `0` (`"0xabc"`
+/// is the bytes `0a bc`). Anything else is left for Postgres to judge.
+pub fn bytea_hex(s: &str) -> Cow<'_, str> {
+    let hex = ["\\x", "0x", "0X"]
+        .iter()
+        .find_map(|p| s.strip_prefix(p))
+        .unwrap_or(s);
+    if hex.len() % 2 == 1 {
+        Cow::Owned(format!("0{hex}"))
+    } else {
+        Cow::Borrowed(hex)
+    }
+}
+
 /// A JSON array as a Postgres array literal: `{1,NULL,"a\"b",{2,3}}`.
 fn array_literal(
     lit: &mut String,
@@ -212,11 +227,7 @@ fn array_literal(
             (Some(b'['), _) => array_literal(lit, t, element, strip_nul)?,
             (Some(b'"'), Element::Bytea) => {
                 let s = unescape(t, strip_nul)?;
-                if s.starts_with("\\x") {
-                    quote_element(lit, &s)
-                } else {
-                    quote_element(lit, &format!("\\x{s}"))
-                }
+                quote_element(lit, &format!("\\x{}", bytea_hex(&s)))
             }
             (Some(b'{'), Element::Hstore) => {
                 let mut h = String::new();
@@ -376,6 +387,10 @@ mod tests {
         use TextKind::*;
         assert_eq!(enc(r#""deadbeef""#, Bytea), "\\\\xdeadbeef");
         assert_eq!(enc(r#""\\xdeadbeef""#, Bytea), "\\\\xdeadbeef");
+        assert_eq!(enc(r#""0xDEADBEEF""#, Bytea), "\\\\xDEADBEEF");
+        assert_eq!(enc(r#""abc""#, Bytea), "\\\\x0abc");
+        assert_eq!(enc(r#""0x""#, Bytea), "\\\\x");
+        assert_eq!(enc(r#""""#, Bytea), "\\\\x");
         assert_eq!(
             enc(r#""2019-12-18T13:19:44+00:00+00:00""#, Timestamp),
             "2019-12-18T13:19:44+00:00"

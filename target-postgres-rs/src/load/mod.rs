@@ -178,6 +178,7 @@ impl<W: Write> Loader<W> {
             }
         }
         let cache = &self.type_cache;
+        let interpret = self.settings.interpret_content_encoding;
         let mut type_for = |prop: &str, sub: &JsonSchema| -> Wanted {
             if let Some(t) = declared_sql_type(sub) {
                 match cache.get(t) {
@@ -194,7 +195,7 @@ impl<W: Write> Loader<W> {
                 }
             }
             Wanted {
-                sql: json_schema_type(sub),
+                sql: json_schema_type(sub, interpret),
                 grows_to_numeric: unbounded_integer(sub),
             }
         };

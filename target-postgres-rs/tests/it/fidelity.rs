@@ -324,3 +324,47 @@ fn a_tables_row_type_lands_as_its_text_form() {
         );
     });
 }
+
+#[test]
+fn base16_strings_are_kept_as_sent_or_decoded_on_request() {
+    both_formats("base16", |db, c| {
+        let props = json!({
+            "h": {"type": ["null", "string"], "contentEncoding": "base16"},
+            // Our tap's bytea: the declared type wins, with or without the setting.
+            "own": {"type": ["null", "string"], "contentEncoding": "base16", "x-sql-datatype": "bytea"},
+        });
+        let recs = [
+            r#"{"h": "0xDEADbeef", "own": "00ff"}"#,
+            r#"{"h": "abc", "own": ""}"#,
+            r#"{"h": "", "own": null}"#,
+            r#"{"h": "0x", "own": "0a"}"#,
+        ];
+        let r = run(db, c.clone(), &input("plain", props.clone(), &recs));
+        assert!(r.ok, "{}", r.stderr);
+        assert_eq!(column_type(db, "plain", "h"), "text");
+        assert_eq!(
+            column(db, "plain", "h"),
+            some(&["0xDEADbeef", "abc", "", "0x"])
+        );
+        assert_eq!(column_type(db, "plain", "own"), "bytea");
+        assert_eq!(
+            column(db, "plain", "own"),
+            vec![
+                Some("\\x00ff".into()),
+                Some("\\x".into()),
+                None,
+                Some("\\x0a".into())
+            ]
+        );
+        let mut on = c;
+        on["interpret_content_encoding"] = json!(true);
+        let r = run(db, on, &input("decoded", props, &recs));
+        assert!(r.ok, "{}", r.stderr);
+        assert_eq!(column_type(db, "decoded", "h"), "bytea");
+        assert_eq!(
+            column(db, "decoded", "h"),
+            some(&["\\xdeadbeef", "\\x0abc", "\\x", "\\x"])
+        );
+        assert_eq!(column_type(db, "decoded", "own"), "bytea");
+    });
+}
