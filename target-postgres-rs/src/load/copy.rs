@@ -130,7 +130,7 @@ impl<W: Write> Loader<W> {
             }
         };
         if full {
-            self.flush()?;
+            self.flush_when_full()?;
         }
         Ok(())
     }
@@ -282,7 +282,9 @@ fn copy_run<F: RowFormat, I: Iterator<Item = Item>>(
         }
         lines.push(line);
         st.batch.rows += 1;
-        if st.batch.rows >= run.batch_size {
+        // Once per batch: a batch a key-less stream keeps open past its size
+        // (until the next STATE) goes on in one COPY.
+        if st.batch.rows == run.batch_size {
             end = RunEnd::Full;
             break;
         }

@@ -85,6 +85,9 @@ pub struct Loader<W: Write> {
     /// Tables emptied by `load_method: overwrite` in this run.
     overwritten: HashSet<TableName>,
     next_stage: usize,
+    /// A batch is full but a key-less stream is pending: flush at the next
+    /// STATE (see [`Loader::flush_when_full`]).
+    flush_at_state: bool,
 }
 
 impl<W: Write> Loader<W> {
@@ -105,6 +108,7 @@ impl<W: Write> Loader<W> {
             type_cache: HashMap::new(),
             overwritten: HashSet::new(),
             next_stage: 0,
+            flush_at_state: false,
         }
     }
 
@@ -115,7 +119,12 @@ impl<W: Write> Loader<W> {
             match message {
                 Message::Record(r) => self.records(line, r, input)?,
                 Message::Schema(s) => self.schema(line, s)?,
-                Message::State(s) => self.state.received(s.value),
+                Message::State(s) => {
+                    self.state.received(s.value);
+                    if self.flush_at_state {
+                        self.flush()?;
+                    }
+                }
                 Message::ActivateVersion(a) => self.activate_version(a)?,
             }
         }
@@ -256,8 +265,33 @@ impl<W: Write> Loader<W> {
         }
     }
 
+    /// A batch is full. Rows of a key-less stream are committed only up to a
+    /// STATE: a rerun from the newest STATE emitted re-sends every row after
+    /// it, and key-less rows can't be matched, so rows committed past that
+    /// STATE would land twice. The flush then waits for the next STATE (or
+    /// the end of input); the rows keep streaming into the open transaction.
+    /// Keyed streams converge by upsert, so they flush at once.
+    fn flush_when_full(&mut self) -> Result<(), LoadError> {
+        let keyless = self
+            .streams
+            .values()
+            .any(|st| st.batch.pending() && st.shape.keys.is_empty());
+        if keyless {
+            if !self.flush_at_state {
+                tracing::info!(
+                    "batch full; committing at the next STATE (a key-less stream is pending)"
+                );
+            }
+            self.flush_at_state = true;
+            Ok(())
+        } else {
+            self.flush()
+        }
+    }
+
     /// Merges every pending stream, commits, notifies, then emits STATE.
     pub fn flush(&mut self) -> Result<(), LoadError> {
+        self.flush_at_state = false;
         let mut written = Vec::new();
         let hard_delete = self.settings.hard_delete;
         let mut names: Vec<&String> = self.streams.keys().collect();

@@ -11,10 +11,6 @@ fn schema(stream: &str, props: Value) -> String {
     json!({"type": "SCHEMA", "stream": stream, "schema": {"type": "object", "properties": props}, "key_properties": []}).to_string()
 }
 
-fn record(stream: &str, rec: Value) -> String {
-    json!({"type": "RECORD", "stream": stream, "record": rec}).to_string()
-}
-
 /// One SCHEMA, then one RECORD per line of `records` (raw JSON objects, so
 /// numbers beyond f64 keep their digits).
 fn input(stream: &str, props: Value, records: &[&str]) -> Vec<u8> {
@@ -367,4 +363,146 @@ fn base16_strings_are_kept_as_sent_or_decoded_on_request() {
         );
         assert_eq!(column_type(db, "decoded", "own"), "bytea");
     });
+}
+
+/// A key-less stream as a tap sends it: records `from+1..=to` (with
+/// `version` when given), a STATE `{"bookmark": n}` after every 10th.
+fn keyless_lines(from: u64, to: u64, version: Option<i64>) -> Vec<String> {
+    let mut ls = vec![schema(
+        "k",
+        json!({"n": {"type": "integer"}, "pad": {"type": "string"}}),
+    )];
+    for n in from + 1..=to {
+        let mut rec =
+            json!({"type": "RECORD", "stream": "k", "record": {"n": n, "pad": "x".repeat(50)}});
+        if let Some(v) = version {
+            rec["version"] = json!(v);
+        }
+        ls.push(rec.to_string());
+        if n % 10 == 0 {
+            ls.push(json!({"type": "STATE", "value": {"bookmark": n}}).to_string());
+        }
+    }
+    ls
+}
+
+/// Feeds the first `upto` lines, waits until the target has handled them
+/// (its session waits for the client: idle, or in a COPY waiting for rows), kills it with SIGKILL; returns
+/// the last STATE it printed.
+fn kill_after(db: &TestDb, cfg: &std::path::Path, lines: &[String], upto: usize) -> Option<Value> {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let mut child = target(cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut data = lines[..upto].join("\n");
+    data.push('\n');
+    stdin.write_all(data.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let mut c = db.client();
+    let mut idle_polls = 0;
+    let waiting = pg_testkit::TestDb::wait_for(std::time::Duration::from_secs(30), || {
+        let idle: bool = c
+            .query_one(
+                "SELECT coalesce(count(*) = 1 AND bool_and(wait_event = 'ClientRead'), false) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        idle_polls = if idle { idle_polls + 1 } else { 0 };
+        idle_polls >= 3
+    });
+    assert!(
+        waiting,
+        "the target never waited for input (after {upto} lines)"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    out.lines().last().map(|l| serde_json::from_str(l).unwrap())
+}
+
+#[test]
+fn a_keyless_stream_killed_anywhere_then_resumed_converges() {
+    const N: u64 = 95;
+    let lines = keyless_lines(0, N, None);
+    // Batches of 7 end between STATEs (every 10 records): a commit there
+    // would hold rows that a resume from the newest STATE sends again.
+    for upto in [
+        4, 9, 12, 17, 19, 23, 30, 38, 45, 52, 60, 67, 75, 83, 90, 99, 104,
+    ] {
+        let db = pg_testkit::cluster().create_database(&format!("keyless{upto}"));
+        let cfg = config(
+            &db,
+            json!({"batch_size_rows": 7, "add_record_metadata": false}),
+        );
+        let resume_from = kill_after(&db, cfg.path(), &lines, upto)
+            .map_or(0, |s| s["bookmark"].as_u64().unwrap());
+        eprintln!(
+            "upto {upto}: resume {resume_from}, committed {:?}",
+            pg_testkit::rows::count(&db, "public", "k")
+        );
+        let mut rest = keyless_lines(resume_from, N, None).join("\n");
+        rest.push('\n');
+        let r = run(
+            &db,
+            json!({"batch_size_rows": 7, "add_record_metadata": false}),
+            rest.as_bytes(),
+        );
+        assert!(r.ok, "{}", r.stderr);
+        let row = db
+            .client()
+            .query_one("SELECT count(*), count(DISTINCT n) FROM public.k", &[])
+            .unwrap();
+        let (total, distinct): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!(
+            (total, distinct),
+            (N as i64, N as i64),
+            "killed after {upto} input lines, resumed from bookmark {resume_from}"
+        );
+    }
+}
+
+#[test]
+fn a_view_killed_anywhere_then_resynced_converges() {
+    // A view has no position to resume from: the tap starts it over under a
+    // new table version, and the closing ACTIVATE_VERSION removes the rows
+    // of the interrupted one.
+    const N: u64 = 45;
+    let cfg_value = json!({"batch_size_rows": 7, "hard_delete": true});
+    for upto in [5, 13, 22, 31, 40, 49] {
+        let db = pg_testkit::cluster().create_database(&format!("keylessview{upto}"));
+        let cfg = config(&db, cfg_value.clone());
+        kill_after(&db, cfg.path(), &keyless_lines(0, N, Some(1)), upto);
+        let mut again = keyless_lines(0, N, Some(2));
+        again.push(json!({"type": "ACTIVATE_VERSION", "stream": "k", "version": 2}).to_string());
+        let mut again = again.join("\n");
+        again.push('\n');
+        let r = run(&db, cfg_value.clone(), again.as_bytes());
+        assert!(r.ok, "{}", r.stderr);
+        let row = db
+            .client()
+            .query_one(
+                "SELECT count(*), count(DISTINCT n), min(_sdc_table_version) FROM public.k",
+                &[],
+            )
+            .unwrap();
+        let (total, distinct, v): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(
+            (total, distinct, v),
+            (N as i64, N as i64, 2),
+            "killed after {upto} input lines"
+        );
+    }
 }
