@@ -506,3 +506,44 @@ fn a_view_killed_anywhere_then_resynced_converges() {
         );
     }
 }
+
+#[test]
+fn numeric_infinity_lands_or_is_refused_clearly_on_every_server() {
+    both_formats("numinf", |db, c| {
+        let version: i32 = text(db, "SHOW server_version_num")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let props = json!({"n": declared("numeric", json!(["null", "number", "string"]))});
+        let r = run(
+            db,
+            c,
+            &input(
+                "inf",
+                props,
+                &[
+                    r#"{"n": 1.5}"#,
+                    r#"{"n": "NaN"}"#,
+                    r#"{"n": "Infinity"}"#,
+                    r#"{"n": "-Infinity"}"#,
+                ],
+            ),
+        );
+        if version >= 140000 {
+            assert!(r.ok, "{}", r.stderr);
+            assert_eq!(
+                column(db, "inf", "n"),
+                some(&["1.5", "NaN", "Infinity", "-Infinity"])
+            );
+        } else {
+            // Numeric infinity exists from PostgreSQL 14: the same clear
+            // message in both COPY formats, naming line and column.
+            assert!(!r.ok);
+            assert_eq!(
+                r.last_error(),
+                "target-postgres-rs: error: input line 4 (stream `inf`): column `n`: cannot load value: \
+                 invalid input syntax for type numeric: \"Infinity\""
+            );
+        }
+    });
+}
