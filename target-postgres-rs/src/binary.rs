@@ -5,7 +5,7 @@
 
 use serde_json::value::RawValue;
 
-use crate::encode::unescape;
+use crate::encode::{bytea_hex, unescape};
 
 /// PGCOPY header: signature, flags, header extension length.
 pub const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -202,8 +202,9 @@ fn encode_value(
             uuid(out, &s).ok_or(Fallback)?;
         }
         Jsonb | Json => {
-            // jsonb rejects \u0000; let the text path judge anything unusual.
-            if t.contains("\\u0000") {
+            // jsonb rejects \u0000 (json keeps it verbatim); let the text
+            // path judge it.
+            if kind == Jsonb && t.contains("\\u0000") {
                 return Err(BinError::Fallback);
             }
             if kind == Jsonb {
@@ -213,10 +214,7 @@ fn encode_value(
         }
         Bytea => {
             let s = string_of(t, strip_nul)?;
-            let hex = s.strip_prefix("\\x").unwrap_or(&s);
-            if hex.len() & 1 == 1 {
-                return Err(BinError::Fallback);
-            }
+            let hex = bytea_hex(&s);
             for pair in hex.as_bytes().chunks(2) {
                 let hi = hex_val(pair[0]).ok_or(Fallback)?;
                 let lo = hex_val(pair[1]).ok_or(Fallback)?;
@@ -352,11 +350,13 @@ fn has_nonzero_digit(t: &str) -> bool {
     mantissa.bytes().any(|b| (b'1'..=b'9').contains(&b))
 }
 
+/// `NaN` in binary. `±Infinity` goes through text COPY: binary numeric
+/// infinity exists only from PostgreSQL 14, and before that its binary form
+/// fails with "invalid sign in external numeric value", where text input
+/// names the value (and on 14+ both land the same).
 fn numeric_special(out: &mut Vec<u8>, s: &str) -> Option<()> {
     let sign: u16 = match s {
         "NaN" => 0xC000,
-        "Infinity" => 0xD000,
-        "-Infinity" => 0xF000,
         _ => return None,
     };
     out.extend_from_slice(&0i16.to_be_bytes());

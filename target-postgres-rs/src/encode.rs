@@ -14,8 +14,11 @@ pub enum TextKind {
     Scalar,
     /// `timestamp[tz]`: text, with a doubled UTC offset repaired.
     Timestamp,
-    /// `json`/`jsonb`: the value's JSON text, strings included.
+    /// `jsonb`: the value's JSON text, strings included (no `\u0000`: jsonb can't hold NUL).
     Json,
+    /// `json`: the value's JSON text verbatim; `json` stores its text as
+    /// given, so a `\u0000` escape is kept too.
+    JsonText,
     /// A Postgres array: JSON arrays become array literals.
     Array(Element),
     /// `bytea`: hex strings get the `\x` prefix Postgres needs.
@@ -29,9 +32,11 @@ pub enum TextKind {
 pub enum Element {
     /// Nested JSON arrays are dimensions; scalars are written as their text.
     Scalar,
-    /// `json[]`/`jsonb[]`: each item of the top-level array is one JSON value
+    /// `jsonb[]`: each item of the top-level array is one JSON value
     /// (a JSON array item is a value, not a dimension).
     Json,
+    /// `json[]`: as `jsonb[]`, each item kept verbatim (`\u0000` included).
+    JsonText,
     /// `bytea[]`: hex strings with the `\x` prefix.
     Bytea,
     /// `hstore[]`: objects as hstore literals.
@@ -41,7 +46,7 @@ pub enum Element {
 /// Why a value can't be written (the caller names stream, line and column).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
-    #[error("contains a NUL character (\\u0000), which Postgres can't store; set `sanitize_null_text_characters: true` to strip it")]
+    #[error("contains a NUL character (\\u0000), which text and jsonb columns can't hold; set `sanitize_null_text_characters: true` to strip it, or declare the column `json` (`x-sql-datatype`), which keeps it")]
     Nul,
     #[error("is not valid JSON: {0}")]
     Json(String),
@@ -78,12 +83,13 @@ pub fn encode_value(
         Some(b'n') => out.extend_from_slice(b"\\N"),
         Some(b'"') => match kind {
             TextKind::Json => json_text(out, raw, strip_nul)?,
+            TextKind::JsonText => copy_escape(out, bytes),
             _ => {
                 let s = unescape(raw, strip_nul)?;
                 match kind {
-                    TextKind::Bytea if !s.starts_with("\\x") => {
+                    TextKind::Bytea => {
                         out.extend_from_slice(b"\\\\x");
-                        copy_escape(out, s.as_bytes());
+                        copy_escape(out, bytea_hex(&s).as_bytes());
                     }
                     TextKind::Timestamp => copy_escape(out, repair_offset(&s).as_bytes()),
                     _ => copy_escape(out, s.as_bytes()),
@@ -103,6 +109,7 @@ pub fn encode_value(
             hstore_literal(&mut lit, raw, strip_nul)?;
             copy_escape(out, lit.as_bytes());
         }
+        Some(b'[' | b'{') if kind == TextKind::JsonText => copy_escape(out, bytes),
         Some(b'[' | b'{') => json_text(out, raw, strip_nul)?,
         // Numbers and booleans: the exact text sent; it needs no escaping.
         Some(_) => out.extend_from_slice(bytes),
@@ -177,6 +184,21 @@ fn strip_nul_escapes(raw: &str) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// The hex digits of a bytea string as taps send it: Postgres' `\x` prefix
+/// or a `0x` prefix stripped, an odd count left-padded with `0` (`"0xabc"`
+/// is the bytes `0a bc`). Anything else is left for Postgres to judge.
+pub fn bytea_hex(s: &str) -> Cow<'_, str> {
+    let hex = ["\\x", "0x", "0X"]
+        .iter()
+        .find_map(|p| s.strip_prefix(p))
+        .unwrap_or(s);
+    if hex.len() % 2 == 1 {
+        Cow::Owned(format!("0{hex}"))
+    } else {
+        Cow::Borrowed(hex)
+    }
+}
+
 /// A JSON array as a Postgres array literal: `{1,NULL,"a\"b",{2,3}}`.
 fn array_literal(
     lit: &mut String,
@@ -195,6 +217,7 @@ fn array_literal(
         match (t.as_bytes().first(), element) {
             (Some(b'n'), _) => lit.push_str("NULL"),
             // Each item of a json[] is one JSON value, whatever its shape.
+            (Some(_), Element::JsonText) => quote_element(lit, t),
             (Some(_), Element::Json) => {
                 if has_nul_escape(t) && !strip_nul {
                     return Err(EncodeError::Nul);
@@ -204,11 +227,7 @@ fn array_literal(
             (Some(b'['), _) => array_literal(lit, t, element, strip_nul)?,
             (Some(b'"'), Element::Bytea) => {
                 let s = unescape(t, strip_nul)?;
-                if s.starts_with("\\x") {
-                    quote_element(lit, &s)
-                } else {
-                    quote_element(lit, &format!("\\x{s}"))
-                }
+                quote_element(lit, &format!("\\x{}", bytea_hex(&s)))
             }
             (Some(b'{'), Element::Hstore) => {
                 let mut h = String::new();
@@ -368,6 +387,10 @@ mod tests {
         use TextKind::*;
         assert_eq!(enc(r#""deadbeef""#, Bytea), "\\\\xdeadbeef");
         assert_eq!(enc(r#""\\xdeadbeef""#, Bytea), "\\\\xdeadbeef");
+        assert_eq!(enc(r#""0xDEADBEEF""#, Bytea), "\\\\xDEADBEEF");
+        assert_eq!(enc(r#""abc""#, Bytea), "\\\\x0abc");
+        assert_eq!(enc(r#""0x""#, Bytea), "\\\\x");
+        assert_eq!(enc(r#""""#, Bytea), "\\\\x");
         assert_eq!(
             enc(r#""2019-12-18T13:19:44+00:00+00:00""#, Timestamp),
             "2019-12-18T13:19:44+00:00"
@@ -377,6 +400,17 @@ mod tests {
             "2019-12-18T13:19:44+02:00"
         );
         assert_eq!(enc(r#""infinity""#, Timestamp), "infinity");
+    }
+
+    #[test]
+    fn json_keeps_nul_escapes_verbatim() {
+        use TextKind::*;
+        assert_eq!(enc(r#"{"k":"a\u0000b"}"#, JsonText), r#"{"k":"a\\u0000b"}"#);
+        assert_eq!(enc(r#""\u0000""#, JsonText), r#""\\u0000""#);
+        assert_eq!(
+            enc(r#"["\u0000",null]"#, Array(Element::JsonText)),
+            r#"{"\\"\\\\u0000\\"",NULL}"#
+        );
     }
 
     #[test]

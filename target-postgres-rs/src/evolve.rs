@@ -6,7 +6,7 @@ use pg_connect::quote_ident;
 use postgres::Client;
 
 use crate::stream::StreamShape;
-use crate::types::{keeps_declared, widen, ColumnType};
+use crate::types::{declared_column_type, widen, ColumnType};
 
 /// What the destination table looks like after [`ensure_table`].
 #[derive(Debug, Clone)]
@@ -62,12 +62,11 @@ pub fn ensure_table(
             defs.join(", ")
         ))?;
         tracing::info!(table = %qualified, "created table");
+        let types = (shape.columns.iter())
+            .map(|c| column_type(client, &c.wanted_type))
+            .collect::<Result<_, _>>()?;
         return Ok(TableInfo {
-            types: shape
-                .columns
-                .iter()
-                .map(|c| ColumnType::parse(&c.wanted_type))
-                .collect(),
+            types,
             empty: true,
             unique_on_keys: primary_key && !shape.keys.is_empty(),
         });
@@ -82,18 +81,19 @@ pub fn ensure_table(
                     c.wanted_type
                 ))?;
                 tracing::info!(table = %qualified, column = %c.name, r#type = %c.wanted_type, "added column");
-                types.push(ColumnType::parse(&c.wanted_type));
+                types.push(column_type(client, &c.wanted_type)?);
             }
             Some((_, have)) => {
-                match widen(&ColumnType::parse(have), &ColumnType::parse(&c.wanted_type)) {
-                    None => types.push(ColumnType::parse(have)),
+                let have = column_type(client, have)?;
+                match widen(&have, &column_type(client, &c.wanted_type)?) {
+                    None => types.push(have),
                     Some(w) => {
                         client.batch_execute(&format!(
                             "ALTER TABLE {qualified} ALTER COLUMN {col} TYPE {} USING {}",
                             w.new_type,
                             w.using.replace("{}", &col)
                         ))?;
-                        tracing::info!(table = %qualified, column = %c.name, from = %have, to = %w.new_type, "widened column");
+                        tracing::info!(table = %qualified, column = %c.name, from = %have.sql(), to = %w.new_type, "widened column");
                         types.push(ColumnType::parse(&w.new_type));
                     }
                 }
@@ -142,18 +142,47 @@ pub fn key_list(shape: &StreamShape) -> String {
         .join(", ")
 }
 
-/// The destination's canonical name for a declared type, or `None` when the
-/// destination has no such type. Keeps the type modifier (`numeric(18,4)`)
-/// when the declared text is already canonical.
+/// The destination's column type for a declared type, or `None` when the
+/// destination has no such type (see [`declared_column_type`]).
 pub fn resolve_type(client: &mut Client, declared: &str) -> Option<String> {
     let row = client
-        .query_one("SELECT format_type(to_regtype($1), NULL)", &[&declared])
-        .ok()?;
-    let canonical: Option<String> = row.get(0);
-    let canonical = canonical?;
-    if keeps_declared(declared, &canonical) {
-        Some(declared.to_owned())
-    } else {
-        Some(canonical)
+        .query_opt(
+            "SELECT format_type(t.oid, NULL), format_type(t.oid, -1), \
+             EXISTS (SELECT 1 FROM pg_type e JOIN pg_class c ON c.oid = e.typrelid \
+                     WHERE e.oid = CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE t.oid END \
+                     AND c.relkind <> 'c') \
+             FROM pg_type t WHERE t.oid = to_regtype($1)",
+            &[&declared],
+        )
+        .ok()??;
+    Some(declared_column_type(
+        declared,
+        &row.get::<_, String>(0),
+        &row.get::<_, String>(1),
+        row.get(2),
+    ))
+}
+
+/// A column type as the destination knows it: a domain (over a domain...)
+/// is written as its innermost base type.
+fn column_type(client: &mut Client, sql: &str) -> Result<ColumnType, postgres::Error> {
+    let parsed = ColumnType::parse(sql);
+    if !parsed.may_be_domain() {
+        return Ok(parsed);
     }
+    let base: Option<String> = client
+        .query_opt(
+            "WITH RECURSIVE d(oid, base, typmod, depth) AS ( \
+               SELECT t.oid, t.typbasetype, t.typtypmod, 0 FROM pg_type t \
+                 WHERE t.oid = to_regtype($1) AND t.typtype = 'd' \
+               UNION ALL SELECT t.oid, t.typbasetype, t.typtypmod, d.depth + 1 \
+                 FROM pg_type t JOIN d ON t.oid = d.base WHERE t.typtype = 'd') \
+             SELECT format_type(base, typmod) FROM d ORDER BY depth DESC LIMIT 1",
+            &[&sql],
+        )?
+        .map(|r| r.get(0));
+    Ok(match base {
+        Some(base) => ColumnType::domain(sql, &base),
+        None => parsed,
+    })
 }

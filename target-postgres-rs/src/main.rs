@@ -14,10 +14,11 @@ mod stream;
 mod types;
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
 use anyhow::Context;
 use singer_core::cli::{CommonArgs, Connector, ConnectorArgs};
@@ -71,17 +72,21 @@ fn main() -> ExitCode {
 }
 
 fn run(target: &Connector, args: Args) -> anyhow::Result<()> {
-    let input: Box<dyn BufRead + Send> = match &args.input {
-        Some(p) => Box::new(BufReader::with_capacity(
-            1 << 20,
-            File::open(p).with_context(|| format!("cannot open --input {}", p.display()))?,
-        )),
-        None => Box::new(BufReader::with_capacity(1 << 20, io::stdin())),
+    let source: Box<dyn Read + Send> = match &args.input {
+        Some(p) => {
+            Box::new(File::open(p).with_context(|| format!("cannot open --input {}", p.display()))?)
+        }
+        None => Box::new(io::stdin()),
+    };
+    let drained = Arc::new(AtomicBool::new(false));
+    let input = TapInput {
+        inner: BufReader::with_capacity(1 << 20, source),
+        drained: Arc::clone(&drained),
     };
     // Read the input on its own thread from the start: even when set-up fails
     // it is drained to the end, so an orchestrator never sees the tap killed.
     let (tx, rx) = mpsc::sync_channel::<Vec<Item>>(IN_FLIGHT);
-    let reader = std::thread::spawn(move || read_messages(input, tx));
+    let reader = std::thread::spawn(move || read_messages(input, &drained, tx));
 
     let result = load(target, &args, rx);
     // `rx` is gone: the reader now only drains what is left.
@@ -104,12 +109,14 @@ fn load(target: &Connector, args: &Args, rx: mpsc::Receiver<Vec<Item>>) -> anyho
 
 /// Parses lines into messages, CHUNK at a time; once the loader has stopped
 /// listening, just reads to the end.
-fn read_messages(input: Box<dyn BufRead + Send>, tx: mpsc::SyncSender<Vec<Item>>) {
+/// A partial chunk goes out as soon as the input has nothing more buffered:
+/// a slow tap's STATE must not wait for 255 more messages.
+fn read_messages(input: TapInput, drained: &AtomicBool, tx: mpsc::SyncSender<Vec<Item>>) {
     let mut reader = MessageReader::new(input);
     let mut chunk = Vec::with_capacity(CHUNK);
     while let Some(item) = reader.next() {
         chunk.push(item);
-        if chunk.len() == CHUNK {
+        if chunk.len() == CHUNK || drained.load(Ordering::Relaxed) {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
             if tx.send(full).is_err() {
                 // The loader stopped: drain without parsing.
@@ -120,5 +127,30 @@ fn read_messages(input: Box<dyn BufRead + Send>, tx: mpsc::SyncSender<Vec<Item>>
     }
     if !chunk.is_empty() {
         let _ = tx.send(chunk);
+    }
+}
+
+/// The input, buffered; knows whether its buffer is empty (the next read
+/// waits for the tap).
+struct TapInput {
+    inner: BufReader<Box<dyn Read + Send>>,
+    /// Set after each consume: nothing is left in the buffer.
+    drained: Arc<AtomicBool>,
+}
+
+impl Read for TapInput {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl BufRead for TapInput {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+    fn consume(&mut self, amt: usize) {
+        self.inner.consume(amt);
+        self.drained
+            .store(self.inner.buffer().is_empty(), Ordering::Relaxed);
     }
 }

@@ -34,6 +34,9 @@ pub enum RowFailure {
     /// A value binary COPY can't write exactly as Postgres would parse its
     /// text: the stream continues in text COPY (never from text COPY).
     Fallback,
+    /// The value at this column index is beyond bigint in a column that
+    /// widens to numeric for it.
+    Widen(usize),
     Row(RowError),
 }
 
@@ -157,6 +160,8 @@ pub struct RowContext<'a> {
     pub batched_at: &'a str,
     pub sequence: i64,
     pub strip_nul: bool,
+    /// Per column: a number beyond bigint makes the row a [`RowFailure::Widen`].
+    pub grows: &'a [bool],
 }
 
 /// Appends the record as one COPY row in format `F` (`kinds`: one per
@@ -186,6 +191,7 @@ pub fn append_row<F: RowFormat>(
                     F::null(out);
                     Ok(())
                 }
+                Some(v) if ctx.grows[i] && beyond_bigint(v.get()) => Err(RowFailure::Widen(i)),
                 Some(v) => {
                     deleted |= col.name == DELETED_AT && v.get() != "null";
                     F::field(out, v, kinds[i], ctx.strip_nul).map_err(|e| match e {
@@ -230,6 +236,11 @@ pub fn append_row<F: RowFormat>(
     F::row_end(out);
     write_key(shape, &slots, key_out);
     Ok(deleted)
+}
+
+/// A JSON number bigint can't hold (beyond its range, or not an integer's text).
+fn beyond_bigint(raw: &str) -> bool {
+    raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) && raw.parse::<i64>().is_err()
 }
 
 fn fill_slots<'r>(

@@ -49,6 +49,12 @@ const SANITIZE_NUL: Setting = Setting::new(
     "Strip NUL (`\\u0000`) characters from text and JSON values (Postgres can't store them); default: fail naming the field.",
 )
 .default_boolean(false);
+const INTERPRET_CONTENT_ENCODING: Setting = Setting::new(
+    "interpret_content_encoding",
+    SettingKind::Boolean,
+    "Land `contentEncoding: base16` strings without an `x-sql-datatype` as bytea (decoded: `0x` prefix stripped, odd length left-padded with 0); default: text, as sent.",
+)
+.default_boolean(false);
 const NOTIFY_CHANNEL: Setting = Setting::new(
     "notify_channel",
     SettingKind::String,
@@ -70,6 +76,7 @@ pub const TARGET_SETTINGS: &[Setting] = &[
     LOAD_METHOD,
     BATCH_SIZE_ROWS,
     SANITIZE_NUL,
+    INTERPRET_CONTENT_ENCODING,
     NOTIFY_CHANNEL,
     TEXT_COPY,
 ];
@@ -92,6 +99,8 @@ pub struct TargetSettings {
     pub load_method: LoadMethod,
     pub batch_size_rows: usize,
     pub sanitize_nul: bool,
+    /// `contentEncoding: base16` (without `x-sql-datatype`) → bytea, decoded.
+    pub interpret_content_encoding: bool,
     pub notify_channel: Option<String>,
     /// Text COPY for every column, never binary.
     pub text_copy: bool,
@@ -146,6 +155,7 @@ impl TargetSettings {
             load_method,
             batch_size_rows: batch as usize,
             sanitize_nul: config.boolean_or_default(&SANITIZE_NUL)?,
+            interpret_content_encoding: config.boolean_or_default(&INTERPRET_CONTENT_ENCODING)?,
             notify_channel: non_empty(config.string(&NOTIFY_CHANNEL)?),
             text_copy: config.boolean_or_default(&TEXT_COPY)?,
         })

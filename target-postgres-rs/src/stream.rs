@@ -27,6 +27,17 @@ pub struct Column {
     pub source: Source,
     /// The type wanted from the SCHEMA; the table's actual type may be wider.
     pub wanted_type: String,
+    /// An integer the SCHEMA doesn't bound: created `bigint`, widened to
+    /// `numeric` by the first value beyond bigint.
+    pub grows_to_numeric: bool,
+}
+
+/// A property's wanted column type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub sql: String,
+    /// See [`Column::grows_to_numeric`].
+    pub grows_to_numeric: bool,
 }
 
 pub const DELETED_AT: &str = "_sdc_deleted_at";
@@ -50,7 +61,7 @@ pub struct StreamShape {
 }
 
 /// A property's wanted SQL type, decided by the caller (it knows the destination).
-pub type TypeFor<'a> = dyn FnMut(&str, &JsonSchema) -> String + 'a;
+pub type TypeFor<'a> = dyn FnMut(&str, &JsonSchema) -> Wanted + 'a;
 
 impl StreamShape {
     /// Builds the column list. `schema` has been checked to be an object schema.
@@ -65,7 +76,7 @@ impl StreamShape {
         let mut columns = Vec::new();
         let mut names = HashSet::new();
         for (prop, sub) in &schema.properties {
-            let ty = type_for(prop, sub);
+            let wanted = type_for(prop, sub);
             let name = identifier(prop);
             if !names.insert(name.clone()) {
                 continue;
@@ -73,7 +84,8 @@ impl StreamShape {
             columns.push(Column {
                 name,
                 source: Source::Field(prop.clone()),
-                wanted_type: ty,
+                wanted_type: wanted.sql,
+                grows_to_numeric: wanted.grows_to_numeric,
             });
         }
         if add_metadata {
@@ -107,6 +119,7 @@ impl StreamShape {
                         name: name.to_owned(),
                         source,
                         wanted_type: ty.to_owned(),
+                        grows_to_numeric: false,
                     });
                 }
             }

@@ -15,6 +15,7 @@ use super::{Input, Item, LoadError, Loader, StreamLoad};
 use crate::row::{append_row, Binary, RowContext, RowFailure, RowFormat, Text};
 use crate::settings::LoadMethod;
 use crate::stream::StreamShape;
+use crate::types::ColumnType;
 
 /// Why a COPY ended.
 enum RunEnd {
@@ -26,6 +27,9 @@ enum RunEnd {
     Stage(usize, RecordMessage, BatchKeys),
     /// A value binary COPY can't write: this record on goes in text COPY.
     Text(usize, RecordMessage),
+    /// A value beyond bigint in this column: widen it to numeric, then
+    /// continue with this record.
+    Widen(usize, RecordMessage, usize),
 }
 
 /// What every COPY of a flush shares.
@@ -92,10 +96,12 @@ impl<W: Write> Loader<W> {
                 stage: stage_name,
                 keying,
                 batch,
+                grows,
                 ..
             } = &mut *st;
             let mut dest = Dest {
                 shape,
+                grows,
                 stage: stage_name,
                 keying,
                 batch,
@@ -112,6 +118,10 @@ impl<W: Write> Loader<W> {
                     stage(client, st, keys)?;
                     next = (line, rec);
                 }
+                RunEnd::Widen(line, rec, col) => {
+                    widen_to_numeric(client, st, col)?;
+                    next = (line, rec);
+                }
                 RunEnd::Text(line, rec) => {
                     tracing::info!(stream = %stream, line, "continuing in text COPY");
                     st.binary = None;
@@ -120,7 +130,7 @@ impl<W: Write> Loader<W> {
             }
         };
         if full {
-            self.flush()?;
+            self.flush_when_full()?;
         }
         Ok(())
     }
@@ -145,9 +155,39 @@ fn stage(client: &mut Client, st: &mut StreamLoad, keys: BatchKeys) -> Result<()
     Ok(())
 }
 
+/// Widens an unbounded integer column (and the staging table's, when the
+/// batch is staged) to numeric, in the open transaction: the values so far
+/// keep their digits, and every later value fits.
+fn widen_to_numeric(client: &mut Client, st: &mut StreamLoad, col: usize) -> Result<(), LoadError> {
+    let table = &st.shape.table;
+    let name = quote_ident(&st.shape.columns[col].name);
+    let mut targets = vec![table.qualified()];
+    if st.batch.staged() {
+        targets.push(quote_ident(&st.stage));
+    }
+    for t in targets {
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE {t} ALTER COLUMN {name} TYPE numeric USING {name}::numeric"
+            ))
+            .map_err(|e| db_err(&st.shape.stream, table, "widening a column to numeric", &e))?;
+    }
+    tracing::info!(table = %table.qualified(), column = %st.shape.columns[col].name,
+        from = %st.info.types[col].sql(), to = "numeric", "widened column for a value beyond bigint");
+    let numeric = ColumnType::parse("numeric");
+    st.text[col] = numeric.text_kind();
+    if let (Some(kinds), Some(k)) = (&mut st.binary, numeric.binary()) {
+        kinds[col] = k;
+    }
+    st.info.types[col] = numeric;
+    st.grows[col] = false;
+    Ok(())
+}
+
 /// Where a COPY's rows go, and the batch they join.
 struct Dest<'a> {
     shape: &'a StreamShape,
+    grows: &'a [bool],
     stage: &'a str,
     keying: &'a mut Keying,
     batch: &'a mut Batch,
@@ -176,6 +216,7 @@ fn copy_run<F: RowFormat, I: Iterator<Item = Item>>(
         batched_at: &now,
         sequence: 0,
         strip_nul: run.strip_nul,
+        grows: st.grows,
     };
     let mut writer = client
         .copy_in(&format!(
@@ -212,6 +253,10 @@ fn copy_run<F: RowFormat, I: Iterator<Item = Item>>(
             want_key.then_some(&mut key),
         ) {
             Ok(deleted) => st.batch.deletes |= deleted,
+            Err(RowFailure::Widen(col)) => {
+                end = RunEnd::Widen(line, rec, col);
+                break;
+            }
             Err(RowFailure::Fallback) => {
                 // A value only Postgres' text parser can judge: this
                 // stream continues in text COPY from this row on.
@@ -237,7 +282,9 @@ fn copy_run<F: RowFormat, I: Iterator<Item = Item>>(
         }
         lines.push(line);
         st.batch.rows += 1;
-        if st.batch.rows >= run.batch_size {
+        // Once per batch: a batch a key-less stream keeps open past its size
+        // (until the next STATE) goes on in one COPY.
+        if st.batch.rows == run.batch_size {
             end = RunEnd::Full;
             break;
         }

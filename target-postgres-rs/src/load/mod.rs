@@ -27,8 +27,8 @@ use crate::evolve::{ensure_table, resolve_type, TableInfo};
 use crate::naming::{table_for_stream, TableName};
 use crate::settings::{LoadMethod, TargetSettings};
 use crate::state::StateOut;
-use crate::stream::{Source, StreamShape, DELETED_AT};
-use crate::types::{declared_sql_type, json_schema_type, ColumnType};
+use crate::stream::{Source, StreamShape, Wanted, DELETED_AT};
+use crate::types::{declared_sql_type, json_schema_type, unbounded_integer, ColumnType};
 
 pub use error::LoadError;
 use error::{db_err, session};
@@ -63,6 +63,9 @@ struct StreamLoad {
     /// Binary COPY kinds, when every column has one (and text COPY isn't asked for).
     binary: Option<Vec<BinKind>>,
     info: TableInfo,
+    /// Per column: a value beyond bigint widens it to numeric (an unbounded
+    /// integer whose column is still an integer type; never a key).
+    grows: Vec<bool>,
     /// Staging table name (unique per stream in this run).
     stage: String,
     keying: Keying,
@@ -82,6 +85,9 @@ pub struct Loader<W: Write> {
     /// Tables emptied by `load_method: overwrite` in this run.
     overwritten: HashSet<TableName>,
     next_stage: usize,
+    /// A batch is full but a key-less stream is pending: flush at the next
+    /// STATE (see [`Loader::flush_when_full`]).
+    flush_at_state: bool,
 }
 
 impl<W: Write> Loader<W> {
@@ -102,6 +108,7 @@ impl<W: Write> Loader<W> {
             type_cache: HashMap::new(),
             overwritten: HashSet::new(),
             next_stage: 0,
+            flush_at_state: false,
         }
     }
 
@@ -113,7 +120,12 @@ impl<W: Write> Loader<W> {
             match message {
                 Message::Record(r) => self.records(line, r, input)?,
                 Message::Schema(s) => self.schema(line, s)?,
-                Message::State(s) => self.state.received(s.value),
+                Message::State(s) => {
+                    self.state.received(s.value);
+                    if self.flush_at_state {
+                        self.flush()?;
+                    }
+                }
                 Message::ActivateVersion(a) => self.activate_version(a)?,
             }
         }
@@ -178,17 +190,26 @@ impl<W: Write> Loader<W> {
             }
         }
         let cache = &self.type_cache;
-        let mut type_for = |prop: &str, sub: &JsonSchema| -> String {
+        let interpret = self.settings.interpret_content_encoding;
+        let mut type_for = |prop: &str, sub: &JsonSchema| -> Wanted {
             if let Some(t) = declared_sql_type(sub) {
                 match cache.get(t) {
-                    Some(Some(resolved)) => return resolved.clone(),
+                    Some(Some(resolved)) => {
+                        return Wanted {
+                            sql: resolved.clone(),
+                            grows_to_numeric: false,
+                        }
+                    }
                     _ => tracing::warn!(
                         stream = %stream, property = prop, r#type = t,
                         "the destination has no such type; using the JSON Schema mapping"
                     ),
                 }
             }
-            json_schema_type(sub)
+            Wanted {
+                sql: json_schema_type(sub, interpret),
+                grows_to_numeric: unbounded_integer(sub),
+            }
         };
         let use_keys = self.settings.load_method != LoadMethod::AppendOnly;
         let shape = StreamShape::new(
@@ -203,6 +224,9 @@ impl<W: Write> Loader<W> {
         let info = ensure_table(&mut self.client, &shape, use_keys)
             .map_err(|e| db_err(&stream, &table, "creating or altering the table", &e))?;
         let text = info.types.iter().map(ColumnType::text_kind).collect();
+        let grows = (shape.columns.iter().zip(&info.types).enumerate())
+            .map(|(i, (c, t))| c.grows_to_numeric && t.is_integer() && !shape.keys.contains(&i))
+            .collect();
         let binary = if self.settings.text_copy {
             None
         } else {
@@ -217,6 +241,7 @@ impl<W: Write> Loader<W> {
             text,
             binary,
             info,
+            grows,
             stage,
             keying,
             batch: Batch::new(),
@@ -243,8 +268,33 @@ impl<W: Write> Loader<W> {
         }
     }
 
+    /// A batch is full. Rows of a key-less stream are committed only up to a
+    /// STATE: a rerun from the newest STATE emitted re-sends every row after
+    /// it, and key-less rows can't be matched, so rows committed past that
+    /// STATE would land twice. The flush then waits for the next STATE (or
+    /// the end of input); the rows keep streaming into the open transaction.
+    /// Keyed streams converge by upsert, so they flush at once.
+    fn flush_when_full(&mut self) -> Result<(), LoadError> {
+        let keyless = self
+            .streams
+            .values()
+            .any(|st| st.batch.pending() && st.shape.keys.is_empty());
+        if keyless {
+            if !self.flush_at_state {
+                tracing::info!(
+                    "batch full; committing at the next STATE (a key-less stream is pending)"
+                );
+            }
+            self.flush_at_state = true;
+            Ok(())
+        } else {
+            self.flush()
+        }
+    }
+
     /// Merges every pending stream, commits, notifies, then emits STATE.
     pub fn flush(&mut self) -> Result<(), LoadError> {
+        self.flush_at_state = false;
         let mut written = Vec::new();
         let mut committed = Vec::new();
         let hard_delete = self.settings.hard_delete;

@@ -20,8 +20,11 @@ pub fn declared_sql_type(schema: &JsonSchema) -> Option<&str> {
 const BIGINT_MIN: i128 = i64::MIN as i128;
 const BIGINT_MAX: i128 = i64::MAX as i128;
 
-/// The SQL type for a property from plain JSON Schema (what third-party taps send).
-pub fn json_schema_type(schema: &JsonSchema) -> String {
+/// The SQL type for a property from plain JSON Schema (what third-party taps
+/// send). `base16` strings are bytea only with `interpret_content_encoding`
+/// (third-party taps' hex comes with `0x` prefixes, odd lengths, or is not
+/// meant as bytes at all: by default it stays as sent).
+pub fn json_schema_type(schema: &JsonSchema, interpret_content_encoding: bool) -> String {
     let types = schema.non_null_types();
     let t = match types.as_slice() {
         [] => "jsonb",
@@ -36,7 +39,9 @@ pub fn json_schema_type(schema: &JsonSchema) -> String {
             "number" => "numeric",
             "boolean" => "boolean",
             "string" => {
-                if schema.content_encoding.as_deref() == Some("base16") {
+                if interpret_content_encoding
+                    && schema.content_encoding.as_deref() == Some("base16")
+                {
                     "bytea"
                 } else {
                     match schema.effective_format() {
@@ -57,6 +62,14 @@ pub fn json_schema_type(schema: &JsonSchema) -> String {
     t.to_owned()
 }
 
+/// A JSON Schema integer with no bounds: its column is `bigint` until a
+/// value beyond bigint arrives, then `numeric` (see [`crate::stream::Column`]).
+pub fn unbounded_integer(schema: &JsonSchema) -> bool {
+    schema.non_null_types().as_slice() == ["integer"]
+        && schema.minimum.is_none()
+        && schema.maximum.is_none()
+}
+
 fn fits_bigint(schema: &JsonSchema) -> bool {
     let within = |n: &Option<serde_json::Number>| match n {
         None => true,
@@ -75,7 +88,7 @@ mod tests {
     use serde_json::json;
 
     fn ty(v: serde_json::Value) -> String {
-        json_schema_type(&JsonSchema::from_value(&v).unwrap())
+        json_schema_type(&JsonSchema::from_value(&v).unwrap(), true)
     }
 
     #[test]
@@ -102,6 +115,8 @@ mod tests {
             ty(json!({"type": "string", "contentEncoding": "base16"})),
             "bytea"
         );
+        let plain = JsonSchema::from_value(&json!({"type": "string", "contentEncoding": "base16"}));
+        assert_eq!(json_schema_type(&plain.unwrap(), false), "text");
         assert_eq!(ty(json!({"type": "object"})), "jsonb");
         assert_eq!(ty(json!({"type": "array", "items": {}})), "jsonb");
         assert_eq!(ty(json!({})), "jsonb");

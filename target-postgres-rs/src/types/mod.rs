@@ -10,7 +10,7 @@
 mod json_schema;
 mod widen;
 
-pub use json_schema::{declared_sql_type, json_schema_type};
+pub use json_schema::{declared_sql_type, json_schema_type, unbounded_integer};
 pub use widen::widen;
 
 use postgres::types::Type;
@@ -28,6 +28,10 @@ pub struct ColumnType {
     dims: usize,
     /// A type modifier was given: `(255)`, `(18,4)`, `(3)`.
     typmod: bool,
+    /// A domain: written as its base type (`base`, `dims`, `typmod` are the
+    /// base type's), but never widened within a family (its constraints
+    /// would be lost).
+    domain: bool,
 }
 
 /// What a column holds, without array dimensions or modifier.
@@ -101,7 +105,7 @@ static BUILTINS: [Builtin; 17] = {
         b("date", Type::DATE, T::Scalar, Some(B::Date), false, true, F::Date),
         b("uuid", Type::UUID, T::Scalar, Some(B::Uuid), false, true, F::Other),
         b("jsonb", Type::JSONB, T::Json, Some(B::Jsonb), false, false, F::Json),
-        b("json", Type::JSON, T::Json, Some(B::Json), false, false, F::Json),
+        b("json", Type::JSON, T::JsonText, Some(B::Json), false, false, F::Json),
         b("bytea", Type::BYTEA, T::Bytea, Some(B::Bytea), false, false, F::Other),
     ]
 };
@@ -109,12 +113,8 @@ static BUILTINS: [Builtin; 17] = {
 impl ColumnType {
     /// Parses a type name as `format_type()` prints it (or as declared).
     pub fn parse(sql: &str) -> ColumnType {
-        let mut rest = sql;
-        let mut dims = 0;
-        while let Some(r) = rest.strip_suffix("[]") {
-            rest = r;
-            dims += 1;
-        }
+        let dims = array_dims(sql);
+        let rest = &sql[..sql.len() - 2 * dims];
         let name = strip_typmod(rest);
         let base = match BUILTINS.iter().find(|b| b.name == name) {
             Some(b) => Base::Builtin(b),
@@ -126,7 +126,25 @@ impl ColumnType {
             base,
             dims,
             typmod: name != rest,
+            domain: false,
         }
+    }
+
+    /// A domain named `sql` whose (innermost) base type is `base`: values
+    /// are written as the base type's (`CREATE DOMAIN d AS int[]` takes array
+    /// literals).
+    pub fn domain(sql: &str, base: &str) -> ColumnType {
+        ColumnType {
+            sql: sql.to_owned(),
+            domain: true,
+            ..ColumnType::parse(base)
+        }
+    }
+
+    /// Whether the name may be a domain (or another type only the
+    /// destination knows): not a built-in, not an array.
+    pub fn may_be_domain(&self) -> bool {
+        self.base == Base::Other && self.dims == 0
     }
 
     /// The name as given.
@@ -146,6 +164,7 @@ impl ColumnType {
         }
         TextKind::Array(match scalar {
             TextKind::Json => Element::Json,
+            TextKind::JsonText => Element::JsonText,
             TextKind::Bytea => Element::Bytea,
             TextKind::Hstore => Element::Hstore,
             _ => Element::Scalar,
@@ -168,7 +187,7 @@ impl ColumnType {
 
     pub(crate) fn family(&self) -> Family {
         match self.base {
-            Base::Builtin(b) if self.dims == 0 => b.family,
+            Base::Builtin(b) if self.dims == 0 && !self.domain => b.family,
             _ => Family::Other,
         }
     }
@@ -180,20 +199,53 @@ impl ColumnType {
 
     /// Exactly the built-in `ty`: no modifier, not an array.
     pub(crate) fn is_exactly(&self, ty: &Type) -> bool {
-        matches!(self.base, Base::Builtin(b) if b.pg == *ty) && self.dims == 0 && !self.typmod
+        matches!(self.base, Base::Builtin(b) if b.pg == *ty)
+            && self.dims == 0
+            && !self.typmod
+            && !self.domain
     }
 }
 
-/// Whether a declared type's text is kept as declared (it carries a modifier
-/// the canonical name lacks) rather than replaced by `canonical`, the name
-/// `format_type(to_regtype(declared), NULL)` gives.
-pub fn keeps_declared(declared: &str, canonical: &str) -> bool {
+/// The destination column type for a declared type, from what the
+/// destination says of it: `canonical` (`format_type(oid, NULL)`),
+/// `unmodified` (`format_type(oid, -1)`), and whether it is (an array of) a
+/// table's row type.
+///
+/// The declared text is kept when it carries a modifier the canonical name
+/// lacks. Without a modifier the unmodified name keeps the type's unbounded
+/// meaning: `character` alone means `character(1)` in DDL, `bpchar` any
+/// length (likewise `bit` and `"bit"`). A table's row type on the
+/// destination is the target's own table (with `_sdc_*` columns), not the
+/// source's: such values land as their text form (`text`, `text[]`).
+pub fn declared_column_type(
+    declared: &str,
+    canonical: &str,
+    unmodified: &str,
+    table_row_type: bool,
+) -> String {
+    if table_row_type {
+        return format!("text{}", "[]".repeat(array_dims(canonical)));
+    }
     // Interval field qualifiers (`interval year to month`) are a typmod too,
     // but not in parentheses: to_regtype accepted the text, so keep it.
     let same_interval = declared.starts_with("interval")
         && canonical.starts_with("interval")
         && declared.ends_with("[]") == canonical.ends_with("[]");
-    strip_typmod(declared) == canonical || same_interval
+    let modified = strip_typmod(declared) != declared;
+    if (modified && strip_typmod(declared) == canonical) || same_interval {
+        declared.to_owned()
+    } else {
+        unmodified.to_owned()
+    }
+}
+
+fn array_dims(mut t: &str) -> usize {
+    let mut dims = 0;
+    while let Some(r) = t.strip_suffix("[]") {
+        t = r;
+        dims += 1;
+    }
+    dims
 }
 
 /// `timestamp(3) with time zone` → `timestamp with time zone`.
@@ -254,6 +306,36 @@ mod tests {
         assert!(ColumnType::parse("smallint").is_integer());
         assert!(!ColumnType::parse("integer[]").is_integer());
         assert!(!ColumnType::parse("numeric").is_integer());
+    }
+
+    #[test]
+    fn declared_types_keep_their_meaning() {
+        let d = |declared, canonical, unmodified| {
+            declared_column_type(declared, canonical, unmodified, false)
+        };
+        assert_eq!(d("character", "character", "bpchar"), "bpchar");
+        assert_eq!(d("character(3)", "character", "bpchar"), "character(3)");
+        assert_eq!(d("CHAR(10)", "character", "bpchar"), "bpchar");
+        assert_eq!(d("character[]", "character[]", "bpchar[]"), "bpchar[]");
+        assert_eq!(d("bit", "bit", "\"bit\""), "\"bit\"");
+        assert_eq!(d("bit(4)", "bit", "\"bit\""), "bit(4)");
+        assert_eq!(d("numeric(18,4)", "numeric", "numeric"), "numeric(18,4)");
+        assert_eq!(d("int4", "integer", "integer"), "integer");
+        assert_eq!(
+            d("interval year to month", "interval", "interval"),
+            "interval year to month"
+        );
+        assert_eq!(declared_column_type("t2[]", "t2[]", "t2[]", true), "text[]");
+        assert_eq!(declared_column_type("t2", "t2", "t2", true), "text");
+    }
+
+    #[test]
+    fn domains_are_written_as_their_base_type() {
+        let d = ColumnType::domain("public.d", "integer[]");
+        assert_eq!(d.sql(), "public.d");
+        assert_eq!(d.text_kind(), TextKind::Array(Element::Scalar));
+        assert_eq!(d.family(), Family::Other);
+        assert!(!ColumnType::domain("d", "bigint").is_integer());
     }
 
     #[test]

@@ -4,4 +4,5 @@
 mod behaviour;
 mod common;
 mod direct_keys;
+mod fidelity;
 mod vectors;

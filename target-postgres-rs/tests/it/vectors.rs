@@ -162,7 +162,7 @@ const LOADS: &[(&str, &[(&str, i64)])] = &[
 const FAILS: &[(&str, &str)] = &[
     (
         "singer-sdk/encoded_string_data.singer",
-        "target-postgres-rs: error: input line 12 (stream `test_strings`): field `info` contains a NUL character (\\u0000), which Postgres can't store; set `sanitize_null_text_characters: true` to strip it",
+        "target-postgres-rs: error: input line 12 (stream `test_strings`): field `info` contains a NUL character (\\u0000), which text and jsonb columns can't hold; set `sanitize_null_text_characters: true` to strip it, or declare the column `json` (`x-sql-datatype`), which keeps it",
     ),
     (
         "singer-sdk/invalid_schema.singer",
