@@ -18,7 +18,7 @@ use singer_core::metrics::{tags, Counter};
 use singer_core::{MessageWriter, State};
 
 use crate::error::{query_failed, StreamError, SyncError};
-use crate::plan::Prepared;
+use crate::plan::{self, Prepared};
 use crate::record::{self, RecordBuilder};
 use crate::settings::TapSettings;
 use crate::state::{LSN, VERSION};
@@ -55,7 +55,7 @@ impl<'a> LogStream<'a> {
             mapping: Vec::new(),
             mapped_relation: 0,
             key_indexes: Vec::new(),
-            record: RecordBuilder::new(&p.columns),
+            record: RecordBuilder::new(&p.columns, &p.widening),
         }
     }
 
@@ -112,6 +112,9 @@ impl<W: Write> Emitter<'_, W> {
             }
         }
         r.log_position(lsn, deleted_at);
+        if r.schema_changed() {
+            plan::write_schema(s.p, self.out)?;
+        }
         self.out.write_record_raw(
             &s.p.name,
             r.finish(),
