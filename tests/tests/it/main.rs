@@ -7,5 +7,6 @@ mod interop;
 mod log_based;
 mod logging;
 mod meltano;
+mod oracle;
 mod roundtrip;
 mod secure;
