@@ -336,16 +336,8 @@ fn columns(pg14: bool) -> Vec<(&'static str, &'static str, BoxedStrategy<Value>)
             "cidr",
             nullable(any::<[u8; 3]>().prop_map(|a| format!("{}.{}.{}.0/24", a[0], a[1], a[2]))),
         ),
-        (
-            "j",
-            "json",
-            nullable(json_document()),
-        ),
-        (
-            "jb",
-            "jsonb",
-            nullable(json_document()),
-        ),
+        ("j", "json", nullable(json_document())),
+        ("jb", "jsonb", nullable(json_document())),
         (
             "ai",
             "integer[]",
