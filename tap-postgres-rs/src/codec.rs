@@ -4,9 +4,11 @@
 //!
 //! Transport-free on purpose: COPY text (after [`unescape_copy_field`]) and
 //! pgoutput tuples carry the same text form, so every sync method shares it.
-//! The one rule for values JSON cannot hold (NaN, ±Infinity, `infinity`
-//! dates, BC dates, years past 9999): they travel as a JSON string that
-//! Postgres parses back to the same value.
+//! The one rule for values the plain JSON schema cannot hold (NaN,
+//! ±Infinity, `infinity` dates, BC dates, years past 9999, times at 24:00,
+//! offsets with seconds, arrays with explicit bounds): they travel as a JSON
+//! string that Postgres parses back to the same value, and [`Codec::encode`]
+//! says so, so that the stream's SCHEMA can admit that string first.
 
 use singer_core::push_json_string;
 
@@ -22,6 +24,8 @@ pub enum Codec {
     Boolean,
     /// Any text form kept as a JSON string.
     Text,
+    /// date: as printed (`2024-02-29`, `0044-03-15 BC`, `infinity`).
+    Date,
     /// json, jsonb: the value itself.
     Json,
     /// bytea: lowercase hex without the `\x` prefix.
@@ -40,28 +44,53 @@ pub enum Codec {
 
 impl Codec {
     /// Appends the JSON for one non-NULL value given in Postgres's text form.
-    pub fn encode(&self, text: &str, out: &mut String) {
+    /// Returns whether the value is *special*: sent as its Postgres text form
+    /// because the type's plain schema (`number`, `format: date`, ...) cannot
+    /// hold it.
+    pub fn encode(&self, text: &str, out: &mut String) -> bool {
         match self {
             Codec::Integer => out.push_str(text),
             Codec::Number => match text {
-                "NaN" | "Infinity" | "-Infinity" => push_json_string(out, text),
+                "NaN" | "Infinity" | "-Infinity" => {
+                    push_json_string(out, text);
+                    return true;
+                }
                 _ => out.push_str(text),
             },
             Codec::Boolean => out.push_str(if text == "t" { "true" } else { "false" }),
             Codec::Text => push_json_string(out, text),
+            Codec::Date => {
+                push_json_string(out, text);
+                return special_date(text);
+            }
             Codec::Json => encode_json(text, out),
             Codec::Bytea => {
                 out.push('"');
                 out.push_str(text.strip_prefix("\\x").unwrap_or(text));
                 out.push('"');
             }
-            Codec::Timestamp => encode_timestamp(text, false, out),
-            Codec::Timestamptz => encode_timestamp(text, true, out),
-            Codec::Timetz => encode_timetz(text, out),
+            Codec::Timestamp => return encode_timestamp(text, false, out),
+            Codec::Timestamptz => return encode_timestamp(text, true, out),
+            Codec::Timetz => return encode_timetz(text, out),
             Codec::Hstore => encode_hstore(text, out),
-            Codec::Array { element, delimiter } => encode_array(text, element, *delimiter, out),
+            Codec::Array { element, delimiter } => {
+                return encode_array(text, element, *delimiter, out)
+            }
         }
+        false
     }
+}
+
+/// A date (or a timestamp's date part) RFC 3339's `full-date` cannot
+/// express: `infinity`, `-infinity`, BC, a year past 9999.
+fn special_date(text: &str) -> bool {
+    text.ends_with("infinity") || text.ends_with(" BC") || text.find('-').is_some_and(|i| i > 4)
+}
+
+/// A `time with time zone` RFC 3339's `full-time` cannot express: hour 24,
+/// or an offset with seconds (`+05:30:15`).
+fn special_time(time: &str) -> bool {
+    time.starts_with("24") || time.rfind(['+', '-']).is_some_and(|i| time.len() - i > 6)
 }
 
 /// json text may hold newlines between tokens (never inside strings, where
@@ -78,11 +107,12 @@ fn encode_json(text: &str, out: &mut String) {
 }
 
 /// `2024-01-02 03:04:05.123456+00` → `2024-01-02T03:04:05.123456+00:00`;
-/// `infinity`, `-infinity` kept; ` BC` kept as a suffix (Postgres parses it back).
-fn encode_timestamp(text: &str, with_tz: bool, out: &mut String) {
+/// `infinity`, `-infinity` kept; ` BC` kept as a suffix (Postgres parses it
+/// back). Returns whether the value is special (see [`special_date`]).
+fn encode_timestamp(text: &str, with_tz: bool, out: &mut String) -> bool {
     if text.ends_with("infinity") {
         push_json_string(out, text);
-        return;
+        return true;
     }
     let (body, bc) = match text.strip_suffix(" BC") {
         Some(b) => (b, true),
@@ -106,6 +136,7 @@ fn encode_timestamp(text: &str, with_tz: bool, out: &mut String) {
         out.push_str(" BC");
     }
     out.push('"');
+    bc || special_date(body)
 }
 
 /// `03:04:05+02` → `03:04:05+02:00`; `+05:30` and `+05:30:15` kept.
@@ -119,10 +150,11 @@ fn push_time_with_offset(time: &str, out: &mut String) {
     }
 }
 
-fn encode_timetz(text: &str, out: &mut String) {
+fn encode_timetz(text: &str, out: &mut String) -> bool {
     out.push('"');
     push_time_with_offset(text, out);
     out.push('"');
+    special_time(text)
 }
 
 /// `"a"=>"1", "b"=>NULL` (hstore always quotes keys and values).
@@ -188,17 +220,20 @@ fn read_quoted(text: &str, start: usize, into: &mut String) -> usize {
 }
 
 /// Postgres array text: `{1,2}`, `{{1,NULL},{3,4}}`, `{"a b","c\"d"}`,
-/// `[0:1]={1,2}` (explicit bounds are dropped: JSON arrays start at 0).
-fn encode_array(text: &str, element: &Codec, delimiter: u8, out: &mut String) {
-    let text = match (text.starts_with('['), text.find('=')) {
-        (true, Some(eq)) => &text[eq + 1..],
-        _ => text,
-    };
+/// `[0:1]={1,2}`. An array with explicit bounds is special: a JSON array
+/// has nowhere to keep them, so it travels as its text form, whole.
+/// Returns whether the value (or one of its elements) is special.
+fn encode_array(text: &str, element: &Codec, delimiter: u8, out: &mut String) -> bool {
+    if text.starts_with('[') {
+        push_json_string(out, text);
+        return true;
+    }
     if !text.starts_with('{') {
         // Not array syntax (e.g. int2vector's `1 2 3`): keep the text.
         push_json_string(out, text);
-        return;
+        return false;
     }
+    let mut special = false;
     let bytes = text.as_bytes();
     let mut scratch = String::new();
     // Whether the next element in the current array needs a comma first.
@@ -225,7 +260,7 @@ fn encode_array(text: &str, element: &Codec, delimiter: u8, out: &mut String) {
                 if need_comma {
                     out.push(',');
                 }
-                element.encode(&scratch, out);
+                special |= element.encode(&scratch, out);
                 need_comma = true;
             }
             _ => {
@@ -240,12 +275,13 @@ fn encode_array(text: &str, element: &Codec, delimiter: u8, out: &mut String) {
                 if item.eq_ignore_ascii_case("NULL") {
                     out.push_str("null");
                 } else {
-                    element.encode(item, out);
+                    special |= element.encode(item, out);
                 }
                 need_comma = true;
             }
         }
     }
+    special
 }
 
 /// Undoes COPY text escaping (`\t`, `\n`, `\\`, ...) of one field into `into`.
@@ -283,6 +319,47 @@ mod tests {
         let mut out = String::new();
         codec.encode(text, &mut out);
         out
+    }
+
+    fn special(codec: &Codec, text: &str) -> bool {
+        codec.encode(text, &mut String::new())
+    }
+
+    #[test]
+    fn special_values() {
+        let array = |element| Codec::Array {
+            element: Box::new(element),
+            delimiter: b',',
+        };
+        for (codec, text) in [
+            (Codec::Number, "NaN"),
+            (Codec::Number, "-Infinity"),
+            (Codec::Date, "infinity"),
+            (Codec::Date, "0044-03-15 BC"),
+            (Codec::Date, "10000-01-01"),
+            (Codec::Timestamp, "-infinity"),
+            (Codec::Timestamptz, "0044-03-15 00:00:00+00 BC"),
+            (Codec::Timestamp, "10000-01-01 00:00:00"),
+            (Codec::Timetz, "24:00:00-15:59"),
+            (Codec::Timetz, "13:14:15+05:30:15"),
+            (array(Codec::Integer), "[0:1]={7,8}"),
+            (array(Codec::Number), "{1,NaN}"),
+            (array(Codec::Date), "{2024-01-01,infinity}"),
+        ] {
+            assert!(special(&codec, text), "{codec:?} {text}");
+        }
+        for (codec, text) in [
+            (Codec::Number, "-1.5e+300"),
+            (Codec::Date, "2024-02-29"),
+            (Codec::Date, "0001-01-01"),
+            (Codec::Timestamptz, "2024-01-02 03:04:05.5+00"),
+            (Codec::Timetz, "23:59:59.999999-15:59"),
+            (Codec::Text, "infinity"),
+            (array(Codec::Number), "{1,NULL}"),
+            (array(Codec::Text), "{NaN}"),
+        ] {
+            assert!(!special(&codec, text), "{codec:?} {text}");
+        }
     }
 
     #[test]
@@ -349,7 +426,7 @@ mod tests {
         };
         assert_eq!(enc(&int, "{{1,NULL},{NULL,4}}"), "[[1,null],[null,4]]");
         assert_eq!(enc(&int, "{}"), "[]");
-        assert_eq!(enc(&int, "[0:1]={7,8}"), "[7,8]");
+        assert_eq!(enc(&int, "[0:1]={7,8}"), "\"[0:1]={7,8}\"");
         assert_eq!(enc(&int, "{{{1},{2}},{{3},{4}}}"), "[[[1],[2]],[[3],[4]]]");
         assert_eq!(enc(&int, "1 2 3"), "\"1 2 3\"");
         let text = Codec::Array {

@@ -13,8 +13,9 @@ use singer_core::metrics::{tags, Counter};
 use singer_core::{MessageWriter, State};
 
 use crate::codec::unescape_copy_field;
+use crate::discover::RelKind;
 use crate::error::{query_failed, StreamError, SyncError};
-use crate::plan::Prepared;
+use crate::plan::{self, Prepared};
 use crate::record::{self, RecordBuilder};
 use crate::settings::TapSettings;
 
@@ -76,8 +77,15 @@ impl<'a> StreamCtx<'a> {
         list
     }
 
-    pub fn table(&self) -> String {
-        quote_qualified(&self.p.rel.schema, &self.p.rel.name)
+    /// What the SELECT reads `FROM`: a table's own rows only (`ONLY`: an
+    /// inheritance child is a stream of its own), a partitioned parent's
+    /// through the parent (its partitions are not streams).
+    pub fn read_from(&self) -> String {
+        let table = quote_qualified(&self.p.rel.schema, &self.p.rel.name);
+        match self.p.rel.kind {
+            RelKind::Table | RelKind::ForeignTable => format!("ONLY {table}"),
+            _ => table,
+        }
     }
 }
 
@@ -123,7 +131,7 @@ pub fn emit_rows<W: Write>(
         ctid: String::new(),
         key: None,
     };
-    let mut builder = RecordBuilder::new(&ctx.p.columns);
+    let mut builder = RecordBuilder::new(&ctx.p.columns, &ctx.p.widening);
     let mut line = Vec::with_capacity(4096);
     let mut scratch = String::new();
     let mut count: u64 = 0;
@@ -163,6 +171,9 @@ pub fn emit_rows<W: Write>(
                 k.clear();
                 k.push_str(value);
             }
+        }
+        if builder.schema_changed() {
+            plan::write_schema(ctx.p, out)?;
         }
         let record = builder.finish();
         if query.with_ctid {

@@ -49,8 +49,21 @@ pub struct Column {
     pub ty: PgType,
     /// `ty`'s codec, built once.
     pub codec: Codec,
-    /// The property schema (without `x-sql-datatype`, null included when nullable).
-    pub schema: Value,
+    pub nullable: bool,
+}
+
+impl Column {
+    /// The property schema with `x-sql-datatype`: the plain one, or
+    /// `widened` to admit special values (see [`Codec::encode`]).
+    pub fn property_schema(&self, widened: bool) -> Value {
+        let mut s = if widened {
+            self.ty.widened_schema(self.nullable)
+        } else {
+            self.ty.schema(self.nullable)
+        };
+        s[singer_core::SQL_DATATYPE_KEY] = json!(self.sql_datatype);
+        s
+    }
 }
 
 /// One table, view, materialized view, partitioned parent or foreign table.
@@ -158,7 +171,7 @@ pub fn relations(
             name: row.get(1),
             sql_datatype: row.get(5),
             codec: ty.codec(),
-            schema: ty.schema(!not_null),
+            nullable: !not_null,
             ty,
         });
     }
@@ -185,19 +198,12 @@ pub fn relations(
     Ok(out)
 }
 
-/// A property's schema with `x-sql-datatype`.
-pub fn property_schema(column: &Column) -> Value {
-    let mut s = column.schema.clone();
-    s[singer_core::SQL_DATATYPE_KEY] = json!(column.sql_datatype);
-    s
-}
-
 /// The catalog entry of one relation.
 pub fn catalog_entry(rel: &Relation, database: &str) -> Value {
     let properties: Map<String, Value> = rel
         .columns
         .iter()
-        .map(|c| (c.name.clone(), property_schema(c)))
+        .map(|c| (c.name.clone(), c.property_schema(false)))
         .collect();
     let is_view = matches!(rel.kind, RelKind::View | RelKind::MaterializedView);
     let valid_keys: Vec<&str> = rel

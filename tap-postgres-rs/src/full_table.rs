@@ -82,9 +82,14 @@ fn full_table<W: Write>(
     };
     let mut query = format!("SELECT {}", ctx.select_list());
     if with_ctid {
-        query.push_str(", ctid");
+        // A table without columns reads its ctid alone.
+        query.push_str(if ctx.p.columns.is_empty() {
+            "ctid"
+        } else {
+            ", ctid"
+        });
     }
-    query.push_str(&format!(" FROM {}", ctx.table()));
+    query.push_str(&format!(" FROM {}", ctx.read_from()));
     if let Some(r) = &resume {
         tracing::info!(stream = id, ctid = %r.ctid, "resuming after the bookmark");
         let xip: Vec<String> = r.snapshot_xip.iter().map(u32::to_string).collect();

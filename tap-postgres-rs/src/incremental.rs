@@ -43,7 +43,7 @@ fn incremental<W: Write>(
         .position(|c| c.name == key)
         .expect("the replication key is always selected");
     let key_col = &ctx.p.columns[key_index];
-    let mut query = format!("SELECT {} FROM {}", ctx.select_list(), ctx.table());
+    let mut query = format!("SELECT {} FROM {}", ctx.select_list(), ctx.read_from());
     if let Some(value) = bookmarks::incremental_bookmark(state, id, key) {
         let text = match value {
             Value::String(s) => s.clone(),

@@ -129,7 +129,7 @@ impl Scalar {
             Scalar::Int4 => t(Codec::Integer, int_schema(-2147483648, 2147483647), J),
             Scalar::Int8 => t(Codec::Integer, int_schema(i64::MIN, i64::MAX), J),
             Scalar::Unsigned32 => t(Codec::Integer, int_schema(0, 4294967295), No),
-            Scalar::Numeric => t(Codec::Number, json!({"type": ["number", "string"]}), T),
+            Scalar::Numeric => t(Codec::Number, json!({"type": ["number"]}), T),
             Scalar::Money => t(Codec::Number, json!({"type": ["number"]}), No),
             Scalar::Bool => t(Codec::Boolean, json!({"type": ["boolean"]}), No),
             Scalar::Bytea => t(
@@ -142,8 +142,10 @@ impl Scalar {
                 json!({"type": ["object", "array", "string", "number", "boolean"]}),
                 No,
             ),
-            Scalar::Date => t(Codec::Text, string("date"), J),
-            Scalar::Time => t(Codec::Text, string("time"), No),
+            Scalar::Date => t(Codec::Date, string("date"), J),
+            // Draft 7's `time` is RFC 3339's `full-time`, which requires the
+            // offset that a `time without time zone` does not have.
+            Scalar::Time => t(Codec::Text, json!({"type": ["string"]}), No),
             Scalar::Timetz => t(Codec::Timetz, string("time"), No),
             Scalar::Timestamp => t(Codec::Timestamp, string("date-time"), J),
             Scalar::Timestamptz => t(Codec::Timestamptz, string("date-time"), J),
@@ -190,16 +192,57 @@ impl PgType {
         Value::Object(schema)
     }
 
+    /// The property schema that also admits every special value (see
+    /// [`Codec::encode`]): each level that can be special also accepts a
+    /// string, with no `format`.
+    pub fn widened_schema(&self, nullable: bool) -> Value {
+        let mut schema = self.widened_map();
+        if nullable {
+            add_null(&mut schema);
+        }
+        Value::Object(schema)
+    }
+
+    /// Whether a value of this type can be special (see [`Codec::encode`]).
+    pub fn can_be_special(&self) -> bool {
+        match self {
+            PgType::Scalar(s) => matches!(
+                s,
+                Scalar::Numeric
+                    | Scalar::Date
+                    | Scalar::Timestamp
+                    | Scalar::Timestamptz
+                    | Scalar::Timetz
+            ),
+            // Any array can have explicit bounds.
+            PgType::Array { .. } => true,
+        }
+    }
+
+    fn widened_map(&self) -> Map<String, Value> {
+        if !self.can_be_special() {
+            return self.schema_map();
+        }
+        let mut schema = match self {
+            PgType::Scalar(_) => self.schema_map(),
+            PgType::Array { element, .. } => Self::array_map(element.widened_map()),
+        };
+        schema.remove("format");
+        add_type(&mut schema, "string");
+        schema
+    }
+
+    fn array_map(mut items: Map<String, Value>) -> Map<String, Value> {
+        // Elements may be NULL, and multi-dimensional arrays nest.
+        add_null(&mut items);
+        add_type(&mut items, "array");
+        obj(json!({"type": ["array"], "items": items}))
+    }
+
     fn schema_map(&self) -> Map<String, Value> {
         match self {
             PgType::Scalar(s) => obj(s.traits().schema),
-            PgType::Array { element, .. } => {
-                let mut items = element.schema_map();
-                // Elements may be NULL, and multi-dimensional arrays nest.
-                add_null(&mut items);
-                add_type(&mut items, "array");
-                obj(json!({"type": ["array"], "items": items}))
-            }
+            PgType::Array { element, .. } => Self::array_map(element.schema_map()),
         }
     }
 

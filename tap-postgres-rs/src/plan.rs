@@ -12,8 +12,8 @@ use singer_core::{CatalogEntry, MessageWriter};
 use crate::discover::{self, Column, Relation, Scope};
 use crate::error::{query_failed, StreamError, SyncError};
 use crate::pg_type::TypeMap;
-use crate::record;
-use crate::settings::{Method, TapSettings};
+use crate::record::{self, Widening};
+use crate::settings::{Method, SpecialValues, TapSettings};
 
 /// A selected stream, resolved against the database: what to read and how.
 pub struct Prepared {
@@ -27,6 +27,8 @@ pub struct Prepared {
     pub key_properties: Vec<String>,
     pub method: Method,
     pub replication_key: Option<String>,
+    /// Which columns the SCHEMA in force declares widened.
+    pub widening: Widening,
 }
 
 /// The `(schema, table)` a catalog entry reads.
@@ -124,9 +126,15 @@ pub fn prepare(
         })
         .cloned()
         .collect();
-    if columns.is_empty() {
+    // A table without columns (all dropped) still has rows: it syncs them as
+    // empty records; only a deselection of every column is an error.
+    if columns.is_empty() && !rel.columns.is_empty() {
         return Err(StreamError::NoColumn.at(id));
     }
+    let widening = Widening::new(
+        &columns,
+        settings.special_values == SpecialValues::StringColumns,
+    );
     Ok(Prepared {
         id: id.to_owned(),
         name: entry.stream.clone(),
@@ -135,24 +143,27 @@ pub fn prepare(
         key_properties,
         method,
         replication_key,
+        widening,
     })
 }
 
-/// The stream's SCHEMA message (LOG_BASED streams also carry `_sdc_lsn` and
-/// `_sdc_deleted_at`).
+/// The stream's SCHEMA message, as [`Prepared::widening`] says now
+/// (LOG_BASED streams also carry `_sdc_lsn` and `_sdc_deleted_at`).
 pub fn write_schema<W: Write>(p: &Prepared, out: &mut MessageWriter<W>) -> Result<(), SyncError> {
-    write_schema_of(p, &p.columns, out)
+    write_schema_of(p, &p.columns, &p.widening, out)
 }
 
 /// The stream's SCHEMA with these columns (LOG_BASED, after the table changed).
 pub fn write_schema_of<W: Write>(
     p: &Prepared,
     columns: &[Column],
+    widening: &Widening,
     out: &mut MessageWriter<W>,
 ) -> Result<(), SyncError> {
     let mut properties: serde_json::Map<String, Value> = columns
         .iter()
-        .map(|c| (c.name.clone(), discover::property_schema(c)))
+        .enumerate()
+        .map(|(i, c)| (c.name.clone(), c.property_schema(widening.is_widened(i))))
         .collect();
     if p.method == Method::LogBased {
         properties.extend(record::log_properties());

@@ -2,8 +2,15 @@
 //! both arrive as Postgres's text form, and both become records here, in one
 //! reused buffer. Also the fields LOG_BASED adds (`_sdc_lsn`,
 //! `_sdc_deleted_at`) and the one format of the times the tap writes.
+//!
+//! Also the schema a stream's records are promised to validate against:
+//! each column starts with its plain schema (`number`, `format: date`, ...)
+//! and, on its first special value (NaN, `infinity`, a BC date, an array with
+//! bounds...; see [`crate::codec::Codec::encode`]), is widened to admit the
+//! Postgres text form; the caller then writes the new SCHEMA before the record.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -35,9 +42,67 @@ pub fn log_properties() -> Vec<(String, Value)> {
     ]
 }
 
+/// Which of a stream's columns its SCHEMA in force declares widened. Shared
+/// by every builder of the stream in a run (the initial copy and the log),
+/// so a SCHEMA once widened is never narrowed again.
+#[derive(Debug, Clone)]
+pub struct Widening {
+    widened: Vec<Cell<bool>>,
+    /// A column was widened since the last SCHEMA.
+    changed: Cell<bool>,
+}
+
+impl Widening {
+    /// `from_start`: declare every column that can hold a special value
+    /// widened in the first SCHEMA (for targets that cannot take a SCHEMA
+    /// change mid-stream).
+    pub fn new(columns: &[Column], from_start: bool) -> Widening {
+        Widening {
+            widened: columns
+                .iter()
+                .map(|c| Cell::new(from_start && c.ty.can_be_special()))
+                .collect(),
+            changed: Cell::new(false),
+        }
+    }
+
+    /// The same widening for another list of the stream's columns (its
+    /// table changed in the log): matched by name, new columns plain.
+    pub fn remap(&self, old: &[Column], new: &[Column]) -> Widening {
+        Widening {
+            widened: new
+                .iter()
+                .map(|c| {
+                    let was = old.iter().position(|o| o.name == c.name);
+                    Cell::new(was.is_some_and(|i| self.is_widened(i)))
+                })
+                .collect(),
+            changed: Cell::new(false),
+        }
+    }
+
+    /// Whether column `i` is declared widened.
+    pub fn is_widened(&self, i: usize) -> bool {
+        self.widened[i].get()
+    }
+
+    fn widen(&self, i: usize) {
+        if !self.widened[i].replace(true) {
+            self.changed.set(true);
+        }
+    }
+
+    /// Whether the SCHEMA must be written again before the record being
+    /// built; resets.
+    pub fn take_change(&self) -> bool {
+        self.changed.replace(false)
+    }
+}
+
 /// Builds records of one stream's columns, one at a time.
 pub struct RecordBuilder<'c> {
     columns: Cow<'c, [Column]>,
+    widening: Cow<'c, Widening>,
     /// `"name":` of each column, escaped once.
     keys: Vec<String>,
     record: String,
@@ -45,16 +110,17 @@ pub struct RecordBuilder<'c> {
 }
 
 impl<'c> RecordBuilder<'c> {
-    pub fn new(columns: &'c [Column]) -> Self {
-        Self::with(Cow::Borrowed(columns))
+    pub fn new(columns: &'c [Column], widening: &'c Widening) -> Self {
+        Self::with(Cow::Borrowed(columns), Cow::Borrowed(widening))
     }
 
-    /// A builder that owns its columns (LOG_BASED's change when the table's does).
-    pub fn owned(columns: Vec<Column>) -> RecordBuilder<'static> {
-        RecordBuilder::with(Cow::Owned(columns))
+    /// A builder that owns its columns (LOG_BASED's change when the table's
+    /// does), with the widening carried over by column name.
+    pub fn owned(columns: Vec<Column>, widening: Widening) -> RecordBuilder<'static> {
+        RecordBuilder::with(Cow::Owned(columns), Cow::Owned(widening))
     }
 
-    fn with(columns: Cow<'c, [Column]>) -> Self {
+    fn with(columns: Cow<'c, [Column]>, widening: Cow<'c, Widening>) -> Self {
         let keys = columns
             .iter()
             .map(|c| {
@@ -66,6 +132,7 @@ impl<'c> RecordBuilder<'c> {
             .collect();
         RecordBuilder {
             columns,
+            widening,
             keys,
             record: String::with_capacity(4096),
             empty: true,
@@ -74,6 +141,11 @@ impl<'c> RecordBuilder<'c> {
 
     pub fn columns(&self) -> &[Column] {
         &self.columns
+    }
+
+    /// Which of [`Self::columns`] the SCHEMA in force declares widened.
+    pub fn widening(&self) -> &Widening {
+        &self.widening
     }
 
     /// Starts a new record.
@@ -92,13 +164,24 @@ impl<'c> RecordBuilder<'c> {
     }
 
     /// Adds column `i` (of the builder's columns): NULL, or its text form.
+    /// A special value widens the column (see [`Widening::take_change`]).
     pub fn field(&mut self, i: usize, text: Option<&str>) {
         self.separate();
         self.record.push_str(&self.keys[i]);
         match text {
             None => self.record.push_str("null"),
-            Some(t) => self.columns[i].codec.encode(t, &mut self.record),
+            Some(t) => {
+                if self.columns[i].codec.encode(t, &mut self.record) {
+                    self.widening.widen(i);
+                }
+            }
         }
+    }
+
+    /// Whether the stream's SCHEMA must be written again (widened) before
+    /// this record; resets.
+    pub fn schema_changed(&self) -> bool {
+        self.widening.take_change()
     }
 
     /// Adds LOG_BASED's `_sdc_lsn` and `_sdc_deleted_at`.

@@ -26,6 +26,14 @@ const STATE_INTERVAL: Setting = Setting::new(
 )
 .default_integer(10_000);
 
+const SPECIAL_VALUES: Setting = Setting::new(
+    "special_values",
+    SettingKind::String,
+    "How a SCHEMA admits values its plain type cannot hold (NaN, infinity, BC dates, arrays with bounds), which travel as their Postgres text: widen_schema writes a new SCHEMA widening that one column before its first such value; string_columns declares every column that can hold one as also a string from the start (for targets that cannot take a SCHEMA change mid-stream).",
+)
+.default_text("widen_schema")
+.choices(&["widen_schema", "string_columns"]);
+
 /// The tap's own settings (connection settings come first in [`all`]).
 const SLOT_NAME: Setting = Setting::new(
     "replication_slot_name",
@@ -61,6 +69,7 @@ pub const TAP_SETTINGS: &[Setting] = &[
     FILTER_SCHEMAS,
     DEFAULT_METHOD,
     STATE_INTERVAL,
+    SPECIAL_VALUES,
     SLOT_NAME,
     PUBLICATION_NAME,
     MAX_RUN_SECONDS,
@@ -112,6 +121,13 @@ pub enum OnLostChanges {
     Resync,
 }
 
+/// How SCHEMAs admit special values (see [`crate::record::Widening`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecialValues {
+    WidenSchema,
+    StringColumns,
+}
+
 /// The validated config.
 #[derive(Debug)]
 pub struct TapSettings {
@@ -120,6 +136,7 @@ pub struct TapSettings {
     pub filter_schemas: Vec<String>,
     pub default_method: Method,
     pub state_interval: u64,
+    pub special_values: SpecialValues,
     pub replication_slot: String,
     pub publication: String,
     pub max_run_seconds: Option<u64>,
@@ -143,6 +160,16 @@ impl TapSettings {
                 problem: format!("must be at least 1, not {interval}"),
             });
         }
+        let special_values = match config.string_or_default(&SPECIAL_VALUES)?.trim() {
+            "widen_schema" => SpecialValues::WidenSchema,
+            "string_columns" => SpecialValues::StringColumns,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: SPECIAL_VALUES.name.into(),
+                    problem: format!("must be one of widen_schema, string_columns, not {other:?}"),
+                })
+            }
+        };
         let derived =
             pg_logical::slot::object_name(&format!("tap_postgres_rs_{}", connection.database));
         let object = |setting: &Setting| -> Result<String, ConfigError> {
@@ -192,6 +219,7 @@ impl TapSettings {
             filter_schemas,
             default_method,
             state_interval: interval as u64,
+            special_values,
         })
     }
 }

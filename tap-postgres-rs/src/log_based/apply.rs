@@ -71,7 +71,8 @@ impl<'a> LogStream<'a> {
             key_indexes: Vec::new(),
             by_key: Vec::new(),
             generated,
-            record: RecordBuilder::owned(p.columns.clone()),
+            // After the initial copies: carries what they widened.
+            record: RecordBuilder::owned(p.columns.clone(), p.widening.clone()),
         }
     }
 
@@ -100,7 +101,7 @@ impl<'a> LogStream<'a> {
                 sql_datatype: sql_datatype.clone(),
                 codec: ty.codec(),
                 // Nullability is not in the log: claim nothing.
-                schema: ty.schema(true),
+                nullable: true,
                 ty: ty.clone(),
             };
             match at {
@@ -131,7 +132,8 @@ impl<'a> LogStream<'a> {
             })
             .collect();
         if changed {
-            self.record = RecordBuilder::owned(columns);
+            let widening = self.record.widening().remap(self.columns(), &columns);
+            self.record = RecordBuilder::owned(columns, widening);
         }
         self.mapped = Some(Arc::clone(rel));
         Ok(changed)
@@ -179,6 +181,9 @@ impl<W: Write> Emitter<'_, W> {
             }
         }
         r.log_position(lsn, deleted_at);
+        if r.schema_changed() {
+            plan::write_schema_of(s.p, r.columns(), r.widening(), self.out)?;
+        }
         self.out.write_record_raw(
             &s.p.name,
             r.finish(),
@@ -357,7 +362,7 @@ fn covering<'s, 'p, W: Write>(
     }
     if s.map_relation(rel, side)? {
         tracing::info!(stream = %s.p.id, "the table's columns changed in the log: new SCHEMA");
-        plan::write_schema_of(s.p, s.columns(), out)?;
+        plan::write_schema_of(s.p, s.columns(), s.record.widening(), out)?;
     }
     Ok(Some(s))
 }

@@ -97,7 +97,7 @@ fn streams_metadata_and_types() {
     let props = &orders["schema"]["properties"];
     assert_eq!(
         props["amount"],
-        json!({"type": ["number", "string"], "x-sql-datatype": "numeric(18,4)"})
+        json!({"type": ["number"], "x-sql-datatype": "numeric(18,4)"})
     );
     assert_eq!(
         props["note"],

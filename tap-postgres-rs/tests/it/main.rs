@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod discover;
+mod fidelity;
 mod memory;
 mod sync;
 mod types;

@@ -8,6 +8,7 @@ mod interop;
 mod log_based;
 mod logging;
 mod meltano;
+mod oracle;
 mod progress;
 mod readme;
 mod roundtrip;
