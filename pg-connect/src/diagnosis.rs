@@ -41,7 +41,7 @@ pub(crate) fn explain(e: &postgres::Error, s: &ConnectionSettings, port: u16) ->
         };
         return Some(format!("{said}: {hint}"));
     }
-    if e.to_string().contains("password missing") {
+    if crate::describe(e).contains("password missing") {
         return Some(format!(
             "the server asks for a password for user `{}`, but none is set: set password",
             s.user

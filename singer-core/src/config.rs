@@ -580,7 +580,10 @@ fn setting_schema(s: &Setting) -> Value {
         SettingKind::Password => {
             json!({"type": ["string", "null"], "secret": true, "writeOnly": true})
         }
-        SettingKind::Integer => json!({"type": ["integer", "null"]}),
+        // A numeric string is accepted too (orchestrators send them).
+        SettingKind::Integer => {
+            json!({"type": ["integer", "string", "null"], "pattern": "^\\s*-?[0-9]+\\s*$"})
+        }
         SettingKind::Boolean => json!({"type": ["boolean", "null"]}),
         SettingKind::Array => json!({"type": ["array", "null"], "items": {"type": "string"}}),
         SettingKind::Object => json!({"type": ["object", "null"], "additionalProperties": true}),
@@ -663,6 +666,15 @@ mod tests {
         };
         let j = about.to_json();
         assert_eq!(j["settings"]["properties"]["port"]["default"], json!(5432));
+        // Integers may come as numeric strings, and the schema says so.
+        assert_eq!(
+            j["settings"]["properties"]["port"]["type"],
+            json!(["integer", "string", "null"])
+        );
+        assert_eq!(
+            j["settings"]["properties"]["port"]["pattern"],
+            json!("^\\s*-?[0-9]+\\s*$")
+        );
         assert_eq!(
             j["settings"]["properties"]["method"]["default"],
             json!("FULL_TABLE")
