@@ -7,5 +7,7 @@ mod interop;
 mod log_based;
 mod logging;
 mod meltano;
+mod mistakes;
+mod reference;
 mod roundtrip;
 mod secure;
