@@ -71,6 +71,7 @@ fn settings(dir: Option<&Path>) -> insta::Settings {
         s.add_filter(&regex_escape(&dir.display().to_string()), "[DIR]");
     }
     s.add_filter(r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]");
+    s.add_filter(r"on port \d+\?", "on port [PORT]?");
     s
 }
 

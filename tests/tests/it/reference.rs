@@ -79,6 +79,8 @@ fn readme_tables() -> BTreeMap<String, BTreeMap<String, String>> {
 fn readme_settings_tables_match_about() {
     let tables = readme_tables();
     let connection = &tables["Connection (both binaries)"];
+    assert!(connection.len() > 15, "{tables:?}");
+    assert!(tables["tap-postgres-rs"].len() > 6 && tables["target-postgres-rs"].len() > 8, "{tables:?}");
     let mut problems = Vec::new();
     for binary in ["tap-postgres-rs", "target-postgres-rs"] {
         let settings = about(binary);
