@@ -130,9 +130,7 @@ pub(crate) fn connect(
         Err(e) if s.ssl_mode == SslMode::Prefer && hba_refused(&e) => {
             let mut plain = config.clone();
             plain.ssl_mode(PgSslMode::Disable);
-            plain
-                .connect(NoTls)
-                .map_err(|_| failed(&e, s, shown_port))
+            plain.connect(NoTls).map_err(|_| failed(&e, s, shown_port))
         }
         Err(e) => Err(failed(&e, s, shown_port)),
     }

@@ -441,10 +441,18 @@ fn closest(key: &str, settings: &[Setting]) -> Option<&'static str> {
     let limit = (key.len() / 4).clamp(1, 3);
     settings
         .iter()
-        .flat_map(|s| std::iter::once(s.name).chain(s.aliases.iter().copied()).map(move |n| (s.name, n)))
+        .flat_map(|s| {
+            std::iter::once(s.name)
+                .chain(s.aliases.iter().copied())
+                .map(move |n| (s.name, n))
+        })
         .filter_map(|(name, spelled)| {
             let distance = strsim::levenshtein(key, spelled);
-            let (short, long) = if key.len() < spelled.len() { (key, spelled) } else { (spelled, key) };
+            let (short, long) = if key.len() < spelled.len() {
+                (key, spelled)
+            } else {
+                (spelled, key)
+            };
             let contains = short.len() >= 3 && long.contains(short);
             (distance <= limit || contains).then_some((distance, name))
         })
@@ -753,11 +761,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_found_with_a_suggestion() {
-        const METHOD: Setting = Setting::new(
-            "default_replication_method",
-            SettingKind::String,
-            "M",
-        );
+        const METHOD: Setting =
+            Setting::new("default_replication_method", SettingKind::String, "M");
         const SETTINGS: &[Setting] = &[HOST, PORT, DB, SCHEMAS, SSH_HOST, SSH_PORT, METHOD];
         let c = cfg(json!({
             "hostname": "h", "port": 1, "dbname": "d", "filter_schema": ["a"],
@@ -771,7 +776,10 @@ mod tests {
             vec![
                 ("hostname".to_owned(), Some("host")),
                 ("filter_schema".to_owned(), Some("filter_schemas")),
-                ("default_replication_methd".to_owned(), Some("default_replication_method")),
+                (
+                    "default_replication_methd".to_owned(),
+                    Some("default_replication_method")
+                ),
                 ("colour".to_owned(), None),
                 ("ssh_tunnel.prot".to_owned(), Some("ssh_tunnel.port")),
             ]

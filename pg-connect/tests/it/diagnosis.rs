@@ -58,7 +58,13 @@ fn refused_unknown_host_wrong_password_and_missing_database_say_what_to_fix() {
          host all diag_hba 127.0.0.1/32 reject",
     );
     let port = c.port();
-    let wrong = failure("127.0.0.1", port, "diag_pw", Some("wrong-hunter2"), "postgres");
+    let wrong = failure(
+        "127.0.0.1",
+        port,
+        "diag_pw",
+        Some("wrong-hunter2"),
+        "postgres",
+    );
     assert_eq!(
         wrong,
         format!(

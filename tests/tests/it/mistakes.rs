@@ -74,7 +74,12 @@ fn misspelt_settings_warn_with_the_closest_name_and_the_run_goes_on() {
             json!({"default_target_shema": "raw", "batch_size": 5, "validate_records": false}),
         ),
     );
-    let r = run(command("target-postgres-rs").arg("--config").arg(&target_config), b"");
+    let r = run(
+        command("target-postgres-rs")
+            .arg("--config")
+            .arg(&target_config),
+        b"",
+    );
     assert!(r.ok, "{}", r.stderr);
     for line in [
         "unknown setting \"default_target_shema\" (did you mean \"default_target_schema\"?); it is ignored",
@@ -153,7 +158,13 @@ fn the_environment_alone_is_a_whole_config_for_both_binaries() {
 fn tap_with(config: &Value, args: &[&str]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let path = write_json(dir.path(), "tap.json", config);
-    run(command("tap-postgres-rs").arg("--config").arg(&path).args(args), b"")
+    run(
+        command("tap-postgres-rs")
+            .arg("--config")
+            .arg(&path)
+            .args(args),
+        b"",
+    )
 }
 
 #[test]
@@ -182,7 +193,10 @@ fn an_empty_discovery_or_selection_says_why_and_how_to_fix_it() {
     );
     // A role that may read nothing.
     let r = tap_with(
-        &with(db.config(), json!({"user": "mistakes_nobody", "filter_schemas": "public"})),
+        &with(
+            db.config(),
+            json!({"user": "mistakes_nobody", "filter_schemas": "public"}),
+        ),
         &["--discover"],
     );
     assert!(r.ok, "{}", r.stderr);

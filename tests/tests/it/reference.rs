@@ -12,7 +12,12 @@ use serde_json::Value;
 
 /// name -> (default, required) from `--about --format json`.
 fn about(binary: &str) -> BTreeMap<String, (Option<Value>, bool)> {
-    fn walk(prefix: &str, props: &Value, required: &[Value], out: &mut BTreeMap<String, (Option<Value>, bool)>) {
+    fn walk(
+        prefix: &str,
+        props: &Value,
+        required: &[Value],
+        out: &mut BTreeMap<String, (Option<Value>, bool)>,
+    ) {
         for (name, schema) in props.as_object().unwrap() {
             let full = format!("{prefix}{name}");
             match schema.get("properties") {
@@ -32,14 +37,20 @@ fn about(binary: &str) -> BTreeMap<String, (Option<Value>, bool)> {
     let about: Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut settings = BTreeMap::new();
     let required = about["settings"]["required"].as_array().unwrap().clone();
-    walk("", &about["settings"]["properties"], &required, &mut settings);
+    walk(
+        "",
+        &about["settings"]["properties"],
+        &required,
+        &mut settings,
+    );
     settings
 }
 
 /// Rows of the `| setting | default | meaning |` tables under "## Configuration
 /// reference", by the `###` section they are in: name -> default cell.
 fn readme_tables() -> BTreeMap<String, BTreeMap<String, String>> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let reference = readme
         .split("\n## Configuration reference\n")
         .nth(1)
@@ -66,10 +77,10 @@ fn readme_tables() -> BTreeMap<String, BTreeMap<String, String>> {
             continue;
         };
         if in_settings_table {
-            tables
-                .entry(section.clone())
-                .or_default()
-                .insert(name.to_owned(), cells.get(1).copied().unwrap_or("").to_owned());
+            tables.entry(section.clone()).or_default().insert(
+                name.to_owned(),
+                cells.get(1).copied().unwrap_or("").to_owned(),
+            );
         }
     }
     tables
@@ -80,7 +91,10 @@ fn readme_settings_tables_match_about() {
     let tables = readme_tables();
     let connection = &tables["Connection (both binaries)"];
     assert!(connection.len() > 15, "{tables:?}");
-    assert!(tables["tap-postgres-rs"].len() > 6 && tables["target-postgres-rs"].len() > 8, "{tables:?}");
+    assert!(
+        tables["tap-postgres-rs"].len() > 6 && tables["target-postgres-rs"].len() > 8,
+        "{tables:?}"
+    );
     let mut problems = Vec::new();
     for binary in ["tap-postgres-rs", "target-postgres-rs"] {
         let settings = about(binary);
@@ -93,7 +107,9 @@ fn readme_settings_tables_match_about() {
             };
             let cell = cell.as_str();
             if *required != (cell == "required") {
-                problems.push(format!("{binary}: `{name}` required: {required}, README default cell {cell:?}"));
+                problems.push(format!(
+                    "{binary}: `{name}` required: {required}, README default cell {cell:?}"
+                ));
             }
             // A single literal (not a template like `tap_postgres_rs_<database>`) is a default.
             let literal = cell
@@ -112,14 +128,24 @@ fn readme_settings_tables_match_about() {
         }
         for name in rows.keys() {
             if !settings.contains_key(name) {
-                problems.push(format!("{binary}: the README lists `{name}`, which --about does not declare"));
+                problems.push(format!(
+                    "{binary}: the README lists `{name}`, which --about does not declare"
+                ));
             }
         }
     }
     // Rows a binary does not read would otherwise go unchecked.
     for section in tables.keys() {
-        if !["Connection (both binaries)", "tap-postgres-rs", "target-postgres-rs"].contains(&section.as_str()) {
-            problems.push(format!("a settings table under `### {section}` belongs to no binary"));
+        if ![
+            "Connection (both binaries)",
+            "tap-postgres-rs",
+            "target-postgres-rs",
+        ]
+        .contains(&section.as_str())
+        {
+            problems.push(format!(
+                "a settings table under `### {section}` belongs to no binary"
+            ));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
@@ -132,9 +158,15 @@ fn help_names_rust_log_and_every_kind_of_stream() {
         let help = String::from_utf8(help.stdout).unwrap();
         assert!(help.contains("RUST_LOG"), "{binary}: {help}");
         assert!(help.contains("\n  ssl\n"), "{binary}: {help}");
-        assert!(help.contains("  ssl_mode (alias sslmode) [default: \"prefer\"]"), "{binary}: {help}");
+        assert!(
+            help.contains("  ssl_mode (alias sslmode) [default: \"prefer\"]"),
+            "{binary}: {help}"
+        );
     }
-    let help = Command::new(bin("tap-postgres-rs")).arg("--help").output().unwrap();
+    let help = Command::new(bin("tap-postgres-rs"))
+        .arg("--help")
+        .output()
+        .unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
     assert!(
         help.contains("one stream per table, view, materialized view, partitioned table (the parent) and foreign table"),
