@@ -13,6 +13,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod diagnosis;
 mod quote;
 mod settings;
 mod tls;
@@ -171,7 +172,7 @@ fn connect_showing(
     if let Some(p) = &settings.password {
         config.password(p);
     }
-    let mut client = tls::connect(&config, settings).map_err(|e| fail(e.into()))?;
+    let mut client = tls::connect(&config, settings, shown_port).map_err(|e| fail(e.into()))?;
     client
         .batch_execute(SESSION_SETUP)
         .map_err(|e| fail(ConnectFailure::SessionSetup(describe(&e))))?;

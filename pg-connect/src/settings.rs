@@ -35,14 +35,15 @@ const SSL_ENABLE: Setting = Setting::new(
 const SSL_MODE: Setting = Setting::new(
     "ssl_mode",
     SettingKind::String,
-    "libpq's sslmode: disable, allow, prefer (default), require, verify-ca or verify-full. `require` with a certificate authority behaves as verify-ca, as in libpq.",
+    "libpq's sslmode: disable, allow, prefer, require, verify-ca or verify-full. `require` with a certificate authority behaves as verify-ca, as in libpq. Unset: from `ssl_enable` or `ssl` when either is set, else prefer.",
 )
+.default_text("prefer")
 .aliases(&["sslmode"])
 .choices(&["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]);
 const SSL_LEGACY: Setting = Setting::new(
     "ssl",
     SettingKind::Boolean,
-    "pipelinewise spelling: `\"true\"` means `ssl_mode: require`.",
+    "pipelinewise's spelling: `true` (or `\"true\"`) means `ssl_mode: require`; `ssl_mode` and `ssl_enable` win over it.",
 );
 const SSL_CA: Setting = Setting::new(
     "ssl_certificate_authority",
@@ -106,6 +107,7 @@ pub const CONNECTION_SETTINGS: &[Setting] = &[
     DATABASE,
     SSL_ENABLE,
     SSL_MODE,
+    SSL_LEGACY,
     SSL_CA,
     SSL_CERT,
     SSL_KEY,
@@ -224,7 +226,11 @@ fn port(config: &Config, s: &Setting) -> Result<u16, ConfigError> {
 impl ConnectionSettings {
     /// Reads the connection settings from a connector config.
     pub fn from_config(config: &Config) -> Result<ConnectionSettings, ConfigError> {
-        let explicit_mode = config.string(&SSL_MODE)?;
+        // Only a mode the config sets outranks ssl_enable and ssl, not its default.
+        let explicit_mode = match config.raw(&SSL_MODE) {
+            Some(_) => config.string(&SSL_MODE)?,
+            None => None,
+        };
         let ssl_mode = match (
             explicit_mode,
             config.boolean(&SSL_ENABLE)?,

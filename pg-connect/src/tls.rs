@@ -88,9 +88,21 @@ pub fn explain(msg: String, s: &ConnectionSettings) -> String {
     }
 }
 
+/// What to fix for a failed attempt: the common failures explained (see
+/// [`crate::diagnosis`]), else the TLS ones, else the driver's text.
+fn failed(e: &postgres::Error, s: &ConnectionSettings, shown_port: u16) -> TlsError {
+    TlsError::Connect(
+        crate::diagnosis::explain(e, s, shown_port)
+            .unwrap_or_else(|| explain(crate::describe(e), s)),
+    )
+}
+
+/// Connects as `s.ssl_mode` says; errors name `shown_port` (the configured
+/// port, not a tunnel's).
 pub(crate) fn connect(
     config: &postgres::Config,
     s: &ConnectionSettings,
+    shown_port: u16,
 ) -> Result<postgres::Client, TlsError> {
     let mut config = config.clone();
     let pg_mode = match s.ssl_mode {
@@ -107,7 +119,7 @@ pub(crate) fn connect(
             // allow: plain first; TLS only when the server refuses plain
             // (e.g. a `hostssl` rule), as libpq does.
             Err(e) if s.ssl_mode == SslMode::Allow && e.as_db_error().is_some() => {}
-            Err(e) => return Err(TlsError::Connect(crate::describe(&e))),
+            Err(e) => return Err(failed(&e, s, shown_port)),
         }
     }
     config.ssl_mode(pg_mode);
@@ -120,11 +132,9 @@ pub(crate) fn connect(
         Err(e) if s.ssl_mode == SslMode::Prefer && hba_refused(&e) => {
             let mut plain = config.clone();
             plain.ssl_mode(PgSslMode::Disable);
-            plain
-                .connect(NoTls)
-                .map_err(|_| TlsError::Connect(explain(crate::describe(&e), s)))
+            plain.connect(NoTls).map_err(|_| failed(&e, s, shown_port))
         }
-        Err(e) => Err(TlsError::Connect(explain(crate::describe(&e), s))),
+        Err(e) => Err(failed(&e, s, shown_port)),
     }
 }
 

@@ -7,7 +7,9 @@
 //! * stdout closed by the reader (`| head`): a warning on stderr, exit code 0,
 //!   never a panic;
 //! * any other error: exit code 1 and ONE last stderr line,
-//!   `<name>: error: <the error chain joined by ": ", repeats left out>`;
+//!   `<name>: error: <the error chain joined by ": ", repeats left out>`
+//!   (with `--log-format json`: a JSON log line of level `error` whose
+//!   `message` is that chain);
 //! * a command-line mistake: clap's message, exit code 2.
 //!
 //! ```no_run
@@ -39,9 +41,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::config::{settings_help, About, Config, ConfigError, Setting};
+use crate::config::{settings_help, About, Config, ConfigError, KeyCheck, Setting};
 use crate::io::WriteError;
-use crate::logging::{init_logging, LogFormat};
+use crate::logging::{fatal_line, init_logging, LogFormat};
 
 /// How `--about` is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -65,7 +67,9 @@ pub struct CommonArgs {
     #[arg(long, value_enum, default_value_t = AboutFormat::Json)]
     pub format: AboutFormat,
     /// Log lines on stderr as `text` or `json` (one object per line, in the
-    /// Meltano SDK's structured-log shape).
+    /// Meltano SDK's structured-log shape). Which lines: the RUST_LOG
+    /// environment variable (default `info`; e.g. `RUST_LOG=debug`, or
+    /// `RUST_LOG=warn` for quiet runs).
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     pub log_format: LogFormat,
 }
@@ -108,13 +112,17 @@ impl Connector {
         init_logging(common.log_format, self.name);
         if common.about {
             return self.finish(
+                common.log_format,
                 self.print_about(common.format)
                     .err()
                     .as_ref()
                     .map(|e| e as _),
             );
         }
-        self.finish(run(args).err().as_ref().map(AsRef::as_ref))
+        self.finish(
+            common.log_format,
+            run(args).err().as_ref().map(AsRef::as_ref),
+        )
     }
 
     /// Parses the command line; on a mistake (or `--help`, `--version`)
@@ -162,13 +170,26 @@ impl Connector {
     }
 
     /// The config files merged (later files win), then the environment for
-    /// the settings they left unset.
+    /// the settings they left unset. Keys no setting declares are warned
+    /// about (a misspelling would otherwise silently mean a default).
     pub fn config(&self, files: &[PathBuf]) -> Result<Config, ConfigError> {
-        Ok(Config::from_files(files)?
-            .with_env(self.env_prefix, &self.settings, |k| std::env::var(k).ok()))
+        let config = Config::from_files(files)?
+            .with_env(self.env_prefix, &self.settings, |k| std::env::var(k).ok());
+        let check = config.check_keys(&self.settings);
+        for (key, suggestion) in &check.unknown {
+            tracing::warn!("{}", KeyCheck::unknown_message(key, *suggestion));
+        }
+        if !check.unsupported.is_empty() {
+            tracing::info!(
+                "{} does not implement the Meltano SDK settings {}; they are ignored",
+                self.name,
+                check.unsupported.join(", ")
+            );
+        }
+        Ok(config)
     }
 
-    fn finish(&self, error: Option<&(dyn Error + 'static)>) -> ExitCode {
+    fn finish(&self, format: LogFormat, error: Option<&(dyn Error + 'static)>) -> ExitCode {
         match error {
             None => ExitCode::SUCCESS,
             Some(e) if is_closed_pipe(e) => {
@@ -177,7 +198,8 @@ impl Connector {
             }
             Some(e) => {
                 // Best effort: there is nowhere else to say it.
-                let _ = writeln!(std::io::stderr().lock(), "{}", error_line(self.name, e));
+                let line = fatal_line(format, self.name, &chain_text(e));
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
                 ExitCode::FAILURE
             }
         }
@@ -186,7 +208,7 @@ impl Connector {
 
 /// The final stderr line of a failed run: `<name>: error: <chain>`.
 pub fn error_line(name: &str, error: &(dyn Error + 'static)) -> String {
-    format!("{name}: error: {}", chain_text(error))
+    fatal_line(LogFormat::Text, name, &chain_text(error))
 }
 
 /// An error and its sources joined by `": "`, leaving out a source whose text

@@ -174,6 +174,45 @@ impl Config {
         self
     }
 
+    /// Checks every key the config sets against the declared settings and
+    /// their aliases (nested objects such as `ssh_tunnel` key by key).
+    pub fn check_keys(&self, settings: &[Setting]) -> KeyCheck {
+        let mut check = KeyCheck::default();
+        self.check_object(&self.values, "", settings, &mut check);
+        check
+    }
+
+    fn check_object(
+        &self,
+        object: &Map<String, Value>,
+        prefix: &str,
+        settings: &[Setting],
+        check: &mut KeyCheck,
+    ) {
+        for (key, value) in object {
+            let dotted = format!("{prefix}{key}");
+            let declared = settings
+                .iter()
+                .any(|s| s.name == dotted || s.aliases.contains(&dotted.as_str()));
+            if declared {
+                continue;
+            }
+            let parent = format!("{dotted}.");
+            match value {
+                Value::Object(nested) if settings.iter().any(|s| s.name.starts_with(&parent)) => {
+                    self.check_object(nested, &parent, settings, check)
+                }
+                _ if prefix.is_empty() && SDK_SETTINGS.contains(&key.as_str()) => {
+                    check.unsupported.push(dotted)
+                }
+                _ => {
+                    let suggestion = closest(&dotted, settings);
+                    check.unknown.push((dotted, suggestion));
+                }
+            }
+        }
+    }
+
     fn lookup(&self, dotted: &str) -> Option<&Value> {
         let mut parts = dotted.split('.');
         let mut cur = self.values.get(parts.next()?)?;
@@ -361,6 +400,66 @@ impl Config {
     }
 }
 
+/// Settings the Meltano SDK gives every SDK-built connector (stream maps,
+/// flattening, BATCH messages, ...): Meltano users carry them over from other
+/// plugins, so they are recognised and reported as not implemented here,
+/// rather than called misspellings. A connector's own declaration wins.
+pub const SDK_SETTINGS: &[&str] = &[
+    "stream_maps",
+    "stream_map_config",
+    "faker_config",
+    "flattening_enabled",
+    "flattening_max_depth",
+    "batch_config",
+    "activate_version",
+    "validate_records",
+];
+
+/// What [`Config::check_keys`] found among the keys the config files set.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KeyCheck {
+    /// Keys no setting declares (dotted when nested), each with the closest
+    /// declared name when one is close.
+    pub unknown: Vec<(String, Option<&'static str>)>,
+    /// [`SDK_SETTINGS`] that are set, though this connector does not implement them.
+    pub unsupported: Vec<String>,
+}
+
+impl KeyCheck {
+    /// The warning for one unknown key.
+    pub fn unknown_message(key: &str, suggestion: Option<&str>) -> String {
+        match suggestion {
+            Some(s) => format!("unknown setting {key:?} (did you mean {s:?}?); it is ignored"),
+            None => format!("unknown setting {key:?} (not a setting of this connector: see --about); it is ignored"),
+        }
+    }
+}
+
+/// The declared setting closest to `key`, when close enough to be a typo:
+/// a small edit distance, or one name containing the other (`hostname`).
+fn closest(key: &str, settings: &[Setting]) -> Option<&'static str> {
+    let limit = (key.len() / 4).clamp(1, 3);
+    settings
+        .iter()
+        .flat_map(|s| {
+            std::iter::once(s.name)
+                .chain(s.aliases.iter().copied())
+                .map(move |n| (s.name, n))
+        })
+        .filter_map(|(name, spelled)| {
+            let distance = strsim::levenshtein(key, spelled);
+            let (short, long) = if key.len() < spelled.len() {
+                (key, spelled)
+            } else {
+                (spelled, key)
+            };
+            let contains = short.len() >= 3 && long.contains(short);
+            (distance <= limit || contains).then_some((distance, name))
+        })
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, name)| name)
+}
+
 /// The settings as `--help` text (for clap's `after_long_help`).
 pub fn settings_help(env_prefix: &str, settings: &[Setting]) -> String {
     let mut out = format!("Settings (in --config files, or {env_prefix}_<NAME> env vars):\n");
@@ -489,7 +588,10 @@ fn setting_schema(s: &Setting) -> Value {
         SettingKind::Password => {
             json!({"type": ["string", "null"], "secret": true, "writeOnly": true})
         }
-        SettingKind::Integer => json!({"type": ["integer", "null"]}),
+        // A numeric string is accepted too (orchestrators send them).
+        SettingKind::Integer => {
+            json!({"type": ["integer", "string", "null"], "pattern": "^\\s*-?[0-9]+\\s*$"})
+        }
         SettingKind::Boolean => json!({"type": ["boolean", "null"]}),
         SettingKind::Array => json!({"type": ["array", "null"], "items": {"type": "string"}}),
         SettingKind::Object => json!({"type": ["object", "null"], "additionalProperties": true}),
@@ -572,6 +674,15 @@ mod tests {
         };
         let j = about.to_json();
         assert_eq!(j["settings"]["properties"]["port"]["default"], json!(5432));
+        // Integers may come as numeric strings, and the schema says so.
+        assert_eq!(
+            j["settings"]["properties"]["port"]["type"],
+            json!(["integer", "string", "null"])
+        );
+        assert_eq!(
+            j["settings"]["properties"]["port"]["pattern"],
+            json!("^\\s*-?[0-9]+\\s*$")
+        );
         assert_eq!(
             j["settings"]["properties"]["method"]["default"],
             json!("FULL_TABLE")
@@ -646,6 +757,41 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_found_with_a_suggestion() {
+        const METHOD: Setting =
+            Setting::new("default_replication_method", SettingKind::String, "M");
+        const SETTINGS: &[Setting] = &[HOST, PORT, DB, SCHEMAS, SSH_HOST, SSH_PORT, METHOD];
+        let c = cfg(json!({
+            "hostname": "h", "port": 1, "dbname": "d", "filter_schema": ["a"],
+            "default_replication_methd": "FULL_TABLE", "colour": "blue",
+            "ssh_tunnel": {"host": "b", "prot": 22},
+            "stream_maps": {}, "flattening_enabled": true,
+        }));
+        let check = c.check_keys(SETTINGS);
+        assert_eq!(
+            check.unknown,
+            vec![
+                ("hostname".to_owned(), Some("host")),
+                ("filter_schema".to_owned(), Some("filter_schemas")),
+                (
+                    "default_replication_methd".to_owned(),
+                    Some("default_replication_method")
+                ),
+                ("colour".to_owned(), None),
+                ("ssh_tunnel.prot".to_owned(), Some("ssh_tunnel.port")),
+            ]
+        );
+        assert_eq!(check.unsupported, vec!["stream_maps", "flattening_enabled"]);
+        assert_eq!(
+            KeyCheck::unknown_message("hostname", Some("host")),
+            "unknown setting \"hostname\" (did you mean \"host\"?); it is ignored"
+        );
+        // Declared names, aliases and whole nested objects raise nothing.
+        let clean = cfg(json!({"host": "h", "database": "d", "ssh_tunnel": {"host": "b"}}));
+        assert_eq!(clean.check_keys(SETTINGS), KeyCheck::default());
     }
 
     #[test]

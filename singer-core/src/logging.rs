@@ -84,23 +84,60 @@ where
         event.record(&mut fields);
         let message = fields.0.remove("message").unwrap_or_default();
         let stream = fields.0.remove("stream").unwrap_or(serde_json::Value::Null);
-        let ts = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or_default();
-        let thread = std::thread::current();
-        let line = serde_json::json!({
-            "level": event.metadata().level().as_str().to_ascii_lowercase(),
-            "pid": std::process::id(),
-            "logger_name": event.metadata().target(),
-            "ts": ts,
-            "thread_name": thread.name().unwrap_or("main"),
-            "app_name": self.app_name,
-            "stream_name": stream,
-            "message": message,
-            "extra": fields.0,
-        });
+        let line = json_line(
+            &event.metadata().level().as_str().to_ascii_lowercase(),
+            event.metadata().target(),
+            self.app_name,
+            stream,
+            message,
+            fields.0,
+        );
         writeln!(writer, "{line}")
+    }
+}
+
+/// One structured log line in the Meltano SDK's shape.
+fn json_line(
+    level: &str,
+    logger_name: &str,
+    app_name: &str,
+    stream: serde_json::Value,
+    message: serde_json::Value,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Value {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    let thread = std::thread::current();
+    serde_json::json!({
+        "level": level,
+        "pid": std::process::id(),
+        "logger_name": logger_name,
+        "ts": ts,
+        "thread_name": thread.name().unwrap_or("main"),
+        "app_name": app_name,
+        "stream_name": stream,
+        "message": message,
+        "extra": extra,
+    })
+}
+
+/// The last line of a failed run, in `format`: `<app>: error: <message>`,
+/// or a JSON log line of level `error` (written whatever `RUST_LOG` says:
+/// it is the one line that must always be seen).
+pub fn fatal_line(format: LogFormat, app_name: &str, message: &str) -> String {
+    match format {
+        LogFormat::Text => format!("{app_name}: error: {message}"),
+        LogFormat::Json => json_line(
+            "error",
+            app_name,
+            app_name,
+            serde_json::Value::Null,
+            message.into(),
+            serde_json::Map::new(),
+        )
+        .to_string(),
     }
 }
 
@@ -116,5 +153,19 @@ mod tests {
             "yaml".parse::<LogFormat>(),
             Err("unknown log format \"yaml\" (use text or json)".to_string())
         );
+    }
+
+    #[test]
+    fn the_fatal_line_follows_the_format() {
+        assert_eq!(
+            fatal_line(LogFormat::Text, "tap-x", "config: `user` is required"),
+            "tap-x: error: config: `user` is required"
+        );
+        let line: serde_json::Value =
+            serde_json::from_str(&fatal_line(LogFormat::Json, "tap-x", "no: way")).unwrap();
+        assert_eq!(line["level"], "error");
+        assert_eq!(line["message"], "no: way");
+        assert_eq!(line["app_name"], "tap-x");
+        assert!(line["ts"].is_f64() && line["pid"].is_u64(), "{line}");
     }
 }

@@ -42,7 +42,8 @@ struct Args {
     /// State file from a previous run (bookmarks).
     #[arg(long, value_name = "FILE")]
     state: Option<PathBuf>,
-    /// Print the catalog of every table, view and materialized view.
+    /// Print the catalog: one stream per table, view, materialized view,
+    /// partitioned table (the parent) and foreign table the user may read.
     #[arg(long)]
     discover: bool,
     /// Drop the LOG_BASED replication slot and publication (named by the
@@ -98,9 +99,7 @@ fn main() -> ExitCode {
 }
 
 fn run(tap: &Connector, args: Args) -> anyhow::Result<()> {
-    if args.common.config.is_empty() {
-        bail!("--config is required (a JSON file with host, port, user, password, database)");
-    }
+    // No --config is fine: every setting can come from the environment.
     let config = tap.config(&args.common.config)?;
     let settings = settings::TapSettings::from_config(&config)?;
     let connector = pg_connect::Connector::new(settings.connection.clone(), NAME)?;
@@ -124,6 +123,9 @@ fn run(tap: &Connector, args: Args) -> anyhow::Result<()> {
         Mode::Discover => {
             let mut client = connector.connect()?;
             let catalog = discover::catalog(&mut client, &settings.filter_schemas)?;
+            if catalog["streams"].as_array().is_none_or(Vec::is_empty) {
+                warn_nothing_discovered(&mut client, &settings);
+            }
             let text = serde_json::to_string(&catalog)?;
             let mut out = std::io::stdout().lock();
             out.write_all(text.as_bytes())
@@ -175,4 +177,49 @@ fn run(tap: &Connector, args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// An empty catalog is valid (exit 0), but is most often a misspelt schema or
+/// a missing grant: say which, and the fix.
+fn warn_nothing_discovered(client: &mut postgres::Client, settings: &settings::TapSettings) {
+    let user = &settings.connection.user;
+    let grant = |schema: &str| {
+        format!(
+            "GRANT USAGE ON SCHEMA {schema} TO {user}; GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {user}"
+        )
+    };
+    if settings.filter_schemas.is_empty() {
+        tracing::warn!(
+            "discovery found no table, view or foreign table that user `{user}` may read in database `{}`: grant access as the tables' owner, e.g. `{}`",
+            settings.connection.database,
+            grant("<schema>")
+        );
+        return;
+    }
+    let existing: Vec<String> = client
+        .query(
+            "SELECT nspname::text FROM pg_namespace WHERE nspname = ANY($1)",
+            &[&settings.filter_schemas],
+        )
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default();
+    let missing: Vec<&str> = settings
+        .filter_schemas
+        .iter()
+        .filter(|s| !existing.contains(s))
+        .map(String::as_str)
+        .collect();
+    let schemas = settings.filter_schemas.join(", ");
+    if !missing.is_empty() {
+        tracing::warn!(
+            "discovery found no stream in filter_schemas {schemas}: no schema named {} exists in database `{}` (check filter_schemas)",
+            missing.join(", "),
+            settings.connection.database
+        );
+    } else {
+        tracing::warn!(
+            "discovery found no table, view or foreign table that user `{user}` may read in filter_schemas {schemas}: grant access as the tables' owner, e.g. `{}`",
+            grant(&settings.filter_schemas[0])
+        );
+    }
 }

@@ -35,7 +35,9 @@ pub fn run<W: Write>(
         streams.sort_by_key(|s| s.tap_stream_id != current);
     }
     if streams.is_empty() {
-        tracing::warn!("no stream is selected in the catalog");
+        tracing::warn!(
+            "no stream is selected in the catalog, so nothing is synced: select a stream with `\"selected\": true` in its metadata entry whose breadcrumb is [] (with Meltano: `meltano select tap-postgres-rs <stream> \"*\"`)"
+        );
     }
     // Types are loaded once per run, not once per stream.
     let types = TypeMap::load(client).map_err(SyncError::Types)?;

@@ -213,7 +213,9 @@ fn prefer_falls_back_to_plain_for_hostnossl_and_unix_sockets_stay_plain() {
         err(&with(json!({"ssl_mode": "require"}))),
         format!(
             "cannot connect to PostgreSQL at localhost:{} (database `postgres`, user `plainonly`): \
-             FATAL: pg_hba.conf rejects connection for host \"127.0.0.1\", user \"plainonly\", database \"postgres\", SSL encryption",
+             FATAL: pg_hba.conf rejects connection for host \"127.0.0.1\", user \"plainonly\", database \"postgres\", SSL encryption: \
+             the server's pg_hba.conf has no line that lets user `plainonly` connect to database `postgres` from this address this way: \
+             add one (then reload the server), or connect with the TLS setting or role one allows",
             c.port()
         )
     );

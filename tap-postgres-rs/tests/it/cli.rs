@@ -108,8 +108,9 @@ fn config_errors_name_the_key() {
         let r = tap(&["--config".as_ref(), c.as_os_str(), "--discover".as_ref()]);
         assert_fails_with(&r, want);
     }
+    // No --config: the settings come from the environment alone (here none).
     let r = tap(&["--discover"]);
-    assert_fails_with(&r, "tap-postgres-rs: error: --config is required (a JSON file with host, port, user, password, database)");
+    assert_fails_with(&r, "tap-postgres-rs: error: config: `user` is required");
 }
 
 #[test]
@@ -128,7 +129,7 @@ fn unreachable_host_and_wrong_password() {
     let r = tap(&["--config".as_ref(), c.as_os_str(), "--discover".as_ref()]);
     assert_fails_with(
         &r,
-        &format!("tap-postgres-rs: error: cannot connect to PostgreSQL at 127.0.0.1:{port} (database `d`, user `u`): error connecting to server: Connection refused (os error 111)"),
+        &format!("tap-postgres-rs: error: cannot connect to PostgreSQL at 127.0.0.1:{port} (database `d`, user `u`): connection refused (is the server running on 127.0.0.1 and accepting TCP connections on port {port}?)"),
     );
     assert!(!r.stderr.contains("hunter2"));
 
@@ -149,7 +150,7 @@ fn unreachable_host_and_wrong_password() {
     ]);
     assert_fails_with(
         &r,
-        &format!("tap-postgres-rs: error: cannot connect to PostgreSQL at 127.0.0.1:{} (database `{}`, user `tap_pw`): FATAL: password authentication failed for user \"tap_pw\"", cluster.port(), db.name),
+        &format!("tap-postgres-rs: error: cannot connect to PostgreSQL at 127.0.0.1:{} (database `{}`, user `tap_pw`): FATAL: password authentication failed for user \"tap_pw\": check user and password (the server rejected the password for user `tap_pw`)", cluster.port(), db.name),
     );
     assert!(!r.stderr.contains("hunter2") && !r.stdout.contains("hunter2"));
     config["password"] = json!("right-pw");

@@ -71,6 +71,7 @@ fn settings(dir: Option<&Path>) -> insta::Settings {
         s.add_filter(&regex_escape(&dir.display().to_string()), "[DIR]");
     }
     s.add_filter(r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]");
+    s.add_filter(r"on port \d+\?", "on port [PORT]?");
     s
 }
 
@@ -187,4 +188,33 @@ fn target_fed_a_malformed_line() {
     let line = failure(cmd, input);
     settings(Some(dir.path()))
         .bind(|| insta::assert_snapshot!("target-postgres-rs-malformed-line", line));
+}
+
+/// The fatal line follows `--log-format`: `<bin>: error: …` as text, a JSON
+/// log object (level error, message the one-line error) as json.
+#[test]
+fn fatal_line_in_each_log_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.json");
+    for binary in BINARIES {
+        let mut text = command(binary, &["--log-format", "text", "--config"]);
+        text.arg(&missing);
+        let mut json = command(binary, &["--log-format", "json", "--config"]);
+        json.arg(&missing);
+        let error = format!(
+            "config file {}: No such file or directory (os error 2)",
+            missing.display()
+        );
+        assert_eq!(
+            failure(text, ""),
+            format!("exit code: Some(1)\n{binary}: error: {error}")
+        );
+        let out = failure(json, "");
+        let (code, line) = out.split_once('\n').unwrap();
+        assert_eq!(code, "exit code: Some(1)");
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(line["level"], "error", "{line}");
+        assert_eq!(line["message"], json!(error), "{line}");
+        assert_eq!(line["app_name"], binary, "{line}");
+    }
 }

@@ -155,8 +155,11 @@ fn plugin_block_declares_what_the_binaries_implement() {
                 problems.push(format!("{binary}: `{name}` has no description"));
             }
             let yml_default = d.get("value").cloned();
-            let meltano_convention = name == "default_target_schema"
-                && yml_default == Some(json!("$MELTANO_EXTRACT__LOAD_SCHEMA"));
+            // ssl_mode's default (prefer) applies only when neither ssl_enable
+            // nor ssl is set: a `value:` here would always outrank them.
+            let meltano_convention = (name == "default_target_schema"
+                && yml_default == Some(json!("$MELTANO_EXTRACT__LOAD_SCHEMA")))
+                || (name == "ssl_mode" && yml_default.is_none());
             if !meltano_convention && yml_default != *default {
                 problems.push(format!(
                     "{binary}: `{name}` default {yml_default:?} in meltano.yml, {default:?} in --about"
