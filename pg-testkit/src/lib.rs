@@ -49,6 +49,7 @@ pub struct Cluster {
     /// Extra clusters (see [`start_cluster`]) stop when dropped; the shared one lives for the process.
     stop_on_drop: bool,
     create_lock: Mutex<()>,
+    server_version_num: OnceLock<u32>,
 }
 
 /// How an extra cluster (see [`start_cluster`]) differs from the shared one.
@@ -193,6 +194,7 @@ impl Cluster {
             options,
             stop_on_drop: false,
             create_lock: Mutex::new(()),
+            server_version_num: OnceLock::new(),
         };
         // From here on the watcher cleans up whatever happens next.
         cluster.spawn_reaper()?;
@@ -249,6 +251,7 @@ impl Cluster {
             options: self.options,
             stop_on_drop: false,
             create_lock: Mutex::new(()),
+            server_version_num: OnceLock::new(),
         }
     }
 
@@ -260,11 +263,13 @@ impl Cluster {
         } else {
             "127.0.0.1"
         };
+        // password_encryption: SCRAM, the default from PostgreSQL 14 on (md5 before), so that
+        // password roles work with `scram-sha-256` pg_hba lines on every version.
         let mut opts = format!(
             "-c port={port} -c listen_addresses={listen} -c unix_socket_directories={dir} \
              -c wal_level={wal_level} -c max_replication_slots=64 -c max_wal_senders=32 \
              -c max_connections=300 -c fsync=off -c full_page_writes=off \
-             -c shared_buffers=128MB",
+             -c shared_buffers=128MB -c password_encryption=scram-sha-256",
             port = self.port,
             dir = self.dir.display(),
             wal_level = self.options.wal_level,
@@ -528,6 +533,20 @@ impl Cluster {
     /// Runs another PostgreSQL binary (e.g. `pg_ctl reload`) as the cluster's owner.
     pub fn run_bin(&self, program: &str, args: &[&str]) -> Result<String, String> {
         self.run_pg(program, args)
+    }
+
+    /// The server's `server_version_num` (e.g. `120022`, `180004`), read once: for tests whose
+    /// values or the server's wording depend on the version.
+    pub fn server_version_num(&self) -> u32 {
+        *self.server_version_num.get_or_init(|| {
+            let text: String = self
+                .client("postgres")
+                .query_one("SHOW server_version_num", &[])
+                .unwrap_or_else(|e| panic!("pg-testkit: SHOW server_version_num: {e}"))
+                .get(0);
+            text.parse()
+                .unwrap_or_else(|e| panic!("pg-testkit: server_version_num {text:?}: {e}"))
+        })
     }
 
     /// Prepends lines to `pg_hba.conf` and reloads the server.

@@ -267,7 +267,15 @@ fn every_type_emits_exact_json_and_round_trips() {
              SET lc_monetary = 'C';",
         )
         .unwrap();
-    for (i, (ty, literal, _)) in CASES.iter().enumerate() {
+    // numeric Infinity and -Infinity exist from PostgreSQL 14 on: older servers reject the literal.
+    let numeric_infinity = pg_testkit::cluster().server_version_num() >= 140_000;
+    let cases: Vec<_> = CASES
+        .iter()
+        .filter(|(ty, literal, _)| {
+            numeric_infinity || !(*ty == "numeric" && literal.contains("Infinity"))
+        })
+        .collect();
+    for (i, (ty, literal, _)) in cases.iter().enumerate() {
         client
             .batch_execute(&format!(
                 "CREATE TABLE t{i} (id integer PRIMARY KEY, v {ty});
@@ -277,12 +285,12 @@ fn every_type_emits_exact_json_and_round_trips() {
     }
     let setup = Setup::new(&db.config());
     let catalog = setup.discover();
-    let ids: Vec<String> = (0..CASES.len()).map(|i| format!("public-t{i}")).collect();
+    let ids: Vec<String> = (0..cases.len()).map(|i| format!("public-t{i}")).collect();
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     let out = setup.sync_ok(&select_only(&catalog, &ids, "FULL_TABLE", None), None);
 
     let mut failures = Vec::new();
-    for (i, (ty, literal, want)) in CASES.iter().enumerate() {
+    for (i, (ty, literal, want)) in cases.iter().enumerate() {
         let stream = format!("public-t{i}");
         let rows: Vec<_> = out
             .raw_records
@@ -328,7 +336,7 @@ fn every_type_emits_exact_json_and_round_trips() {
 
     // The SCHEMA carries the exact source type.
     let schemas = out.of_type("SCHEMA");
-    for (i, (ty, _, _)) in CASES.iter().enumerate() {
+    for (i, (ty, _, _)) in cases.iter().enumerate() {
         let s = schemas
             .iter()
             .find(|m| m["stream"] == format!("public-t{i}"))

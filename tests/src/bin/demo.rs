@@ -211,7 +211,12 @@ fn main() {
     if !server.throwaway {
         let mut admin = server.client("postgres");
         for db in [&source, &target] {
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"));
+            // End its sessions first: DROP DATABASE ... WITH (FORCE) needs PostgreSQL 13.
+            let _ = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                &[db],
+            );
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\""));
         }
     }
     match result {

@@ -8,6 +8,8 @@ use pg_testkit::cluster;
 use serde_json::{json, Value};
 
 const FIXTURE: &str = include_str!("../../fixtures/source.sql");
+/// The fixture's numeric Infinity values: PostgreSQL 14 and newer only.
+const FIXTURE_NUMERIC_INFINITY: &str = include_str!("../../fixtures/source-numeric-infinity.sql");
 
 /// Every table and view of the fixture: (schema, name).
 const TABLES: &[(&str, &str)] = &[
@@ -80,6 +82,12 @@ fn report(results: &[((&str, &str), TableComparison)]) -> String {
 fn every_type_and_shape_arrives_identical() {
     let pair = Pair::new("roundtrip");
     pair.src.client().batch_execute(FIXTURE).unwrap();
+    if cluster().server_version_num() >= 140_000 {
+        pair.src
+            .client()
+            .batch_execute(FIXTURE_NUMERIC_INFINITY)
+            .unwrap();
+    }
     // User-defined types are kept when the destination has them: create them
     // there first, as a user would (e.g. from `pg_dump --schema-only`).
     let types = FIXTURE

@@ -128,7 +128,12 @@ impl Bench {
     }
 
     fn fresh_dst(&self, with_table: bool) {
-        self.sql("postgres", "DROP DATABASE IF EXISTS bench_dst WITH (FORCE)");
+        // End its sessions first: DROP DATABASE ... WITH (FORCE) needs PostgreSQL 13.
+        self.sql(
+            "postgres",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'bench_dst'",
+        );
+        self.sql("postgres", "DROP DATABASE IF EXISTS bench_dst");
         self.sql("postgres", "CREATE DATABASE bench_dst");
         if with_table {
             let dump = Command::new(self.bindir.join("pg_dump"))
