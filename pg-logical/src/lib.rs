@@ -12,7 +12,7 @@
 //! slot::check_prerequisites(client)?;
 //! let server = slot::server_version(client)?;
 //! let tables = [("public".into(), "orders".into())];
-//! slot::ensure_publication(client, "my_pub", &tables, &slot::PublicationOptions::for_server(server))?;
+//! slot::ensure_publication(client, "my_pub", &tables, &slot::PublicationOptions::for_server(server), false)?;
 //! slot::create_slot_if_missing(client, "my_slot")?;
 //! let end = slot::current_flush_lsn(client)?;
 //! let mut changes = ChangeStream::open(client, "my_slot", "my_pub", end, server)?;
