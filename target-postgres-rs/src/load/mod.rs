@@ -31,7 +31,7 @@ use crate::stream::{Source, StreamShape, Wanted, DELETED_AT};
 use crate::types::{declared_sql_type, json_schema_type, unbounded_integer, ColumnType};
 
 pub use error::LoadError;
-use error::{db_err, session};
+use error::{db_err, evolve_err, session, Who};
 use policy::{Batch, Keying};
 
 /// One input item from the reader thread.
@@ -85,6 +85,8 @@ pub struct Loader<W: Write> {
     /// Tables emptied by `load_method: overwrite` in this run.
     overwritten: HashSet<TableName>,
     next_stage: usize,
+    /// Named in the fix for a missing privilege.
+    who: Who,
     /// A batch is full but a key-less stream is pending: flush at the next
     /// STATE (see [`Loader::flush_when_full`]).
     flush_at_state: bool,
@@ -98,7 +100,9 @@ impl<W: Write> Loader<W> {
             tracing::warn!("cannot raise temp_buffers: {}", describe(&e));
         }
         let now = chrono::Utc::now();
+        let who = Who::of(&mut client);
         Loader {
+            who,
             client,
             settings,
             streams: HashMap::new(),
@@ -222,7 +226,7 @@ impl<W: Write> Loader<W> {
         )
         .map_err(bad)?;
         let info = ensure_table(&mut self.client, &shape, use_keys)
-            .map_err(|e| db_err(&stream, &table, "creating or altering the table", &e))?;
+            .map_err(|e| evolve_err(&stream, &table, &e, &self.who))?;
         let text = info.types.iter().map(ColumnType::text_kind).collect();
         let grows = (shape.columns.iter().zip(&info.types).enumerate())
             .map(|(i, (c, t))| c.grows_to_numeric && t.is_integer() && !shape.keys.contains(&i))

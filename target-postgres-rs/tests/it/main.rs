@@ -5,4 +5,5 @@ mod behaviour;
 mod common;
 mod direct_keys;
 mod fidelity;
+mod privileges;
 mod vectors;
