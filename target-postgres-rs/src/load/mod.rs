@@ -85,6 +85,9 @@ pub struct Loader<W: Write> {
     /// Tables emptied by `load_method: overwrite` in this run.
     overwritten: HashSet<TableName>,
     next_stage: usize,
+    /// (stream, property) already warned of a declared type the destination
+    /// lacks: once per column, however often its SCHEMA arrives.
+    warned: HashSet<(String, String)>,
     /// Named in the fix for a missing privilege.
     who: Who,
     /// A batch is full but a key-less stream is pending: flush at the next
@@ -103,6 +106,7 @@ impl<W: Write> Loader<W> {
         let who = Who::of(&mut client);
         Loader {
             who,
+            warned: HashSet::new(),
             client,
             settings,
             streams: HashMap::new(),
@@ -194,6 +198,7 @@ impl<W: Write> Loader<W> {
             }
         }
         let cache = &self.type_cache;
+        let warned = &mut self.warned;
         let interpret = self.settings.interpret_content_encoding;
         let mut type_for = |prop: &str, sub: &JsonSchema| -> Wanted {
             if let Some(t) = declared_sql_type(sub) {
@@ -204,10 +209,14 @@ impl<W: Write> Loader<W> {
                             grows_to_numeric: false,
                         }
                     }
-                    _ => tracing::warn!(
-                        stream = %stream, property = prop, r#type = t,
-                        "the destination has no such type; using the JSON Schema mapping"
-                    ),
+                    _ => {
+                        if warned.insert((stream.clone(), prop.to_owned())) {
+                            tracing::warn!(
+                                stream = %stream, property = prop, r#type = t,
+                                "the destination has no such type; using the JSON Schema mapping"
+                            )
+                        }
+                    }
                 }
             }
             Wanted {
