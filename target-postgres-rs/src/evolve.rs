@@ -19,11 +19,58 @@ pub struct TableInfo {
     pub unique_on_keys: bool,
 }
 
+/// The DDL step of [`ensure_table`] that failed (its fix differs per step).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Inspect,
+    CreateSchema,
+    CreateTable,
+    AlterTable,
+}
+
+impl Step {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Step::Inspect => "inspecting the table",
+            Step::CreateSchema => "creating the schema",
+            Step::CreateTable => "creating the table",
+            Step::AlterTable => "altering the table",
+        }
+    }
+}
+
+/// Why [`ensure_table`] failed: the step, and for an existing table its
+/// owner (a role that doesn't own a table can't alter it).
+#[derive(Debug, thiserror::Error)]
+#[error("{} failed", step.describe())]
+pub struct EvolveError {
+    pub step: Step,
+    pub owner: Option<String>,
+    #[source]
+    pub source: postgres::Error,
+}
+
 /// Creates the schema and table when missing, adds and widens columns.
 pub fn ensure_table(
     client: &mut Client,
     shape: &StreamShape,
     primary_key: bool,
+) -> Result<TableInfo, EvolveError> {
+    let mut step = Step::Inspect;
+    let mut owner = None;
+    evolve(client, shape, primary_key, &mut step, &mut owner).map_err(|source| EvolveError {
+        step,
+        owner,
+        source,
+    })
+}
+
+fn evolve(
+    client: &mut Client,
+    shape: &StreamShape,
+    primary_key: bool,
+    step: &mut Step,
+    owner: &mut Option<String>,
 ) -> Result<TableInfo, postgres::Error> {
     let table = &shape.table;
     let qualified = table.qualified();
@@ -36,8 +83,10 @@ pub fn ensure_table(
     if !schema_exists {
         // Only when missing: CREATE SCHEMA IF NOT EXISTS still needs CREATE on
         // the database, which a role confined to its own schema lacks.
+        *step = Step::CreateSchema;
         client.batch_execute(&format!("CREATE SCHEMA {}", quote_ident(&table.schema)))?;
     }
+    *step = Step::Inspect;
     let existing: Vec<(String, String)> = client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
@@ -57,6 +106,7 @@ pub fn ensure_table(
         if primary_key && !shape.keys.is_empty() {
             defs.push(format!("PRIMARY KEY ({})", key_list(shape)));
         }
+        *step = Step::CreateTable;
         client.batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS {qualified} ({})",
             defs.join(", ")
@@ -71,6 +121,13 @@ pub fn ensure_table(
             unique_on_keys: primary_key && !shape.keys.is_empty(),
         });
     }
+    *owner = client
+        .query_opt(
+            "SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE oid = to_regclass($1)",
+            &[&qualified],
+        )?
+        .map(|r| r.get(0));
+    *step = Step::AlterTable;
     let mut types = Vec::with_capacity(shape.columns.len());
     for c in &shape.columns {
         let col = quote_ident(&c.name);
@@ -100,6 +157,7 @@ pub fn ensure_table(
             }
         }
     }
+    *step = Step::Inspect;
     let empty: bool = client
         .query_one(
             &format!("SELECT NOT EXISTS (SELECT 1 FROM {qualified})"),

@@ -1,9 +1,11 @@
 //! Why a load failed: every error names the stream, the input line, the
 //! column or the step (phase) where it can, and what to fix.
 
-use pg_connect::describe;
+use pg_connect::{describe, quote_ident};
+use postgres::error::SqlState;
 use singer_core::{ReadError, WriteError};
 
+use crate::evolve::{EvolveError, Step};
 use crate::naming::TableName;
 use crate::row::RowError;
 use crate::stream::StreamShape;
@@ -68,6 +70,77 @@ pub(super) fn db_err(
         what,
         message: describe(e),
     }
+}
+
+/// The session's role and database, named in the GRANT a fix needs.
+pub(super) struct Who {
+    pub role: String,
+    pub database: String,
+}
+
+impl Who {
+    pub(super) fn of(client: &mut postgres::Client) -> Who {
+        match client.query_one("SELECT current_user::text, current_database()::text", &[]) {
+            Ok(r) => Who {
+                role: r.get(0),
+                database: r.get(1),
+            },
+            Err(e) => {
+                tracing::debug!("cannot read the session's role: {}", describe(&e));
+                Who {
+                    role: "<role>".into(),
+                    database: "<database>".into(),
+                }
+            }
+        }
+    }
+}
+
+/// A failure to create or alter a table, with the GRANT (or the ownership
+/// change) that fixes a missing privilege.
+pub(super) fn evolve_err(stream: &str, table: &TableName, e: &EvolveError, who: &Who) -> LoadError {
+    let mut message = describe(&e.source);
+    if let Some(fix) = privilege_fix(e, table, who) {
+        message.push_str("; ");
+        message.push_str(&fix);
+    }
+    LoadError::Db {
+        stream: stream.to_owned(),
+        table: table.qualified(),
+        what: e.step.describe(),
+        message,
+    }
+}
+
+fn privilege_fix(e: &EvolveError, table: &TableName, who: &Who) -> Option<String> {
+    let db = e.source.as_db_error()?;
+    if db.code() != &SqlState::INSUFFICIENT_PRIVILEGE {
+        return None;
+    }
+    let role = quote_ident(&who.role);
+    let schema = quote_ident(&table.schema);
+    let qualified = table.qualified();
+    let text = db.message();
+    Some(if e.step == Step::CreateSchema {
+        format!(
+            "role {role} may not create schema {schema}; fix: GRANT CREATE ON DATABASE {} TO {role}, \
+             or create the schema for it: CREATE SCHEMA {schema} AUTHORIZATION {role}",
+            quote_ident(&who.database)
+        )
+    } else if text.starts_with("permission denied for schema") {
+        format!("fix: GRANT USAGE, CREATE ON SCHEMA {schema} TO {role}")
+    } else if text.starts_with("must be owner") {
+        let owner = e.owner.as_deref().map(quote_ident);
+        let owner = owner.as_deref().unwrap_or("another role");
+        format!(
+            "table {qualified} is owned by {owner}, not by {role}, and only its owner may add or \
+             widen columns; fix: as {owner} or a superuser, ALTER TABLE {qualified} OWNER TO {role}"
+        )
+    } else if text.starts_with("permission denied for table") {
+        format!("fix: GRANT SELECT, INSERT, UPDATE, DELETE ON {qualified} TO {role}")
+    } else {
+        return None;
+    })
 }
 
 /// A COPY failure, naming the input line and column when Postgres says which.

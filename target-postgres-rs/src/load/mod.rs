@@ -31,7 +31,7 @@ use crate::stream::{Source, StreamShape, Wanted, DELETED_AT};
 use crate::types::{declared_sql_type, json_schema_type, unbounded_integer, ColumnType};
 
 pub use error::LoadError;
-use error::{db_err, session};
+use error::{db_err, evolve_err, session, Who};
 use policy::{Batch, Keying};
 
 /// One input item from the reader thread.
@@ -85,6 +85,11 @@ pub struct Loader<W: Write> {
     /// Tables emptied by `load_method: overwrite` in this run.
     overwritten: HashSet<TableName>,
     next_stage: usize,
+    /// (stream, property) already warned of a declared type the destination
+    /// lacks: once per column, however often its SCHEMA arrives.
+    warned: HashSet<(String, String)>,
+    /// Named in the fix for a missing privilege.
+    who: Who,
     /// A batch is full but a key-less stream is pending: flush at the next
     /// STATE (see [`Loader::flush_when_full`]).
     flush_at_state: bool,
@@ -98,7 +103,10 @@ impl<W: Write> Loader<W> {
             tracing::warn!("cannot raise temp_buffers: {}", describe(&e));
         }
         let now = chrono::Utc::now();
+        let who = Who::of(&mut client);
         Loader {
+            who,
+            warned: HashSet::new(),
             client,
             settings,
             streams: HashMap::new(),
@@ -190,6 +198,7 @@ impl<W: Write> Loader<W> {
             }
         }
         let cache = &self.type_cache;
+        let warned = &mut self.warned;
         let interpret = self.settings.interpret_content_encoding;
         let mut type_for = |prop: &str, sub: &JsonSchema| -> Wanted {
             if let Some(t) = declared_sql_type(sub) {
@@ -200,10 +209,14 @@ impl<W: Write> Loader<W> {
                             grows_to_numeric: false,
                         }
                     }
-                    _ => tracing::warn!(
-                        stream = %stream, property = prop, r#type = t,
-                        "the destination has no such type; using the JSON Schema mapping"
-                    ),
+                    _ => {
+                        if warned.insert((stream.clone(), prop.to_owned())) {
+                            tracing::warn!(
+                                stream = %stream, property = prop, r#type = t,
+                                "the destination has no such type; using the JSON Schema mapping"
+                            )
+                        }
+                    }
                 }
             }
             Wanted {
@@ -222,7 +235,7 @@ impl<W: Write> Loader<W> {
         )
         .map_err(bad)?;
         let info = ensure_table(&mut self.client, &shape, use_keys)
-            .map_err(|e| db_err(&stream, &table, "creating or altering the table", &e))?;
+            .map_err(|e| evolve_err(&stream, &table, &e, &self.who))?;
         let text = info.types.iter().map(ColumnType::text_kind).collect();
         let grows = (shape.columns.iter().zip(&info.types).enumerate())
             .map(|(i, (c, t))| c.grows_to_numeric && t.is_integer() && !shape.keys.contains(&i))

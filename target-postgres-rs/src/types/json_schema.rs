@@ -48,6 +48,9 @@ pub fn json_schema_type(schema: &JsonSchema, interpret_content_encoding: bool) -
                         Some("date-time") => "timestamp with time zone",
                         Some("date") => "date",
                         Some("time") => "time without time zone",
+                        Some("uuid") => "uuid",
+                        // Formats without a type of their own (email, uri,
+                        // ipv4, ...) and unknown ones keep the text as sent.
                         _ => "text",
                     }
                 }
@@ -111,6 +114,16 @@ mod tests {
             "time without time zone"
         );
         assert_eq!(ty(json!({"type": "string", "maxLength": 16})), "text");
+        assert_eq!(ty(json!({"type": "string", "format": "uuid"})), "uuid");
+        assert_eq!(ty(json!({"type": "string", "format": "email"})), "text");
+        assert_eq!(ty(json!({"type": "string", "format": "x-unknown"})), "text");
+        // multipleOf is no scale: numeric(p, s) would round what doesn't fit.
+        assert_eq!(ty(json!({"type": "number", "multipleOf": 0.01})), "numeric");
+        assert_eq!(ty(json!({"type": ["null", "string"]})), "text");
+        assert_eq!(
+            ty(json!({"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]})),
+            "timestamp with time zone"
+        );
         assert_eq!(
             ty(json!({"type": "string", "contentEncoding": "base16"})),
             "bytea"

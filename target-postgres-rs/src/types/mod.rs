@@ -212,7 +212,10 @@ impl ColumnType {
 /// table's row type.
 ///
 /// The declared text is kept when it carries a modifier the canonical name
-/// lacks. Without a modifier the unmodified name keeps the type's unbounded
+/// lacks, spelled as Postgres prints it (in any case: `NUMERIC(10, 2)`).
+/// Other spellings of a modified type (`VARCHAR(255)`, `CHAR(10)`, often
+/// another dialect's, whose lengths count differently) land unmodified, so
+/// no value is refused for its length. Without a modifier the unmodified name keeps the type's unbounded
 /// meaning: `character` alone means `character(1)` in DDL, `bpchar` any
 /// length (likewise `bit` and `"bit"`). A table's row type on the
 /// destination is the target's own table (with `_sdc_*` columns), not the
@@ -226,6 +229,8 @@ pub fn declared_column_type(
     if table_row_type {
         return format!("text{}", "[]".repeat(array_dims(canonical)));
     }
+    let spelled = spelled_as_postgres_prints(declared);
+    let declared = spelled.as_str();
     // Interval field qualifiers (`interval year to month`) are a typmod too,
     // but not in parentheses: to_regtype accepted the text, so keep it.
     let same_interval = declared.starts_with("interval")
@@ -237,6 +242,26 @@ pub fn declared_column_type(
     } else {
         unmodified.to_owned()
     }
+}
+
+/// Unquoted names lower-cased (as Postgres folds them) and modifiers without
+/// spaces (`NUMERIC(10, 2)` → `numeric(10,2)`), as `format_type()` prints them.
+fn spelled_as_postgres_prints(declared: &str) -> String {
+    if declared.contains('"') {
+        return declared.to_owned();
+    }
+    let mut out = String::with_capacity(declared.len());
+    let mut depth = 0usize;
+    for c in declared.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            c if c.is_whitespace() && depth > 0 => continue,
+            _ => {}
+        }
+        out.extend(c.to_lowercase());
+    }
+    out
 }
 
 fn array_dims(mut t: &str) -> usize {
@@ -320,6 +345,20 @@ mod tests {
         assert_eq!(d("bit", "bit", "\"bit\""), "\"bit\"");
         assert_eq!(d("bit(4)", "bit", "\"bit\""), "bit(4)");
         assert_eq!(d("numeric(18,4)", "numeric", "numeric"), "numeric(18,4)");
+        assert_eq!(d("NUMERIC(10, 2)", "numeric", "numeric"), "numeric(10,2)");
+        assert_eq!(
+            d(
+                "TIMESTAMP(3) WITH TIME ZONE",
+                "timestamp with time zone",
+                "timestamp with time zone"
+            ),
+            "timestamp(3) with time zone"
+        );
+        assert_eq!(
+            d("VARCHAR(255)", "character varying", "character varying"),
+            "character varying"
+        );
+        assert_eq!(d("\"Mixed\"(2)", "\"Mixed\"", "\"Mixed\""), "\"Mixed\"(2)");
         assert_eq!(d("int4", "integer", "integer"), "integer");
         assert_eq!(
             d("interval year to month", "interval", "interval"),

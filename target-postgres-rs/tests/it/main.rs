@@ -5,4 +5,6 @@ mod behaviour;
 mod common;
 mod direct_keys;
 mod fidelity;
+mod peers;
+mod privileges;
 mod vectors;

@@ -20,7 +20,8 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 const TYPES: &str = "
     CREATE TYPE public.mood AS ENUM ('sad', 'ok', 'happy', 'a \"quoted\", label');
     CREATE DOMAIN public.posint AS integer CHECK (VALUE > 0);
-    CREATE DOMAIN public.short_text AS text CHECK (length(VALUE) < 100);";
+    CREATE DOMAIN public.short_text AS text CHECK (length(VALUE) < 100);
+    CREATE DOMAIN public.int_list AS integer[];";
 
 type Value = Option<String>;
 
@@ -188,15 +189,24 @@ fn inet() -> impl Strategy<Value = String> {
 }
 
 /// Nested JSON (serialized compactly: a newline between tokens is the
-/// documented limit of `json`, see the README's value contract). No `\u0000`:
-/// the target refuses it in `json` (issue 13, defect 1, owned target-side).
-fn json_value() -> impl Strategy<Value = serde_json::Value> {
+/// documented limit of `json`, see the README's value contract). With
+/// `nul`, strings may hold NUL (written `\u0000`): `json` keeps the escape
+/// verbatim, `jsonb` refuses it.
+fn json_value(nul: bool) -> impl Strategy<Value = serde_json::Value> {
+    let nul_text = if nul {
+        (text(), text())
+            .prop_map(|(a, b)| format!("{a}\0{b}"))
+            .boxed()
+    } else {
+        text().boxed()
+    };
     let leaf = prop_oneof![
         Just(serde_json::Value::Null),
         any::<bool>().prop_map(serde_json::Value::from),
         any::<i64>().prop_map(serde_json::Value::from),
         (-1e10f64..1e10).prop_map(serde_json::Value::from),
         text().prop_map(serde_json::Value::from),
+        nul_text.prop_map(serde_json::Value::from),
     ];
     leaf.prop_recursive(3, 16, 4, |inner| {
         prop_oneof![
@@ -209,8 +219,8 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
 
 /// A json column's value: any JSON but a top-level `null`, which arrives as
 /// SQL NULL (the documented limit: a Singer record cannot tell them apart).
-fn json_document() -> impl Strategy<Value = String> {
-    json_value()
+fn json_document(nul: bool) -> impl Strategy<Value = String> {
+    json_value(nul)
         .prop_filter("a top-level null is SQL NULL", |v| !v.is_null())
         .prop_map(|v| v.to_string())
 }
@@ -336,8 +346,8 @@ fn columns(pg14: bool) -> Vec<(&'static str, &'static str, BoxedStrategy<Value>)
             "cidr",
             nullable(any::<[u8; 3]>().prop_map(|a| format!("{}.{}.{}.0/24", a[0], a[1], a[2]))),
         ),
-        ("j", "json", nullable(json_document())),
-        ("jb", "jsonb", nullable(json_document())),
+        ("j", "json", nullable(json_document(true))),
+        ("jb", "jsonb", nullable(json_document(false))),
         (
             "ai",
             "integer[]",
@@ -423,9 +433,14 @@ fn columns(pg14: bool) -> Vec<(&'static str, &'static str, BoxedStrategy<Value>)
             nullable((1i32..i32::MAX).prop_map(|v| v.to_string())),
         ),
         ("st", "public.short_text", nullable(text())),
-        // Excluded until the target side is fixed (issue 13, owned by the
-        // target's helper): bpchar without length (defect 4), domains over
-        // arrays (defect 5), `\u0000` in json (defect 1).
+        // bpchar without a length keeps any length (issue 13, defect 4).
+        ("bp", "bpchar", nullable(text())),
+        // A domain over an array is written as its base array (defect 5).
+        (
+            "dl",
+            "public.int_list",
+            nullable(array(any::<i32>().prop_map(|v| v.to_string()), true)),
+        ),
     ];
     if pg14 {
         c.push((
