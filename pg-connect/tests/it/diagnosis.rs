@@ -80,11 +80,17 @@ fn refused_unknown_host_wrong_password_and_missing_database_say_what_to_fix() {
              the server asks for a password for user `diag_pw`, but none is set: set password"
         )
     );
+    // The server's own words, which PostgreSQL 14 changed.
+    let plain = if c.server_version_num() >= 140_000 {
+        "no encryption"
+    } else {
+        "SSL off"
+    };
     assert_eq!(
         failure("127.0.0.1", port, "diag_hba", None, "postgres"),
         format!(
             "cannot connect to PostgreSQL at 127.0.0.1:{port} (database `postgres`, user `diag_hba`): \
-             FATAL: pg_hba.conf rejects connection for host \"127.0.0.1\", user \"diag_hba\", database \"postgres\", no encryption: \
+             FATAL: pg_hba.conf rejects connection for host \"127.0.0.1\", user \"diag_hba\", database \"postgres\", {plain}: \
              the server's pg_hba.conf has no line that lets user `diag_hba` connect to database `postgres` from this address this way: \
              add one (then reload the server), or connect with the TLS setting or role one allows"
         )

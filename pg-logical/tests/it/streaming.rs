@@ -87,6 +87,21 @@ fn summary(data: &[u8]) -> String {
     }
 }
 
+/// The summaries without empty transactions (`B` then `C`): before
+/// PostgreSQL 15, pgoutput also sends a transaction that touched no
+/// published table, as an empty one.
+fn non_empty(lines: impl IntoIterator<Item = String>) -> impl Iterator<Item = String> {
+    let mut lines = lines.into_iter().peekable();
+    std::iter::from_fn(move || loop {
+        let line = lines.next()?;
+        if line == "B" && lines.peek().is_some_and(|next| next == "C") {
+            lines.next();
+            continue;
+        }
+        return Some(line);
+    })
+}
+
 fn texts(columns: &[pgoutput::Column<'_>]) -> Vec<Option<String>> {
     columns
         .iter()
@@ -116,9 +131,17 @@ fn slot_active(c: &mut postgres::Client, slot: &str) -> bool {
 
 /// What the SQL peek function returns for the same range.
 fn peeked(c: &mut postgres::Client, slot: &str, upto: Lsn) -> Vec<(Lsn, Vec<u8>)> {
+    // The `messages` option exists from PostgreSQL 14.
+    let messages = if cluster().server_version_num() >= 140_000 {
+        ", 'messages', 'true'"
+    } else {
+        ""
+    };
     c.query(
-        "SELECT lsn, data FROM pg_logical_slot_peek_binary_changes($1, $2, NULL, \
-         'proto_version', '1', 'publication_names', 'p', 'messages', 'true')",
+        &format!(
+            "SELECT lsn, data FROM pg_logical_slot_peek_binary_changes($1, $2, NULL, \
+             'proto_version', '1', 'publication_names', 'p'{messages})"
+        ),
         &[&slot, &postgres::types::PgLsn::from(upto)],
     )
     .unwrap()
@@ -153,7 +176,7 @@ fn streams_changes_up_to_the_end_and_confirms_only_what_it_is_told() {
         .map(|m| m.map(|(lsn, data)| (lsn, data.to_vec())))
         .collect::<Result<_, _>>()
         .unwrap();
-    let lines: Vec<String> = messages.iter().map(|(_, d)| summary(d)).collect();
+    let lines: Vec<String> = non_empty(messages.iter().map(|(_, d)| summary(d))).collect();
     assert_eq!(
         lines,
         [
@@ -201,7 +224,7 @@ fn streams_changes_up_to_the_end_and_confirms_only_what_it_is_told() {
     // run starts after the confirmed transaction.
     let end = slot::current_flush_lsn(&mut c).unwrap();
     let stream = start(&db, end);
-    let lines: Vec<String> = stream.map(|m| summary(&m.unwrap().1)).collect();
+    let lines: Vec<String> = non_empty(stream.map(|m| summary(&m.unwrap().1))).collect();
     assert_eq!(
         lines,
         [
@@ -263,7 +286,8 @@ fn an_end_with_nothing_left_to_send_ends_the_run() {
     let end = slot::current_flush_lsn(&mut c).unwrap();
     let started = Instant::now();
     let mut stream = start(&db, end);
-    assert!(stream.next().is_none());
+    let lines: Vec<String> = non_empty(stream.by_ref().map(|m| summary(&m.unwrap().1))).collect();
+    assert_eq!(lines, Vec::<String>::new());
     stream.finish().unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -318,7 +342,7 @@ fn the_first_message_does_not_wait_for_the_backlog_and_a_dropped_reader_frees_th
 
     // The whole range, to the end.
     let stream = start(&db, end);
-    let lines: Vec<String> = stream.map(|m| summary(&m.unwrap().1)).collect();
+    let lines: Vec<String> = non_empty(stream.map(|m| summary(&m.unwrap().1))).collect();
     assert_eq!(
         lines,
         [
@@ -500,7 +524,7 @@ fn tls_verify_full_with_the_cluster_ca_and_scram() {
         .unwrap()
         .get(0);
     assert!(ssl);
-    let lines: Vec<String> = stream.by_ref().map(|m| summary(&m.unwrap().1)).collect();
+    let lines: Vec<String> = non_empty(stream.by_ref().map(|m| summary(&m.unwrap().1))).collect();
     assert_eq!(
         lines,
         ["B", "R a", r#"I [Some("1"), Some("over TLS")]"#, "C"]
@@ -514,10 +538,8 @@ fn tls_verify_full_with_the_cluster_ca_and_scram() {
     std::thread::sleep(Duration::from_secs(1));
     c.batch_execute("INSERT INTO a VALUES (2, 'later')")
         .unwrap();
-    let lines: Vec<String> = stream
-        .by_ref()
+    let lines: Vec<String> = non_empty(stream.by_ref().map(|m| summary(&m.unwrap().1)))
         .take(7)
-        .map(|m| summary(&m.unwrap().1))
         .collect();
     // Nothing was confirmed: the first transaction comes again.
     assert_eq!(
@@ -663,7 +685,7 @@ fn through_an_ssh_tunnel_with_verify_full() {
         .unwrap()
         .get(0);
     assert!(ssl, "TLS through the tunnel");
-    let lines: Vec<String> = stream.by_ref().map(|m| summary(&m.unwrap().1)).collect();
+    let lines: Vec<String> = non_empty(stream.by_ref().map(|m| summary(&m.unwrap().1))).collect();
     assert_eq!(
         lines,
         [
