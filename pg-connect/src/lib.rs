@@ -117,6 +117,17 @@ impl Connector {
         &self.settings
     }
 
+    /// The `application_name` sessions report.
+    pub fn application_name(&self) -> &str {
+        &self.application_name
+    }
+
+    /// The configured port (for messages: [`Connector::settings`] has the
+    /// tunnel's local one when tunnelled).
+    pub fn configured_port(&self) -> u16 {
+        self.port
+    }
+
     /// Whether connections go through an SSH tunnel.
     pub fn is_tunnelled(&self) -> bool {
         self.tunnel.is_some()

@@ -1,24 +1,38 @@
-//! Logical replication from PostgreSQL over an ordinary SQL connection, with
-//! the built-in `pgoutput` plugin: nothing to install on the source server.
+//! Logical replication from PostgreSQL with the built-in `pgoutput` plugin:
+//! nothing to install on the source server.
 //!
 //! - [`pgoutput`]: a transport-free decoder of pgoutput messages.
-//! - [`slot`]: prerequisites, publications, replication slots, WAL lag.
-//! - [`changes`]: the changes committed up to an LSN, peeked (never consumed)
-//!   from a slot and decoded into owned [`changes::Change`]s, streamed row by row.
+//! - [`slot`]: prerequisites, publications, replication slots, WAL lag (over
+//!   an ordinary SQL connection).
+//! - [`replication`]: the streaming replication protocol (`START_REPLICATION
+//!   SLOT … LOGICAL` on a `replication=database` connection): the messages of
+//!   the transactions committed before an end LSN, as the server decodes
+//!   them, with feedback that confirms the slot only as far as the caller says.
+//! - [`changes`]: those messages decoded into owned [`changes::Change`]s.
 //!
 //! ```no_run
-//! use pg_logical::{changes::ChangeStream, slot};
-//! # fn run(client: &mut postgres::Client) -> Result<(), pg_logical::LogicalError> {
-//! slot::check_prerequisites(client)?;
-//! let server = slot::server_version(client)?;
+//! use pg_logical::changes::Decoder;
+//! use pg_logical::replication::{ReplicationStream, StartReplication};
+//! use pg_logical::slot;
+//! # fn run(connector: &pg_connect::Connector) -> Result<(), pg_logical::LogicalError> {
+//! let mut client = connector.connect().expect("connected");
+//! slot::check_prerequisites(&mut client)?;
+//! let server = slot::server_version(&mut client)?;
 //! let tables = [("public".into(), "orders".into())];
-//! slot::ensure_publication(client, "my_pub", &tables, &slot::PublicationOptions::for_server(server), false)?;
-//! slot::create_slot_if_missing(client, "my_slot")?;
-//! let end = slot::current_flush_lsn(client)?;
-//! let mut changes = ChangeStream::open(client, "my_slot", "my_pub", end, server)?;
-//! while let Some(change) = changes.next_change()? {
-//!     println!("{change:?}");
+//! slot::ensure_publication(&mut client, "my_pub", &tables, &slot::PublicationOptions::for_server(server), false)?;
+//! slot::create_slot_if_missing(&mut client, "my_slot")?;
+//! let end = slot::current_flush_lsn(&mut client)?;
+//! let request = StartReplication { slot: "my_slot", publication: "my_pub", start: 0, end };
+//! let mut stream = ReplicationStream::start(connector.settings(), "my-app", &request)?;
+//! let mut decoder = Decoder::new();
+//! for message in stream.by_ref() {
+//!     let (lsn, data) = message?;
+//!     if let Some(change) = decoder.decode(lsn, &data)? {
+//!         println!("{change:?}");
+//!     }
 //! }
+//! // Confirms nothing: call `stream.confirm(lsn)` once the destination has it.
+//! stream.finish()?;
 //! # Ok(()) }
 //! ```
 
@@ -61,6 +75,8 @@ pub enum LogicalError {
     UnknownRelation(u32),
     #[error("{context}: {message}")]
     Db { context: String, message: String },
+    #[error(transparent)]
+    Replication(#[from] replication::ReplicationError),
 }
 
 pub(crate) fn db(context: &str) -> impl Fn(postgres::Error) -> LogicalError + '_ {

@@ -13,7 +13,7 @@ const OPTIONS: slot::PublicationOptions = slot::PublicationOptions {
     generated_columns: false,
 };
 
-fn settings(db: &TestDb) -> ConnectionSettings {
+pub(crate) fn settings(db: &TestDb) -> ConnectionSettings {
     ConnectionSettings {
         host: db.host.clone(),
         port: db.port,

@@ -15,9 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pg_connect::{quote_ident, quote_qualified, Connector};
-use pg_logical::changes::{Change, ChangeStream, Value as Cell};
+use pg_logical::changes::{Change, Decoder, Value as Cell};
 use pg_logical::pgoutput::{Relation as WalRelation, ReplicaIdentity};
-use pg_logical::{format_lsn, slot, Lsn};
+use pg_logical::replication::{ReplicationError, ReplicationStream, StartReplication};
+use pg_logical::{format_lsn, slot, LogicalError, Lsn};
 use postgres::Client;
 use serde_json::json;
 use singer_core::metrics::{tags, Counter};
@@ -388,17 +389,71 @@ impl StreamIndex {
     }
 }
 
-/// Reads and applies the log; returns whether it was read to the end
-/// (not stopped by `max_run_seconds`).
+/// Opens the replication connection (through the tunnel, with the TLS
+/// settings of every other session) and starts streaming the slot from its
+/// confirmed position. A slot another process holds gets the slot-busy
+/// advice, naming that process.
+fn start_stream(
+    client: &mut Client,
+    connector: &Connector,
+    settings: &TapSettings,
+    end: Lsn,
+) -> Result<ReplicationStream, LogicalError> {
+    let request = StartReplication {
+        slot: &settings.replication_slot,
+        publication: &settings.publication,
+        // From the slot's confirmed position: the lowest LSN of `--state`.
+        start: 0,
+        end,
+    };
+    match ReplicationStream::start(connector.settings(), connector.application_name(), &request) {
+        Ok(stream) => Ok(stream),
+        Err(e @ ReplicationError::Server { .. }) if is_slot_busy(&e) => {
+            let info = slot::slot_info(client, &settings.replication_slot)?;
+            match info.and_then(|i| i.active_pid) {
+                Some(pid) => Err(LogicalError::SlotBusy {
+                    slot: settings.replication_slot.clone(),
+                    pid,
+                }),
+                // Freed since: the server's own words.
+                None => Err(e.into()),
+            }
+        }
+        Err(ReplicationError::Connect {
+            host,
+            database,
+            user,
+            reason,
+            ..
+        }) => Err(ReplicationError::Connect {
+            host,
+            // The configured port, not a tunnel's local one.
+            port: connector.configured_port(),
+            database,
+            user,
+            reason,
+        }
+        .into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// SQLSTATE 55006 (object in use): the slot is active for another process.
+fn is_slot_busy(e: &ReplicationError) -> bool {
+    matches!(e, ReplicationError::Server { code, .. } if code == "55006")
+}
+
+/// Reads and applies the log, up to the WAL position seen at start or until
+/// `max_run_seconds` (after a whole transaction).
 pub fn read_changes<W: Write>(
     client: &mut Client,
+    connector: &Connector,
     side: &mut Side<'_>,
-    server_version: u32,
     streams: &mut [LogStream<'_>],
     state: &mut State,
     settings: &TapSettings,
     out: &mut MessageWriter<W>,
-) -> Result<bool, SyncError> {
+) -> Result<(), SyncError> {
     let setup = SyncError::LogBased;
     slot::heartbeat(client, "tap-postgres-rs").map_err(setup)?;
     let end = slot::current_flush_lsn(client).map_err(setup)?;
@@ -419,20 +474,19 @@ pub fn read_changes<W: Write>(
         progress: HashMap::new(),
     };
     tracing::info!(upto = %format_lsn(end), "reading the log");
-    let mut changes = ChangeStream::open(
-        client,
-        &settings.replication_slot,
-        &settings.publication,
-        end,
-        server_version,
-    )
-    .map_err(setup)?;
+    // Nothing is confirmed from here: the slot was moved to what `--state`
+    // holds, and the next run's state says how far the target got.
+    let mut stream = start_stream(client, connector, settings, end).map_err(setup)?;
+    let mut decoder = Decoder::new();
     let mut final_lsn: Lsn = 0;
     let mut commit_time = String::new();
     let mut since_state: u64 = 0;
     let mut transactions: u64 = 0;
-    let mut finished = true;
-    while let Some((lsn, change)) = changes.next_change().map_err(setup)? {
+    for message in stream.by_ref() {
+        let (lsn, data) = message.map_err(|e| setup(e.into()))?;
+        let Some(change) = decoder.decode(lsn, &data).map_err(setup)? else {
+            continue;
+        };
         match change {
             Change::Begin {
                 final_lsn: f,
@@ -537,7 +591,6 @@ pub fn read_changes<W: Write>(
                         seconds = started.elapsed().as_secs(),
                         "max_run_seconds reached: stopping after a whole transaction"
                     );
-                    finished = false;
                     break;
                 }
             }
@@ -545,8 +598,10 @@ pub fn read_changes<W: Write>(
     }
     emit.out.write_state(&state.to_value())?;
     emit.out.flush()?;
+    // Also after an early stop: the server stops decoding at once.
+    stream.finish().map_err(|e| setup(e.into()))?;
     tracing::info!(transactions, upto = %format_lsn(end), "log read");
-    Ok(finished)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -18,8 +18,9 @@
 //!    resumable), with the LSN read *before* the copy as its bookmark: a
 //!    change committed after it is read again from the log (the target's
 //!    upsert makes that harmless);
-//! 4. writes a heartbeat, then reads every transaction committed up to the WAL
-//!    position it saw at start, peeked (never consumed), emitting whole-row
+//! 4. writes a heartbeat, then streams every transaction committed up to the
+//!    WAL position it saw at start over a replication connection (confirming
+//!    nothing: the next run's state moves the slot), emitting whole-row
 //!    RECORDs (deletes with `_sdc_deleted_at`) and a STATE with the commit's
 //!    end LSN as each transaction completes.
 //!
@@ -246,20 +247,17 @@ pub fn sync<W: Write>(
         })
         .collect();
     let mut side = apply::Side::new(connector, types);
-    let finished = apply::read_changes(
+    apply::read_changes(
         client,
+        connector,
         &mut side,
-        server,
         &mut streams,
         state,
         settings,
         out,
     )?;
-    // After an early stop the connection still has unread rows: leave it.
-    if finished {
-        if let Ok(Some(info)) = slot::slot_info(client, slot_name) {
-            report_lag(&info, settings, "after the run");
-        }
+    if let Ok(Some(info)) = slot::slot_info(client, slot_name) {
+        report_lag(&info, settings, "after the run");
     }
     Ok(())
 }

@@ -497,3 +497,79 @@ fn wal_level_and_busy_slot_are_refused_clearly() {
         "{last}"
     );
 }
+
+#[test]
+fn killed_tap_frees_the_slot_at_once_and_a_rerun_converges() {
+    let cdc = Cdc::new("cdc_sigkill", false);
+    let mut src = cdc.src.client();
+    src.batch_execute(
+        "CREATE TABLE t (id integer PRIMARY KEY, v text); CREATE TABLE unpublished (id integer, pad text);
+         INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, 10) i",
+    )
+    .unwrap();
+    let tables = ["public-t"];
+    let state = cdc.run(&tables, None);
+    // A backlog: published changes, a large unpublished transaction the
+    // server decodes (and spills) without sending anything, then more.
+    for batch in 0..10 {
+        src.batch_execute(&format!(
+            "INSERT INTO t SELECT i, repeat('x', 200) FROM generate_series({a}, {b}) i",
+            a = 1000 + batch * 10_000,
+            b = 1000 + batch * 10_000 + 9_999,
+        ))
+        .unwrap();
+    }
+    src.batch_execute(
+        "INSERT INTO unpublished SELECT i, repeat('p', 100) FROM generate_series(1, 1000000) i",
+    )
+    .unwrap();
+    src.batch_execute("UPDATE t SET v = 'after' WHERE id <= 10")
+        .unwrap();
+
+    let state_path = write_json(cdc.dir.path(), "state.json", &state);
+    let mut tap = tap_sync(&cdc.tap_config(), &cdc.catalog(&tables), Some(&state_path))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Mid-stream: records are coming, and the tap is blocked writing more.
+    let mut stdout = std::io::BufReader::new(tap.stdout.take().unwrap());
+    let mut records = 0;
+    let mut line = String::new();
+    while records < 100 {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0,
+            "the tap ended early"
+        );
+        records += usize::from(line.contains(r#""type":"RECORD""#));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let active = |cdc: &Cdc| -> bool {
+        cdc.src_client()
+            .query_one(
+                "SELECT active_pid IS NOT NULL FROM pg_replication_slots WHERE slot_name = $1",
+                &[&cdc.slot],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert!(active(&cdc), "the tap holds the slot while it reads");
+    tap.kill().unwrap(); // SIGKILL
+    let killed = std::time::Instant::now();
+    tap.wait().unwrap();
+    drop(stdout);
+    let freed = TestDb::wait_for(std::time::Duration::from_secs(10), || !active(&cdc));
+    let took = killed.elapsed();
+    assert!(
+        freed,
+        "the slot is still held 10 s after the tap was killed"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "the slot was freed {took:?} after the tap was killed"
+    );
+    // The same slot, from the same state, at once.
+    cdc.run(&tables, Some(&state));
+    cdc.assert_converged("t", &["id", "v"]);
+}

@@ -6,6 +6,7 @@ use e2e_tests::{compare_table, discover, pipe, select, write_json};
 use pg_testkit::bastion::Bastion;
 use pg_testkit::{cluster, start_cluster, ClusterOptions};
 use serde_json::{json, Value};
+use std::path::Path;
 
 const SOURCE: &str = "
     CREATE TABLE public.accounts (
@@ -20,6 +21,43 @@ const SOURCE: &str = "
     SELECT i, 'account ' || i, i * 1000.12345, '2024-01-01T00:00:00Z'::timestamptz + i * interval '1 hour',
            jsonb_build_object('n', i), decode(md5(i::text), 'hex')
     FROM generate_series(1, 300) i;";
+
+/// Two LOG_BASED `tap | target` runs (the initial copy, then inserts,
+/// updates and deletes read over the replication connection) into a
+/// destination with hard deletes: afterwards it equals the source.
+fn log_based_runs(
+    src: &mut dyn FnMut() -> postgres::Client,
+    dst: &mut dyn FnMut() -> postgres::Client,
+    tap_config: &Path,
+    target_config: &Path,
+    dir: &Path,
+) {
+    let mut catalog = discover(tap_config);
+    select(&mut catalog, &["public-accounts"], "LOG_BASED", None);
+    let catalog = write_json(dir, "log_catalog.json", &catalog);
+    let first = pipe(tap_config, &catalog, None, target_config);
+    first.assert_success();
+    src()
+        .batch_execute(
+            "INSERT INTO public.accounts (id, name, balance) SELECT i, 'new ' || i, i FROM generate_series(301, 350) i;
+             UPDATE public.accounts SET name = 'changed', secret = NULL WHERE id <= 5;
+             DELETE FROM public.accounts WHERE id BETWEEN 100 AND 109",
+        )
+        .unwrap();
+    let state = write_json(dir, "log_state.json", first.last_state().unwrap());
+    let second = pipe(tap_config, &catalog, Some(&state), target_config);
+    second.assert_success();
+    let cmp = compare_table(
+        &mut src(),
+        &mut dst(),
+        "public",
+        "accounts",
+        "public",
+        "accounts",
+    );
+    assert!(cmp.is_identical(), "{cmp:?}");
+    assert_eq!(cmp.destination_rows, 340);
+}
 
 fn merge(mut base: Value, extra: Value) -> Value {
     base.as_object_mut()
@@ -85,6 +123,21 @@ fn tls_verify_full_with_client_certificates_required_by_pg_hba() {
     );
     assert!(cmp.is_identical(), "{cmp:?}");
     assert_eq!(cmp.destination_rows, 300);
+
+    // LOG_BASED: the replication connection, too, is verify-full with the certificate.
+    let cdc = c.create_database("secure_tls_cdc");
+    let cdc_config = write_json(
+        dir.path(),
+        "cdc_target.json",
+        &merge(tls(&cdc, true), json!({"hard_delete": true})),
+    );
+    log_based_runs(
+        &mut || src.client(),
+        &mut || cdc.client(),
+        &tap_config,
+        &cdc_config,
+        dir.path(),
+    );
 
     // Without the certificate the same pipe is refused, with the server's reason.
     let mut no_cert = tls(&src, false);
@@ -179,6 +232,32 @@ fn through_an_ssh_tunnel_to_databases_only_the_bastion_reaches() {
     );
     assert!(cmp.is_identical(), "{cmp:?}");
     assert_eq!(cmp.destination_rows, 300);
+    // LOG_BASED through the tunnel: the replication connection takes the
+    // tap's tunnel (still one SSH connection per binary).
+    let cdc = hidden.create_database("secure_ssh_cdc");
+    let cdc_config = write_json(
+        dir.path(),
+        "cdc_target.json",
+        &merge(
+            config(&cdc.name, "target_known_hosts"),
+            json!({"hard_delete": true}),
+        ),
+    );
+    let before = bastion.connections();
+    log_based_runs(
+        &mut || hidden.client(&src.name),
+        &mut || hidden.client(&cdc.name),
+        &tap_config,
+        &cdc_config,
+        dir.path(),
+    );
+    assert_eq!(
+        bastion.connections() - before,
+        5,
+        "discover, then tap and target twice; sshd log:\n{}",
+        bastion.log()
+    );
+
     // Both binaries trusted the bastion on first use.
     for f in ["tap_known_hosts", "target_known_hosts"] {
         let remembered = std::fs::read_to_string(dir.path().join(f)).unwrap();

@@ -8,13 +8,16 @@
 //! and prints rows/s, MB/s (logical: rows x text-COPY bytes per row / wall),
 //! peak RSS of each process, and each figure's ratio to the raw COPY pipe.
 //! Medians over `--repeat` passes. Not a test: timings on shared machines are noisy.
-//! Other modes: `--cdc N` (LOG_BASED replay of N changes), `--scan` (the tap's
+//! Other modes: `--cdc N` (LOG_BASED replay of N changes, against
+//! `pg_recvlogical` reading the same range; `--backlog-mb N` adds N MB of WAL
+//! of unpublished changes after them), `--scan` (the tap's
 //! read against the server's own COPY variants, see scan.rs), `--synthetic`
 //! (the target alone on a generated stream, see synthetic.rs).
 //!
 //! ```text
 //! cargo run --release --bin bench -- --rows 1000000 --repeat 3
 //! cargo run --release --bin bench -- --rows 100000        # a quick run
+//! cargo run --release --bin bench -- --rows 200000 --cdc 200000 --backlog-mb 1000
 //! cargo run --release --bin bench -- --scan
 //! cargo run --release --bin bench -- --synthetic
 //! ```
@@ -34,6 +37,8 @@ struct Args {
     table: String,
     /// LOG_BASED mode: apply this many mixed changes and measure their replay.
     cdc: Option<u64>,
+    /// With `--cdc`: this many MB of WAL of unpublished changes after them.
+    backlog_mb: u64,
     /// The tap's scan against the server's COPY (scan.rs).
     scan: bool,
     /// The target alone on generated records (synthetic.rs).
@@ -46,6 +51,7 @@ fn parse_args() -> Args {
         repeat: 3,
         table: "bench_wide".into(),
         cdc: None,
+        backlog_mb: 0,
         scan: false,
         synthetic: false,
     };
@@ -57,11 +63,14 @@ fn parse_args() -> Args {
             "--repeat" => a.repeat = value().parse().expect("--repeat N"),
             "--table" => a.table = value(),
             "--cdc" => a.cdc = Some(value().replace('_', "").parse().expect("--cdc N")),
+            "--backlog-mb" => {
+                a.backlog_mb = value().replace('_', "").parse().expect("--backlog-mb N")
+            }
             "--scan" => a.scan = true,
             "--synthetic" => a.synthetic = true,
             "-h" | "--help" => {
                 println!(
-                    "bench [--rows N (1000000)] [--repeat N (3)] [--table bench_wide|bench_narrow] [--cdc N | --scan | --synthetic]"
+                    "bench [--rows N (1000000)] [--repeat N (3)] [--table bench_wide|bench_narrow] [--cdc N [--backlog-mb N] | --scan | --synthetic]"
                 );
                 std::process::exit(0);
             }
@@ -166,6 +175,17 @@ impl Bench {
             .trim()
             .parse()
             .unwrap_or(0)
+    }
+
+    /// One value, as psql prints it.
+    fn query(&self, db: &str, sql: &str) -> String {
+        let out = self.psql(db).args(["-At", "-c", sql]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     fn count_dst(&self) -> u64 {
@@ -392,12 +412,19 @@ fn main() {
 }
 
 /// LOG_BASED: initial copy of `rows`, then `changes` mixed changes (half
-/// inserts, 30% updates, 20% deletes, in transactions of 10,000), replayed by
-/// one `tap | target` run. Prints changes/s and each side's peak RSS.
+/// inserts, 30% updates, 20% deletes, in transactions of 10,000), then
+/// `--backlog-mb` of WAL of unpublished changes and one published change
+/// (so that the run reads through the backlog), replayed by one
+/// `tap | target` run. Then the same range read by `pg_recvlogical` (its own
+/// slot, created at the same point) and by the tap alone, both to /dev/null:
+/// changes/s, time to the first RECORD, and peak RSS side by side.
 fn cdc(b: &Bench, args: &Args, changes: u64) {
     let table = &args.table;
     let conn = |db: &str| json!({"host": "127.0.0.1", "port": b.port, "user": "postgres", "password": "", "database": db, "ssl_mode": "disable"});
-    write_json(b.dir.path(), "tap.json", &conn("bench_src"));
+    let mut tap_conn = conn("bench_src");
+    tap_conn["replication_slot_name"] = json!("bench_tap");
+    tap_conn["publication_name"] = json!("bench_pub");
+    write_json(b.dir.path(), "tap.json", &tap_conn);
     write_json(b.dir.path(), "target.json", &conn("bench_dst"));
     let mut catalog = e2e_tests::discover(&b.dir.path().join("tap.json"));
     select(
@@ -454,6 +481,12 @@ fn cdc(b: &Bench, args: &Args, changes: u64) {
         args.rows, copy.wall
     );
     let state_path = write_json(b.dir.path(), "state.json", &state);
+    // pg_recvlogical's slot, at the point the tap's state starts from (the
+    // only transaction between them is the first run's heartbeat).
+    b.sql(
+        "bench_src",
+        "SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')",
+    );
 
     let inserts = changes / 2;
     let updates = changes * 3 / 10;
@@ -492,20 +525,69 @@ fn cdc(b: &Bench, args: &Args, changes: u64) {
         "bench: applied {changes} changes in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    let backlog = write_backlog(b, args.backlog_mb);
+    // One published change after the backlog: the run must read through it.
+    let tail = if args.backlog_mb > 0 {
+        b.sql(
+            "bench_src",
+            &format!("UPDATE {qt} SET text_col = text_col || '!' WHERE id = 1"),
+        );
+        1
+    } else {
+        0
+    };
+    let total = changes + tail;
     b.sql("postgres", "CHECKPOINT");
     let (replay, _) = run(Some(&state_path));
     let src_count = b.count("bench_src", "true");
     let live = b.count("bench_dst", "_sdc_deleted_at IS NULL");
     assert_eq!(live, src_count, "live rows after the replay");
+
+    let alone = tap_alone(b, &state_path);
+    assert_eq!(alone.records, total, "records read by the tap alone");
+    // pg_recvlogical ends at the first message past its end position: a
+    // published change after it (the tap ends on its own heartbeat instead).
+    let end = b.query("bench_src", "SELECT pg_current_wal_flush_lsn()::text");
+    b.sql(
+        "bench_src",
+        &format!("UPDATE {qt} SET text_col = text_col WHERE id = 2"),
+    );
+    let recv = b.single(
+        {
+            let mut c = Command::new(b.bindir.join("pg_recvlogical"));
+            c.args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
+                .arg(b.port.to_string())
+                .args([
+                    "-d",
+                    "bench_src",
+                    "-S",
+                    "bench_recv",
+                    "--start",
+                    "--no-loop",
+                ])
+                .args(["-f", "/dev/null", "-E", &end])
+                .args(["-o", "proto_version=1", "-o", "publication_names=bench_pub"]);
+            c
+        },
+        Stdio::null(),
+        Stdio::null(),
+    );
+    b.sql("bench_src", "SELECT pg_drop_replication_slot('bench_recv')");
+
     println!(
-        "\nLOG_BASED: {changes} changes ({inserts} inserts, {updates} updates, {deletes} deletes, transactions of {step}) on {} rows of {table}",
-        args.rows
+        "\nLOG_BASED: {changes} changes ({inserts} inserts, {updates} updates, {deletes} deletes, transactions of {step}) on {} rows of {table}{}",
+        args.rows,
+        if args.backlog_mb > 0 {
+            format!(", then {backlog:.0} MB of WAL of unpublished changes and 1 published update")
+        } else {
+            String::new()
+        }
     );
     println!(
-        "\n| run | wall s | changes/s | tap RSS MB | target RSS MB |\n|---|---:|---:|---:|---:|"
+        "\n| run | wall s | changes/s | first RECORD s | RSS MB (tap / reader) | target RSS MB |\n|---|---:|---:|---:|---:|---:|"
     );
     println!(
-        "| initial copy ({} rows) | {:.2} | {:.0} rows/s | {:.1} | {:.1} |",
+        "| initial copy ({} rows) | {:.2} | {:.0} rows/s | | {:.1} | {:.1} |",
         args.rows,
         copy.wall,
         args.rows as f64 / copy.wall,
@@ -513,10 +595,116 @@ fn cdc(b: &Bench, args: &Args, changes: u64) {
         copy.right_rss
     );
     println!(
-        "| replay of {changes} changes | {:.2} | {:.0} | {:.1} | {:.1} |",
+        "| tap \\| target replay | {:.2} | {:.0} | | {:.1} | {:.1} |",
         replay.wall,
-        changes as f64 / replay.wall,
+        total as f64 / replay.wall,
         replay.left_rss,
         replay.right_rss
     );
+    println!(
+        "| tap alone > /dev/null | {:.2} | {:.0} | {:.3} (last at {:.2}) | {:.1} | |",
+        alone.sample.wall,
+        total as f64 / alone.sample.wall,
+        alone.first_record,
+        alone.last_record,
+        alone.sample.left_rss,
+    );
+    println!(
+        "| pg_recvlogical > /dev/null | {:.2} | {:.0} | | {:.1} | |",
+        recv.wall,
+        total as f64 / recv.wall,
+        recv.left_rss,
+    );
+    println!(
+        "\ntap alone / pg_recvlogical changes/s: {:.2}",
+        recv.wall / alone.sample.wall
+    );
+}
+
+/// Writes about `mb` MB of WAL into an unpublished table, in transactions of
+/// about 100 MB (each spilled by the decoder: larger than
+/// logical_decoding_work_mem), truncated after each so that the table takes
+/// no disk; returns the MB of WAL written.
+fn write_backlog(b: &Bench, mb: u64) -> f64 {
+    if mb == 0 {
+        return 0.0;
+    }
+    let t = Instant::now();
+    b.sql(
+        "bench_src",
+        "CREATE TABLE bench_backlog (id bigint, pad text)",
+    );
+    let start = b.query("bench_src", "SELECT pg_current_wal_lsn()::text");
+    let written = || -> f64 {
+        b.query(
+            "bench_src",
+            &format!("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start}') / 1048576"),
+        )
+        .parse()
+        .unwrap()
+    };
+    let mut mb_now = 0.0;
+    while mb_now < mb as f64 {
+        b.sql(
+            "bench_src",
+            "INSERT INTO bench_backlog SELECT i, repeat('b', 200) FROM generate_series(1, 350000) i",
+        );
+        b.sql("bench_src", "TRUNCATE bench_backlog");
+        mb_now = written();
+    }
+    eprintln!(
+        "bench: wrote {mb_now:.0} MB of WAL of unpublished changes in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    mb_now
+}
+
+/// The tap alone from `state` to a pipe read here: when its first and last
+/// RECORD came (seconds from the start), and its peak RSS.
+struct Alone {
+    sample: Sample,
+    first_record: f64,
+    last_record: f64,
+    records: u64,
+}
+
+fn tap_alone(b: &Bench, state: &std::path::Path) -> Alone {
+    use std::io::BufRead;
+    let start = Instant::now();
+    let mut tap = b.tap();
+    let mut child = tap
+        .arg("--state")
+        .arg(state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut first, mut last, mut records) = (None, 0.0, 0u64);
+        for line in std::io::BufReader::with_capacity(1 << 20, stdout).split(b'\n') {
+            let line = line.unwrap();
+            if line.starts_with(br#"{"type":"RECORD""#) {
+                let at = start.elapsed().as_secs_f64();
+                first.get_or_insert(at);
+                last = at;
+                records += 1;
+            }
+        }
+        (first.unwrap_or(f64::NAN), last, records)
+    });
+    let (status, rss) = wait_all(&mut [&mut child])[0];
+    let wall = start.elapsed().as_secs_f64();
+    assert!(status.success(), "tap alone: {status}");
+    let (first_record, last_record, records) = reader.join().unwrap();
+    Alone {
+        sample: Sample {
+            wall,
+            left_rss: rss,
+            right_rss: rss,
+        },
+        first_record,
+        last_record,
+        records,
+    }
 }
