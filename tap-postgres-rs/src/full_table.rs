@@ -100,8 +100,16 @@ fn full_table<W: Write>(
             quote_literal(&format!("{{{}}}", xip.join(",")))
         ));
     } else {
+        // Only a stream's first copy opens with ACTIVATE_VERSION, so that its
+        // rows show at once. A later copy must not: the target would delete
+        // (or mark deleted) every row before the new ones arrive, and readers
+        // would see an empty table for the whole copy. The closing
+        // ACTIVATE_VERSION retires the old rows either way.
+        let first_copy = state.get(id, bookmarks::VERSION).is_none();
         bookmarks::finish_full_table(state, id, progress.version);
-        out.write_activate_version(&ctx.p.name, progress.version)?;
+        if first_copy {
+            out.write_activate_version(&ctx.p.name, progress.version)?;
+        }
     }
 
     let version = progress.version;
