@@ -59,7 +59,7 @@ fn tap_output(db_hint: &str, dir: &Path) -> Vec<u8> {
 }
 
 /// Meltano's `config test` (and users' log alerts) treat these words as failure.
-fn assert_quiet_log(who: &str, stderr: &str) {
+pub(super) fn assert_quiet_log(who: &str, stderr: &str) {
     let bad: Vec<&str> = stderr
         .lines()
         .filter(|l| {
@@ -70,7 +70,7 @@ fn assert_quiet_log(who: &str, stderr: &str) {
     assert!(bad.is_empty(), "{who} logged on success: {bad:#?}");
 }
 
-fn messages(stdout: &[u8]) -> Vec<Value> {
+pub(super) fn messages(stdout: &[u8]) -> Vec<Value> {
     stdout
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
@@ -79,7 +79,7 @@ fn messages(stdout: &[u8]) -> Vec<Value> {
 }
 
 /// Runs `program args` with `input` on stdin; returns (status, stdout, stderr).
-fn run_with_input(
+pub(super) fn run_with_input(
     program: &Path,
     args: &[&str],
     cwd: &Path,
@@ -290,7 +290,7 @@ fn pipelinewise_tap_postgres_recordings_load_through_our_target() {
     }
 }
 
-fn pg_quote(ident: &str) -> String {
+pub(super) fn pg_quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 

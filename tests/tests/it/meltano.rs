@@ -18,14 +18,14 @@ const STATE_ID: &str = "dev:tap-postgres-rs-to-target-postgres-rs";
 /// SIGTERM test's timing must not depend on what the others are doing.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
+pub(super) fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 /// Where Meltano's convention (`default_target_schema: $MELTANO_EXTRACT__LOAD_SCHEMA`,
 /// the extractor's namespace) lands the streams.
-const LOAD_SCHEMA: &str = "tap_postgres_rs";
+pub(super) const LOAD_SCHEMA: &str = "tap_postgres_rs";
 
 fn about(binary: &str) -> Value {
     let out = Command::new(bin(binary))

@@ -1,0 +1,336 @@
+//! Our tap into other Singer programs from PyPI (the interop tier, "our tap →
+//! other targets"): meltanolabs-target-postgres, target-duckdb and
+//! meltanolabs-target-csv land a table of common types and a table of special
+//! values; every record validates against its SCHEMA under the Python
+//! validator SDK targets run; meltano-map-transform sits in the middle of a
+//! shell pipe and of `meltano run`. Where a peer has a limitation of its own,
+//! the test asserts what the peer does and says so, so that a change on our
+//! side is still caught. The README's compatibility table lists these pins;
+//! the last test keeps it true.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use e2e_tests::orchestrator::{
+    path_with_binaries, venv, MeltanoProject, MELTANO, PIPELINEWISE_TAP_POSTGRES, SINGER_TOOLS,
+    TARGET_JSONL,
+};
+use e2e_tests::{compare_table, discover, select, tap_sync, write_json};
+use pg_testkit::{cluster, TestDb};
+use serde_json::{json, Value};
+
+use super::interop::{assert_quiet_log, messages, pg_quote, run_with_input};
+
+const MELTANOLABS_TARGET_POSTGRES: &str = "meltanolabs-target-postgres==0.8.1";
+const TARGET_DUCKDB: &str = "target-duckdb==0.8.0";
+/// target-duckdb loads each batch with `COPY ... FROM 'batch.csv'` (no
+/// header); duckdb 1.3 and later (2.x too) sniff the first line of such a
+/// file as a header when its types differ from the rest, and a row is lost.
+/// 1.2.2 is the newest duckdb that keeps every row.
+const DUCKDB: &str = "duckdb==1.2.2";
+const TARGET_CSV: &str = "meltanolabs-target-csv==0.5.0";
+/// The validator SDK targets run (`Draft7Validator` with its format checker;
+/// the `format` extra brings the date-time checker).
+const JSONSCHEMA: &str = "jsonschema[format]==4.26.0";
+const MELTANO_MAP_TRANSFORM: &str = "meltano-map-transform==0.12.3";
+
+/// Common types, three rows: extremes, edge strings, all NULL. (A jsonb
+/// holding a bare string, `'"s"'`, is left out: target-duckdb writes it
+/// unquoted into its CSV batch and fails, "Could not convert string "s" to
+/// 'JSON'": its limitation, not one a table of common values should hide
+/// every other value behind.)
+const COMMON: &str = r#"
+    CREATE TABLE common (
+        id int PRIMARY KEY,
+        i2 smallint, i4 integer, i8 bigint,
+        n12 numeric(12,2), n numeric,
+        f4 real, f8 double precision,
+        t text, vc varchar(20), b boolean,
+        d date, ts timestamp, tstz timestamptz, tm time,
+        u uuid, j json, jb jsonb,
+        ia integer[], ta text[],
+        by bytea
+    );
+    INSERT INTO common VALUES
+        (1, -32768, -2147483648, -9223372036854775808, -9999999999.99,
+         123456789012345678901234567890.123456789, 1.5, 0.1, E'tab\t"quote" \\ é', 'short', true,
+         '2024-02-29', '2024-02-29 13:14:15.123456', '2024-02-29 13:14:15.5+02', '13:14:15.123456',
+         'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"a": [1, 2.50]}', '{"b": {"c": null}}',
+         '{1,NULL,3}', '{"x,y","",NULL}', '\x00ff10'),
+        (2, 32767, 2147483647, 9223372036854775807, 9999999999.99, -0.000000000000000001,
+         -3.25, -1e300, '', 'ü', false,
+         '0001-01-01', '1999-12-31 23:59:59', '1970-01-01 00:00:00+00', '00:00:00',
+         '00000000-0000-0000-0000-000000000000', '[]', '[true, "s"]',
+         '{}', '{}', '\x'),
+        (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+         NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+"#;
+
+/// Special values, one kind a row after a plain first row: NaN, +∞, -∞, BC,
+/// a year past 9999. Numeric ±Infinity exists from PostgreSQL 14; older
+/// servers hold NULL there (the value is skipped, not the test).
+fn special_sql(numeric_infinity: bool) -> String {
+    let (inf, minus_inf) = if numeric_infinity {
+        ("'Infinity'", "'-Infinity'")
+    } else {
+        ("NULL", "NULL")
+    };
+    format!(
+        "CREATE TABLE special (
+            id int PRIMARY KEY,
+            n numeric, f8 double precision, f4 real,
+            d date, ts timestamp, tstz timestamptz
+        );
+        INSERT INTO special VALUES
+            (1, 1.25, 2.5, 0.5, '2024-01-01', '2024-01-01 00:00:00', '2024-01-01 00:00:00+00'),
+            (2, 'NaN', 'NaN', 'NaN', '0044-03-15 BC', '0044-03-15 12:00:00 BC',
+             '0044-03-15 12:00:00+00 BC'),
+            (3, {inf}, 'Infinity', 'Infinity', 'infinity', 'infinity', 'infinity'),
+            (4, {minus_inf}, '-Infinity', '-Infinity', '-infinity', '-infinity', '-infinity'),
+            (5, 2, 3, 4, '10000-01-01', '10000-01-01 00:00:00', '10000-01-01 00:00:00+00');"
+    )
+}
+
+/// The source database of one test: both tables.
+struct Source {
+    db: TestDb,
+    /// Whether the server has numeric ±Infinity (PostgreSQL 14+).
+    numeric_infinity: bool,
+}
+
+impl Source {
+    fn new(hint: &str) -> Source {
+        let numeric_infinity = cluster().server_version_num() >= 140_000;
+        let db = cluster().create_database(hint);
+        db.client()
+            .batch_execute(&format!("{COMMON}{}", special_sql(numeric_infinity)))
+            .unwrap();
+        Source {
+            db,
+            numeric_infinity,
+        }
+    }
+
+    /// The special table's `n` column in rows 3 and 4, as Postgres prints it.
+    fn n_infinities(&self) -> [Option<&'static str>; 2] {
+        if self.numeric_infinity {
+            [Some("Infinity"), Some("-Infinity")]
+        } else {
+            [None, None]
+        }
+    }
+
+    fn tap_config(&self, dir: &Path, special_values: &str) -> PathBuf {
+        let mut config = self.db.config();
+        config["special_values"] = json!(special_values);
+        write_json(dir, &format!("tap-{special_values}.json"), &config)
+    }
+
+    fn catalog(&self, dir: &Path, tables: &[&str]) -> PathBuf {
+        let mut catalog = discover(&self.tap_config(dir, "widen_schema"));
+        select(&mut catalog, tables, "FULL_TABLE", None);
+        write_json(dir, &format!("catalog-{}.json", tables.join("-")), &catalog)
+    }
+
+    /// The tap's stdout for `tables` (FULL_TABLE) under `special_values`.
+    fn tap_output(&self, dir: &Path, tables: &[&str], special_values: &str) -> Vec<u8> {
+        let out = tap_sync(
+            &self.tap_config(dir, special_values),
+            &self.catalog(dir, tables),
+            None,
+        )
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "tap failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_quiet_log("tap-postgres-rs", &String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+}
+
+/// What a peer connector did with our output.
+struct PeerRun {
+    success: bool,
+    stderr: String,
+}
+
+/// Runs `program --config <config>` on `input`, in `dir`.
+fn run_peer(program: &Path, config: &Value, dir: &Path, input: Vec<u8>) -> PeerRun {
+    let name = program.file_name().unwrap().to_string_lossy().into_owned();
+    let config = write_json(dir, &format!("{name}.json"), config);
+    let (status, _stdout, stderr) =
+        run_with_input(program, &["--config", config.to_str().unwrap()], dir, input);
+    PeerRun {
+        success: status.success(),
+        stderr,
+    }
+}
+
+impl PeerRun {
+    fn assert_success(self, who: &str) -> PeerRun {
+        assert!(self.success, "{who} failed on our output:\n{}", self.stderr);
+        self
+    }
+}
+
+/// A table's columns as information_schema names their types (what a user
+/// querying the destination sees), without the SDK's `_sdc_*` columns.
+fn data_types(client: &mut postgres::Client, schema: &str, table: &str) -> Vec<(String, String)> {
+    client
+        .query(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_schema = $1 AND table_name = $2 AND column_name NOT LIKE '\\_sdc\\_%' \
+             ORDER BY ordinal_position",
+            &[&schema, &table],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// One column's values as Postgres prints them (`::text`), by `id`.
+fn column_text(
+    client: &mut postgres::Client,
+    schema: &str,
+    table: &str,
+    column: &str,
+) -> Vec<Option<String>> {
+    client
+        .query(
+            &format!(
+                "SELECT {}::text FROM {}.{} ORDER BY id",
+                pg_quote(column),
+                pg_quote(schema),
+                pg_quote(table)
+            ),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{schema}.{table}.{column}: {e}"))
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Asserts each `(column, data type, values by id)` of a destination table:
+/// the columns are exactly these (beyond `_sdc_*`), typed so, holding these.
+fn assert_landed(
+    client: &mut postgres::Client,
+    schema: &str,
+    table: &str,
+    expected: &[(&str, &str, Vec<Option<&str>>)],
+) {
+    let want: Vec<(String, String)> = expected
+        .iter()
+        .map(|(c, t, _)| ((*c).to_owned(), (*t).to_owned()))
+        .collect();
+    assert_eq!(data_types(client, schema, table), want, "{schema}.{table}: column types");
+    for (column, _, values) in expected {
+        let values: Vec<Option<String>> = values.iter().map(|v| v.map(str::to_owned)).collect();
+        assert_eq!(
+            column_text(client, schema, table, column),
+            values,
+            "{schema}.{table}.{column}"
+        );
+    }
+}
+
+fn some<const N: usize>(values: [&'static str; N]) -> Vec<Option<&'static str>> {
+    values.into_iter().map(Some).collect()
+}
+
+fn mtp_config(dst: &TestDb) -> Value {
+    json!({
+        "host": dst.host, "port": dst.port, "user": pg_testkit::SUPERUSER, "password": "",
+        "database": dst.name, "default_target_schema": "landed",
+    })
+}
+
+/// Every common value arrives in meltanolabs-target-postgres, numeric columns
+/// as numeric (our SCHEMA says plain `number`), dates and timestamps typed.
+#[test]
+fn meltanolabs_target_postgres_lands_common_types_natively() {
+    let src = Source::new("it_mtp_common_src");
+    let dst = cluster().create_database("it_mtp_common_dst");
+    let dir = tempfile::tempdir().unwrap();
+    let output = src.tap_output(dir.path(), &["common"], "widen_schema");
+    let target = venv("meltanolabs-target-postgres", &[MELTANOLABS_TARGET_POSTGRES])
+        .join("bin/target-postgres");
+    run_peer(&target, &mtp_config(&dst), dir.path(), output)
+        .assert_success("meltanolabs-target-postgres");
+    let null = None;
+    let minus_1e300 = format!("-1{}", "0".repeat(300));
+    // Its own type mapping (not ours to change): real and double become
+    // numeric (exact digits of the double kept), varchar text, timestamptz a
+    // timestamp holding the UTC value, time (no `format`) and bytea text,
+    // arrays jsonb[] (so a NULL element is JSON `null`), a JSON null jsonb
+    // `null` rather than SQL NULL.
+    assert_landed(
+        &mut dst.client(),
+        "landed",
+        "common",
+        &[
+            ("id", "integer", some(["1", "2", "3"])),
+            ("i2", "smallint", vec![Some("-32768"), Some("32767"), null]),
+            ("i4", "integer", vec![Some("-2147483648"), Some("2147483647"), null]),
+            (
+                "i8",
+                "bigint",
+                vec![Some("-9223372036854775808"), Some("9223372036854775807"), null],
+            ),
+            ("n12", "numeric", vec![Some("-9999999999.99"), Some("9999999999.99"), null]),
+            (
+                "n",
+                "numeric",
+                vec![
+                    Some("123456789012345678901234567890.123456789"),
+                    Some("-0.000000000000000001"),
+                    null,
+                ],
+            ),
+            ("f4", "numeric", vec![Some("1.5"), Some("-3.25"), null]),
+            (
+                "f8",
+                "numeric",
+                vec![Some("0.1"), Some(minus_1e300.as_str()), null],
+            ),
+            ("t", "text", vec![Some("tab\t\"quote\" \\ é"), Some(""), null]),
+            ("vc", "text", vec![Some("short"), Some("ü"), null]),
+            ("b", "boolean", vec![Some("true"), Some("false"), null]),
+            ("d", "date", vec![Some("2024-02-29"), Some("0001-01-01"), null]),
+            (
+                "ts",
+                "timestamp without time zone",
+                vec![Some("2024-02-29 13:14:15.123456"), Some("1999-12-31 23:59:59"), null],
+            ),
+            (
+                "tstz",
+                "timestamp without time zone",
+                vec![Some("2024-02-29 11:14:15.5"), Some("1970-01-01 00:00:00"), null],
+            ),
+            ("tm", "text", vec![Some("13:14:15.123456"), Some("00:00:00"), null]),
+            (
+                "u",
+                "uuid",
+                vec![
+                    Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+                    Some("00000000-0000-0000-0000-000000000000"),
+                    null,
+                ],
+            ),
+            ("j", "jsonb", some([r#"{"a": [1, 2.50]}"#, "[]", "null"])),
+            ("jb", "jsonb", some([r#"{"b": {"c": null}}"#, r#"[true, "s"]"#, "null"])),
+            ("ia", "ARRAY", vec![Some(r#"{1,"null",3}"#), Some("{}"), null]),
+            (
+                "ta",
+                "ARRAY",
+                vec![Some(r#"{"\"x,y\"","\"\"","null"}"#), Some("{}"), null],
+            ),
+            ("by", "text", vec![Some("00ff10"), Some(""), null]),
+        ],
+    );
+}
