@@ -334,3 +334,271 @@ fn meltanolabs_target_postgres_lands_common_types_natively() {
         ],
     );
 }
+
+/// The special values in meltanolabs-target-postgres. It cannot change a
+/// column's type once created ("Altering columns is not supported"), so the
+/// mid-stream SCHEMA that widens a column at its first special value stops
+/// it: its limitation, and the reason `special_values: string_columns`
+/// exists. With that setting every special value lands, as Postgres's text.
+#[test]
+fn meltanolabs_target_postgres_and_special_values() {
+    let src = Source::new("it_mtp_special_src");
+    let dir = tempfile::tempdir().unwrap();
+    let target = venv("meltanolabs-target-postgres", &[MELTANOLABS_TARGET_POSTGRES])
+        .join("bin/target-postgres");
+
+    let dst = cluster().create_database("it_mtp_widen_dst");
+    let output = src.tap_output(dir.path(), &["special"], "widen_schema");
+    let run = run_peer(&target, &mtp_config(&dst), dir.path(), output);
+    assert!(!run.success, "meltanolabs-target-postgres took a widened column");
+    assert!(
+        run.stderr.contains(
+            "Altering columns is not supported. Could not convert column \
+             'landed.special.n' from 'NUMERIC' to 'TEXT'."
+        ),
+        "{}",
+        run.stderr
+    );
+    // The table it created before the widening holds no row (not a partial load).
+    assert_eq!(pg_testkit::rows::count(&dst, "landed", "special"), Some(0));
+
+    let dst = cluster().create_database("it_mtp_strings_dst");
+    let output = src.tap_output(dir.path(), &["special"], "string_columns");
+    run_peer(&target, &mtp_config(&dst), dir.path(), output)
+        .assert_success("meltanolabs-target-postgres");
+    let [inf, minus_inf] = src.n_infinities();
+    assert_landed(
+        &mut dst.client(),
+        "landed",
+        "special",
+        &[
+            ("id", "integer", some(["1", "2", "3", "4", "5"])),
+            (
+                "n",
+                "text",
+                vec![Some("1.25"), Some("NaN"), inf, minus_inf, Some("2")],
+            ),
+            ("f8", "text", some(["2.5", "NaN", "Infinity", "-Infinity", "3"])),
+            ("f4", "text", some(["0.5", "NaN", "Infinity", "-Infinity", "4"])),
+            (
+                "d",
+                "text",
+                some(["2024-01-01", "0044-03-15 BC", "infinity", "-infinity", "10000-01-01"]),
+            ),
+            (
+                "ts",
+                "text",
+                some([
+                    "2024-01-01T00:00:00+00:00",
+                    "0044-03-15T12:00:00+00:00 BC",
+                    "infinity",
+                    "-infinity",
+                    "10000-01-01T00:00:00+00:00",
+                ]),
+            ),
+            (
+                "tstz",
+                "text",
+                some([
+                    "2024-01-01T00:00:00+00:00",
+                    "0044-03-15T12:00:00+00:00 BC",
+                    "infinity",
+                    "-infinity",
+                    "10000-01-01T00:00:00+00:00",
+                ]),
+            ),
+        ],
+    );
+}
+
+/// Reads back tables of a DuckDB file with the duckdb module of the
+/// target's own venv: per table, `types` (column → type) and `rows` (by id,
+/// each value as Python's `str`, NULL as null).
+const DUCKDB_QUERY: &str = r#"
+import duckdb, json, sys
+c = duckdb.connect(sys.argv[1], read_only=True)
+out = {}
+for t in sys.argv[2:]:
+    types = c.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = 'landed' AND table_name = ?", [t]).fetchall()
+    rows = c.execute(f"SELECT * FROM landed.{t} ORDER BY id").fetchall()
+    names = [d[0] for d in c.description]
+    out[t] = {"types": dict(types),
+              "rows": [{k: None if v is None else str(v) for k, v in zip(names, r)} for r in rows]}
+print(json.dumps(out))
+"#;
+
+fn duckdb_tables(venv: &Path, file: &Path, tables: &[&str]) -> Value {
+    let out = Command::new(venv.join("bin/python"))
+        .args(["-c", DUCKDB_QUERY])
+        .arg(file)
+        .args(tables)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "reading {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // target-duckdb "versions" a column whose type changes: the old one is
+    // renamed `<name>_<YYYYMMDD>_<HHMM>`. Name the version, not the minute.
+    fn unversion(key: &str) -> String {
+        match key.rsplit_once('_').and_then(|(rest, hhmm)| {
+            let (name, day) = rest.rsplit_once('_')?;
+            (hhmm.len() == 4 && day.len() == 8 && (hhmm.to_owned() + day).bytes().all(|b| b.is_ascii_digit()))
+                .then(|| format!("{name}_<version>"))
+        }) {
+            Some(k) => k,
+            None => key.to_owned(),
+        }
+    }
+    fn rename(obj: &mut Value) {
+        let map = std::mem::take(obj.as_object_mut().unwrap());
+        *obj = Value::Object(map.into_iter().map(|(k, v)| (unversion(&k), v)).collect());
+    }
+    for table in v.as_object_mut().unwrap().values_mut() {
+        rename(&mut table["types"]);
+        for row in table["rows"].as_array_mut().unwrap() {
+            rename(row);
+        }
+    }
+    v
+}
+
+/// Our tap into target-duckdb: every row arrives, typed natively where
+/// target-duckdb can (integers, booleans, doubles, timestamps, JSON).
+/// Its own mapping: numbers are DOUBLE (numeric digits beyond a double are
+/// lost), dates VARCHAR, `''` becomes NULL (an empty CSV field), timestamptz
+/// a TIMESTAMP in UTC. At the first special value a column changes type: it
+/// keeps the old column renamed and adds a VARCHAR one (doubles already take
+/// NaN and ±inf); with `string_columns` the columns are VARCHAR from the start.
+#[test]
+fn target_duckdb_lands_every_row_typed() {
+    let src = Source::new("it_duckdb_src");
+    let dir = tempfile::tempdir().unwrap();
+    let env = venv("target-duckdb", &[TARGET_DUCKDB, DUCKDB]);
+    let target = env.join("bin/target-duckdb");
+    let load = |special_values: &str| -> Value {
+        // The file's stem is the catalog name in DuckDB: no dots.
+        let file = dir.path().join(format!("{}.duckdb", special_values));
+        let output = src.tap_output(dir.path(), &["common", "special"], special_values);
+        run_peer(
+            &target,
+            &json!({"filepath": file, "default_target_schema": "landed"}),
+            dir.path(),
+            output,
+        )
+        .assert_success("target-duckdb");
+        duckdb_tables(&env, &file, &["common", "special"])
+    };
+    let [n_inf, n_minus_inf] = src.n_infinities().map(|v| {
+        v.map(|s| if s.starts_with('-') { "-inf" } else { "inf" })
+    });
+
+    let widened = load("widen_schema");
+    let common = &widened["common"];
+    assert_eq!(
+        common["types"],
+        json!({
+            "id": "INTEGER", "i2": "SMALLINT", "i4": "INTEGER", "i8": "BIGINT",
+            "n12": "DOUBLE", "n": "DOUBLE", "f4": "DOUBLE", "f8": "DOUBLE",
+            "t": "VARCHAR", "vc": "VARCHAR", "b": "BOOLEAN", "d": "VARCHAR",
+            "ts": "TIMESTAMP", "tstz": "TIMESTAMP", "tm": "VARCHAR", "u": "VARCHAR",
+            "j": "JSON", "jb": "JSON", "ia": "JSON", "ta": "JSON", "by": "VARCHAR",
+        })
+    );
+    let null_row = |id: &str, columns: &Value| -> Value {
+        let mut row: serde_json::Map<String, Value> =
+            columns.as_object().unwrap().keys().map(|k| (k.clone(), Value::Null)).collect();
+        row.insert("id".into(), json!(id));
+        Value::Object(row)
+    };
+    assert_eq!(
+        common["rows"],
+        json!([
+            {"id": "1", "i2": "-32768", "i4": "-2147483648", "i8": "-9223372036854775808",
+             "n12": "-9999999999.99", "n": "1.2345678901234568e+29", "f4": "1.5", "f8": "0.1",
+             "t": "tab\t\"quote\" \\ é", "vc": "short", "b": "True", "d": "2024-02-29",
+             "ts": "2024-02-29 13:14:15.123456", "tstz": "2024-02-29 11:14:15.500000",
+             "tm": "13:14:15.123456", "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+             "j": "{\"a\": [1, 2.5]}", "jb": "{\"b\": {\"c\": null}}",
+             "ia": "[1, null, 3]", "ta": "[\"x,y\", \"\", null]", "by": "00ff10"},
+            {"id": "2", "i2": "32767", "i4": "2147483647", "i8": "9223372036854775807",
+             "n12": "9999999999.99", "n": "-1e-18", "f4": "-3.25", "f8": "-1e+300",
+             "t": null, "vc": "ü", "b": "False", "d": "0001-01-01",
+             "ts": "1999-12-31 23:59:59", "tstz": "1970-01-01 00:00:00",
+             "tm": "00:00:00", "u": "00000000-0000-0000-0000-000000000000",
+             "j": "[]", "jb": "[true, \"s\"]", "ia": "[]", "ta": "[]", "by": null},
+            null_row("3", &common["types"]),
+        ])
+    );
+    let special = &widened["special"];
+    assert_eq!(
+        special["types"],
+        json!({
+            "id": "INTEGER", "n": "DOUBLE", "f8": "DOUBLE", "f4": "DOUBLE", "d": "VARCHAR",
+            "ts_<version>": "TIMESTAMP", "tstz_<version>": "TIMESTAMP",
+            "ts": "VARCHAR", "tstz": "VARCHAR",
+        })
+    );
+    let base = [
+        json!({"id": "1", "n": "1.25", "f8": "2.5", "f4": "0.5", "d": "2024-01-01"}),
+        json!({"id": "2", "n": "nan", "f8": "nan", "f4": "nan", "d": "0044-03-15 BC"}),
+        json!({"id": "3", "n": n_inf, "f8": "inf", "f4": "inf", "d": "infinity"}),
+        json!({"id": "4", "n": n_minus_inf, "f8": "-inf", "f4": "-inf", "d": "-infinity"}),
+        json!({"id": "5", "n": "2.0", "f8": "3.0", "f4": "4.0", "d": "10000-01-01"}),
+    ];
+    let stamps = [
+        "2024-01-01T00:00:00+00:00",
+        "0044-03-15T12:00:00+00:00 BC",
+        "infinity",
+        "-infinity",
+        "10000-01-01T00:00:00+00:00",
+    ];
+    // Row 1 stays in the renamed TIMESTAMP columns; rows 2-5 in the VARCHAR ones.
+    let widened_rows: Vec<Value> = base
+        .iter()
+        .zip(stamps)
+        .enumerate()
+        .map(|(i, (row, stamp))| {
+            let mut row = row.clone();
+            let (old, new) = match i {
+                0 => (json!("2024-01-01 00:00:00"), Value::Null),
+                _ => (Value::Null, json!(stamp)),
+            };
+            for k in ["ts", "tstz"] {
+                row[k] = new.clone();
+                row[format!("{k}_<version>").as_str()] = old.clone();
+            }
+            row
+        })
+        .collect();
+    assert_eq!(special["rows"], json!(widened_rows));
+
+    let strings = load("string_columns");
+    assert_eq!(
+        strings["special"]["types"],
+        json!({"id": "INTEGER", "n": "DOUBLE", "f8": "DOUBLE", "f4": "DOUBLE", "d": "VARCHAR",
+               "ts": "VARCHAR", "tstz": "VARCHAR"})
+    );
+    let string_rows: Vec<Value> = base
+        .iter()
+        .zip(stamps)
+        .map(|(row, stamp)| {
+            let mut row = row.clone();
+            row["ts"] = json!(stamp);
+            row["tstz"] = json!(stamp);
+            row
+        })
+        .collect();
+    assert_eq!(strings["special"]["rows"], json!(string_rows));
+    // string_columns declares every timestamp column a string: VARCHAR, the
+    // values as we sent them; the rest as in the first run.
+    assert_eq!(strings["common"]["types"]["tstz"], "VARCHAR");
+    assert_eq!(strings["common"]["rows"][0]["tstz"], "2024-02-29T11:14:15.5+00:00");
+    assert_eq!(strings["common"]["rows"][0]["i8"], common["rows"][0]["i8"]);
+    assert_eq!(strings["common"]["rows"].as_array().unwrap().len(), 3);
+}
