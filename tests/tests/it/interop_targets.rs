@@ -602,3 +602,107 @@ fn target_duckdb_lands_every_row_typed() {
     assert_eq!(strings["common"]["rows"][0]["i8"], common["rows"][0]["i8"]);
     assert_eq!(strings["common"]["rows"].as_array().unwrap().len(), 3);
 }
+
+/// A CSV file as JSON rows (column → text), read by Python's `csv` module
+/// of the target's own venv.
+fn csv_rows(venv: &Path, file: &Path) -> Vec<Value> {
+    let out = Command::new(venv.join("bin/python"))
+        .args([
+            "-c",
+            "import csv, json, sys; print(json.dumps(list(csv.DictReader(open(sys.argv[1], newline='')))))",
+        ])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "reading {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    rows.sort_by_key(|r| r["id"].as_str().unwrap().parse::<i64>().unwrap());
+    rows
+}
+
+/// Our tap into meltanolabs-target-csv (an SDK file target, records
+/// validated): every row of both tables arrives under both `special_values`
+/// settings; BC, infinite and year-10000 dates do not stop it.
+/// Its own rendering: it parses `date-time` values and writes Python's
+/// `str()` of them, and writes JSON and arrays as Python reprs
+/// (`Decimal('2.50')`, `None`), not JSON.
+#[test]
+fn meltanolabs_target_csv_lands_every_row() {
+    let src = Source::new("it_csv_src");
+    let dir = tempfile::tempdir().unwrap();
+    let env = venv("meltanolabs-target-csv", &[TARGET_CSV]);
+    let target = env.join("bin/target-csv");
+    let load = |special_values: &str| -> (Vec<Value>, Vec<Value>) {
+        let out_dir = dir.path().join(special_values);
+        std::fs::create_dir(&out_dir).unwrap();
+        let output = src.tap_output(dir.path(), &["common", "special"], special_values);
+        run_peer(
+            &target,
+            &json!({"output_path": out_dir, "file_naming_scheme": "{stream_name}.csv",
+                    "validate_records": true}),
+            dir.path(),
+            output,
+        )
+        .assert_success("meltanolabs-target-csv");
+        (
+            csv_rows(&env, &out_dir.join("public-common.csv")),
+            csv_rows(&env, &out_dir.join("public-special.csv")),
+        )
+    };
+    let [n_inf, n_minus_inf] = src.n_infinities().map(|v| v.unwrap_or(""));
+    let special = |first: &str| {
+        let row = |id, n, f8, f4, d, ts| {
+            json!({"id": id, "n": n, "f8": f8, "f4": f4, "d": d, "ts": ts, "tstz": ts})
+        };
+        vec![
+            row("1", "1.25", "2.5", "0.5", "2024-01-01", first),
+            row("2", "NaN", "NaN", "NaN", "0044-03-15 BC", "0044-03-15T12:00:00+00:00 BC"),
+            row("3", n_inf, "Infinity", "Infinity", "infinity", "infinity"),
+            row("4", n_minus_inf, "-Infinity", "-Infinity", "-infinity", "-infinity"),
+            row("5", "2", "3", "4", "10000-01-01", "10000-01-01T00:00:00+00:00"),
+        ]
+    };
+
+    let (common, specials) = load("widen_schema");
+    let empty = |id: &str| {
+        let mut row = common[0].clone();
+        for v in row.as_object_mut().unwrap().values_mut() {
+            *v = json!("");
+        }
+        row["id"] = json!(id);
+        row
+    };
+    assert_eq!(
+        common,
+        [
+            json!({"id": "1", "i2": "-32768", "i4": "-2147483648", "i8": "-9223372036854775808",
+                   "n12": "-9999999999.99", "n": "123456789012345678901234567890.123456789",
+                   "f4": "1.5", "f8": "0.1", "t": "tab\t\"quote\" \\ é", "vc": "short",
+                   "b": "True", "d": "2024-02-29", "ts": "2024-02-29 13:14:15.123456+00:00",
+                   "tstz": "2024-02-29 11:14:15.500000+00:00", "tm": "13:14:15.123456",
+                   "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+                   "j": "{'a': [1, Decimal('2.50')]}", "jb": "{'b': {'c': None}}",
+                   "ia": "[1, None, 3]", "ta": "['x,y', '', None]", "by": "00ff10"}),
+            json!({"id": "2", "i2": "32767", "i4": "2147483647", "i8": "9223372036854775807",
+                   "n12": "9999999999.99", "n": "-1E-18", "f4": "-3.25", "f8": "-1E+300",
+                   "t": "", "vc": "ü", "b": "False", "d": "0001-01-01",
+                   "ts": "1999-12-31 23:59:59+00:00", "tstz": "1970-01-01 00:00:00+00:00",
+                   "tm": "00:00:00", "u": "00000000-0000-0000-0000-000000000000",
+                   "j": "[]", "jb": "[True, 's']", "ia": "[]", "ta": "[]", "by": ""}),
+            empty("3"),
+        ]
+    );
+    // Row 1, sent before its column widened, went through the date-time parser.
+    assert_eq!(specials, special("2024-01-01 00:00:00+00:00"));
+
+    let (common, specials) = load("string_columns");
+    assert_eq!(specials, special("2024-01-01T00:00:00+00:00"));
+    // Timestamps are strings from the start: written as sent.
+    assert_eq!(common[0]["tstz"], "2024-02-29T11:14:15.5+00:00");
+    assert_eq!(common.len(), 3);
+}
