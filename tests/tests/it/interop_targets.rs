@@ -706,3 +706,77 @@ fn meltanolabs_target_csv_lands_every_row() {
     assert_eq!(common[0]["tstz"], "2024-02-29T11:14:15.5+00:00");
     assert_eq!(common.len(), 3);
 }
+
+/// Validates a Singer stream on stdin as SDK targets validate records: each
+/// RECORD against its stream's SCHEMA in force, `Draft7Validator` with its
+/// format checker, numbers parsed as `Decimal`. Prints the formats the
+/// checker really checks (the `format` extra must be there; `uuid` is not a
+/// Draft 7 format), the records
+/// seen per stream and every error.
+const VALIDATE: &str = r#"
+import decimal, json, sys
+from jsonschema import Draft7Validator
+checker = Draft7Validator.FORMAT_CHECKER
+validators, records, errors = {}, {}, []
+for n, line in enumerate(sys.stdin, 1):
+    m = json.loads(line, parse_float=decimal.Decimal)
+    if m["type"] == "SCHEMA":
+        Draft7Validator.check_schema(m["schema"])
+        validators[m["stream"]] = Draft7Validator(m["schema"], format_checker=checker)
+    elif m["type"] == "RECORD":
+        records[m["stream"]] = records.get(m["stream"], 0) + 1
+        for e in validators[m["stream"]].iter_errors(m["record"]):
+            errors.append(f"line {n}, {m['stream']}, {'/'.join(map(str, e.path))}: {e.message}")
+print(json.dumps({"formats": sorted(checker.checkers), "records": records, "errors": errors}))
+"#;
+
+/// Every record of both tables validates against the SCHEMA in force under
+/// Python's jsonschema (what SDK targets run), formats checked, for both
+/// `special_values` settings. (The tap's own tests check the same with the
+/// Rust `jsonschema` crate; this is the validator the peers use.)
+#[test]
+fn tap_output_validates_under_python_jsonschema_with_formats() {
+    let src = Source::new("it_jsonschema_src");
+    let dir = tempfile::tempdir().unwrap();
+    let python = venv("jsonschema", &[JSONSCHEMA]).join("bin/python");
+    for special_values in ["widen_schema", "string_columns"] {
+        let output = src.tap_output(dir.path(), &["common", "special"], special_values);
+        let (status, stdout, stderr) =
+            run_with_input(&python, &["-c", VALIDATE], dir.path(), output);
+        assert!(status.success(), "{special_values}: the validator failed: {stderr}");
+        let report: Value = serde_json::from_str(&stdout).unwrap();
+        let formats: BTreeSet<&str> = report["formats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        for format in ["date", "date-time", "time"] {
+            assert!(formats.contains(format), "{format} is not checked: {formats:?}");
+        }
+        assert_eq!(
+            report["records"],
+            json!({"public-common": 3, "public-special": 5}),
+            "{special_values}"
+        );
+        assert_eq!(report["errors"], json!([]), "{special_values}: invalid records");
+    }
+    // The validator would notice: without the widening SCHEMAs, the special
+    // values break the first one.
+    let mut seen = BTreeSet::new();
+    let plain_only: Vec<u8> = messages(&src.tap_output(dir.path(), &["special"], "widen_schema"))
+        .into_iter()
+        .filter(|m| m["type"] != "SCHEMA" || seen.insert(m["stream"].to_string()))
+        .flat_map(|m| format!("{m}\n").into_bytes())
+        .collect();
+    let (_, stdout, _) = run_with_input(&python, &["-c", VALIDATE], dir.path(), plain_only);
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let errors = report["errors"].to_string();
+    for expected in [
+        "public-special, d: '0044-03-15 BC' is not a 'date'",
+        "public-special, ts: '10000-01-01T00:00:00+00:00' is not a 'date-time'",
+        "public-special, f8: 'NaN' is not of type 'null', 'number'",
+    ] {
+        assert!(errors.contains(expected), "{expected} not in {errors}");
+    }
+}
