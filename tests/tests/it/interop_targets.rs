@@ -780,3 +780,138 @@ fn tap_output_validates_under_python_jsonschema_with_formats() {
         assert!(errors.contains(expected), "{expected} not in {errors}");
     }
 }
+
+/// The mapper's `stream_maps`: drop `vc`, add `id_x10`.
+fn stream_maps() -> Value {
+    json!({"public-common": {"vc": null, "id_x10": "id * 10"}})
+}
+
+/// What the mapper leaves in our target: every source column but `vc`
+/// exactly (type and values: `x-sql-datatype` passes through the mapper;
+/// `json` text aside),
+/// plus `id_x10`, which the mapper declares a string (it types no computed
+/// property), so it lands as text.
+fn assert_mapped(src: &Source, dst: &TestDb, schema: &str) {
+    let cmp = compare_table(
+        &mut src.db.client(),
+        &mut dst.client(),
+        "public",
+        "common",
+        schema,
+        "common",
+    );
+    assert_eq!(
+        cmp.type_differences,
+        ["vc: character varying(20) -> (missing)"],
+        "{cmp:#?}"
+    );
+    // The mapper re-serializes JSON values compactly (digits kept): a `json`
+    // column, which keeps its text, shows it; `jsonb` does not.
+    assert_eq!(
+        cmp.value_differences,
+        [
+            "vc: missing",
+            r#"j: "{\"a\": [1, 2.50]}" vs "{\"a\":[1,2.50]}""#
+        ],
+        "{cmp:#?}"
+    );
+    assert_eq!(cmp.value_identical.len(), cmp.columns - 2, "{cmp:#?}");
+    assert_eq!(cmp.destination_rows, 3);
+    let mut d = dst.client();
+    assert_eq!(
+        data_types(&mut d, schema, "common").last().unwrap(),
+        &("id_x10".to_owned(), "text".to_owned())
+    );
+    assert_eq!(
+        column_text(&mut d, schema, "common", "id_x10"),
+        [Some("10".to_owned()), Some("20".to_owned()), Some("30".to_owned())]
+    );
+}
+
+fn map_transform() -> PathBuf {
+    venv("meltano-map-transform", &[MELTANO_MAP_TRANSFORM]).join("bin/meltano-map-transform")
+}
+
+/// `tap-postgres-rs | meltano-map-transform | target-postgres-rs` in a shell.
+#[test]
+fn map_transform_in_a_shell_pipe() {
+    let src = Source::new("it_map_pipe_src");
+    let dst = cluster().create_database("it_map_pipe_dst");
+    let dir = tempfile::tempdir().unwrap();
+    let mapper = map_transform();
+    let map_config = write_json(dir.path(), "map.json", &json!({"stream_maps": stream_maps()}));
+    let target_config = write_json(dir.path(), "target.json", &dst.config());
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            r#"set -o pipefail; "$1" --config "$2" --catalog "$3" | "$4" --config "$5" | "$6" --config "$7""#,
+            "pipe",
+        ])
+        .arg(e2e_tests::bin("tap-postgres-rs"))
+        .arg(src.tap_config(dir.path(), "widen_schema"))
+        .arg(src.catalog(dir.path(), &["common"]))
+        .arg(&mapper)
+        .arg(&map_config)
+        .arg(e2e_tests::bin("target-postgres-rs"))
+        .arg(&target_config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the pipe failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The state the tap sent came through the mapper and our target.
+    let last: Value = serde_json::from_slice(
+        out.stdout
+            .split(|b| *b == b'\n')
+            .rfind(|l| !l.is_empty())
+            .expect("a state line"),
+    )
+    .unwrap();
+    assert_eq!(
+        last["bookmarks"]["public-common"]["last_replication_method"],
+        "FULL_TABLE"
+    );
+    assert_mapped(&src, &dst, "public");
+}
+
+/// `meltano run tap-postgres-rs <mapping> target-postgres-rs`: the mapper as
+/// a Meltano mapper plugin (a custom one, executable on PATH) between ours.
+#[test]
+fn map_transform_in_meltano_run() {
+    let _serial = super::meltano::serial();
+    let src = Source::new("it_map_meltano_src");
+    let dst = cluster().create_database("it_map_meltano_dst");
+    let project = MeltanoProject::new(
+        json!({
+            "config": src.db.config(),
+            "select": ["public-common.*"],
+            "metadata": {"public-common": {"replication-method": "FULL_TABLE"}},
+        }),
+        json!({"config": dst.config()}),
+    );
+    // Add the mapper to the project file (JSON is YAML).
+    let file = project.dir.path().join("meltano.yml");
+    let mut yml: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    yml["plugins"] = json!({"mappers": [{
+        "name": "map-transform",
+        "namespace": "map_transform",
+        "executable": "meltano-map-transform",
+        "mappings": [{"name": "drop-vc", "config": {"stream_maps": stream_maps()}}],
+    }]});
+    std::fs::write(&file, serde_json::to_string_pretty(&yml).unwrap()).unwrap();
+    let mapper = map_transform();
+    let out = project
+        .command(&["run", "tap-postgres-rs", "drop-vc", "target-postgres-rs"])
+        .env("PATH", path_with_binaries(&[mapper.parent().unwrap()]))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "meltano run with the mapper failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_mapped(&src, &dst, super::meltano::LOAD_SCHEMA);
+}
