@@ -228,7 +228,11 @@ fn assert_landed(
         .iter()
         .map(|(c, t, _)| ((*c).to_owned(), (*t).to_owned()))
         .collect();
-    assert_eq!(data_types(client, schema, table), want, "{schema}.{table}: column types");
+    assert_eq!(
+        data_types(client, schema, table),
+        want,
+        "{schema}.{table}: column types"
+    );
     for (column, _, values) in expected {
         let values: Vec<Option<String>> = values.iter().map(|v| v.map(str::to_owned)).collect();
         assert_eq!(
@@ -258,8 +262,11 @@ fn meltanolabs_target_postgres_lands_common_types_natively() {
     let dst = cluster().create_database("it_mtp_common_dst");
     let dir = tempfile::tempdir().unwrap();
     let output = src.tap_output(dir.path(), &["common"], "widen_schema");
-    let target = venv("meltanolabs-target-postgres", &[MELTANOLABS_TARGET_POSTGRES])
-        .join("bin/target-postgres");
+    let target = venv(
+        "meltanolabs-target-postgres",
+        &[MELTANOLABS_TARGET_POSTGRES],
+    )
+    .join("bin/target-postgres");
     run_peer(&target, &mtp_config(&dst), dir.path(), output)
         .assert_success("meltanolabs-target-postgres");
     let null = None;
@@ -276,13 +283,25 @@ fn meltanolabs_target_postgres_lands_common_types_natively() {
         &[
             ("id", "integer", some(["1", "2", "3"])),
             ("i2", "smallint", vec![Some("-32768"), Some("32767"), null]),
-            ("i4", "integer", vec![Some("-2147483648"), Some("2147483647"), null]),
+            (
+                "i4",
+                "integer",
+                vec![Some("-2147483648"), Some("2147483647"), null],
+            ),
             (
                 "i8",
                 "bigint",
-                vec![Some("-9223372036854775808"), Some("9223372036854775807"), null],
+                vec![
+                    Some("-9223372036854775808"),
+                    Some("9223372036854775807"),
+                    null,
+                ],
             ),
-            ("n12", "numeric", vec![Some("-9999999999.99"), Some("9999999999.99"), null]),
+            (
+                "n12",
+                "numeric",
+                vec![Some("-9999999999.99"), Some("9999999999.99"), null],
+            ),
             (
                 "n",
                 "numeric",
@@ -298,21 +317,41 @@ fn meltanolabs_target_postgres_lands_common_types_natively() {
                 "numeric",
                 vec![Some("0.1"), Some(minus_1e300.as_str()), null],
             ),
-            ("t", "text", vec![Some("tab\t\"quote\" \\ é"), Some(""), null]),
+            (
+                "t",
+                "text",
+                vec![Some("tab\t\"quote\" \\ é"), Some(""), null],
+            ),
             ("vc", "text", vec![Some("short"), Some("ü"), null]),
             ("b", "boolean", vec![Some("true"), Some("false"), null]),
-            ("d", "date", vec![Some("2024-02-29"), Some("0001-01-01"), null]),
+            (
+                "d",
+                "date",
+                vec![Some("2024-02-29"), Some("0001-01-01"), null],
+            ),
             (
                 "ts",
                 "timestamp without time zone",
-                vec![Some("2024-02-29 13:14:15.123456"), Some("1999-12-31 23:59:59"), null],
+                vec![
+                    Some("2024-02-29 13:14:15.123456"),
+                    Some("1999-12-31 23:59:59"),
+                    null,
+                ],
             ),
             (
                 "tstz",
                 "timestamp without time zone",
-                vec![Some("2024-02-29 11:14:15.5"), Some("1970-01-01 00:00:00"), null],
+                vec![
+                    Some("2024-02-29 11:14:15.5"),
+                    Some("1970-01-01 00:00:00"),
+                    null,
+                ],
             ),
-            ("tm", "text", vec![Some("13:14:15.123456"), Some("00:00:00"), null]),
+            (
+                "tm",
+                "text",
+                vec![Some("13:14:15.123456"), Some("00:00:00"), null],
+            ),
             (
                 "u",
                 "uuid",
@@ -323,8 +362,16 @@ fn meltanolabs_target_postgres_lands_common_types_natively() {
                 ],
             ),
             ("j", "jsonb", some([r#"{"a": [1, 2.50]}"#, "[]", "null"])),
-            ("jb", "jsonb", some([r#"{"b": {"c": null}}"#, r#"[true, "s"]"#, "null"])),
-            ("ia", "ARRAY", vec![Some(r#"{1,"null",3}"#), Some("{}"), null]),
+            (
+                "jb",
+                "jsonb",
+                some([r#"{"b": {"c": null}}"#, r#"[true, "s"]"#, "null"]),
+            ),
+            (
+                "ia",
+                "ARRAY",
+                vec![Some(r#"{1,"null",3}"#), Some("{}"), null],
+            ),
             (
                 "ta",
                 "ARRAY",
@@ -344,13 +391,19 @@ fn meltanolabs_target_postgres_lands_common_types_natively() {
 fn meltanolabs_target_postgres_and_special_values() {
     let src = Source::new("it_mtp_special_src");
     let dir = tempfile::tempdir().unwrap();
-    let target = venv("meltanolabs-target-postgres", &[MELTANOLABS_TARGET_POSTGRES])
-        .join("bin/target-postgres");
+    let target = venv(
+        "meltanolabs-target-postgres",
+        &[MELTANOLABS_TARGET_POSTGRES],
+    )
+    .join("bin/target-postgres");
 
     let dst = cluster().create_database("it_mtp_widen_dst");
     let output = src.tap_output(dir.path(), &["special"], "widen_schema");
     let run = run_peer(&target, &mtp_config(&dst), dir.path(), output);
-    assert!(!run.success, "meltanolabs-target-postgres took a widened column");
+    assert!(
+        !run.success,
+        "meltanolabs-target-postgres took a widened column"
+    );
     assert!(
         run.stderr.contains(
             "Altering columns is not supported. Could not convert column \
@@ -378,12 +431,26 @@ fn meltanolabs_target_postgres_and_special_values() {
                 "text",
                 vec![Some("1.25"), Some("NaN"), inf, minus_inf, Some("2")],
             ),
-            ("f8", "text", some(["2.5", "NaN", "Infinity", "-Infinity", "3"])),
-            ("f4", "text", some(["0.5", "NaN", "Infinity", "-Infinity", "4"])),
+            (
+                "f8",
+                "text",
+                some(["2.5", "NaN", "Infinity", "-Infinity", "3"]),
+            ),
+            (
+                "f4",
+                "text",
+                some(["0.5", "NaN", "Infinity", "-Infinity", "4"]),
+            ),
             (
                 "d",
                 "text",
-                some(["2024-01-01", "0044-03-15 BC", "infinity", "-infinity", "10000-01-01"]),
+                some([
+                    "2024-01-01",
+                    "0044-03-15 BC",
+                    "infinity",
+                    "-infinity",
+                    "10000-01-01",
+                ]),
             ),
             (
                 "ts",
@@ -448,8 +515,10 @@ fn duckdb_tables(venv: &Path, file: &Path, tables: &[&str]) -> Value {
     fn unversion(key: &str) -> String {
         match key.rsplit_once('_').and_then(|(rest, hhmm)| {
             let (name, day) = rest.rsplit_once('_')?;
-            (hhmm.len() == 4 && day.len() == 8 && (hhmm.to_owned() + day).bytes().all(|b| b.is_ascii_digit()))
-                .then(|| format!("{name}_<version>"))
+            (hhmm.len() == 4
+                && day.len() == 8
+                && (hhmm.to_owned() + day).bytes().all(|b| b.is_ascii_digit()))
+            .then(|| format!("{name}_<version>"))
         }) {
             Some(k) => k,
             None => key.to_owned(),
@@ -494,9 +563,9 @@ fn target_duckdb_lands_every_row_typed() {
         .assert_success("target-duckdb");
         duckdb_tables(&env, &file, &["common", "special"])
     };
-    let [n_inf, n_minus_inf] = src.n_infinities().map(|v| {
-        v.map(|s| if s.starts_with('-') { "-inf" } else { "inf" })
-    });
+    let [n_inf, n_minus_inf] = src
+        .n_infinities()
+        .map(|v| v.map(|s| if s.starts_with('-') { "-inf" } else { "inf" }));
 
     let widened = load("widen_schema");
     let common = &widened["common"];
@@ -511,8 +580,12 @@ fn target_duckdb_lands_every_row_typed() {
         })
     );
     let null_row = |id: &str, columns: &Value| -> Value {
-        let mut row: serde_json::Map<String, Value> =
-            columns.as_object().unwrap().keys().map(|k| (k.clone(), Value::Null)).collect();
+        let mut row: serde_json::Map<String, Value> = columns
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| (k.clone(), Value::Null))
+            .collect();
         row.insert("id".into(), json!(id));
         Value::Object(row)
     };
@@ -598,7 +671,10 @@ fn target_duckdb_lands_every_row_typed() {
     // string_columns declares every timestamp column a string: VARCHAR, the
     // values as we sent them; the rest as in the first run.
     assert_eq!(strings["common"]["types"]["tstz"], "VARCHAR");
-    assert_eq!(strings["common"]["rows"][0]["tstz"], "2024-02-29T11:14:15.5+00:00");
+    assert_eq!(
+        strings["common"]["rows"][0]["tstz"],
+        "2024-02-29T11:14:15.5+00:00"
+    );
     assert_eq!(strings["common"]["rows"][0]["i8"], common["rows"][0]["i8"]);
     assert_eq!(strings["common"]["rows"].as_array().unwrap().len(), 3);
 }
@@ -656,15 +732,34 @@ fn meltanolabs_target_csv_lands_every_row() {
     };
     let [n_inf, n_minus_inf] = src.n_infinities().map(|v| v.unwrap_or(""));
     let special = |first: &str| {
-        let row = |id, n, f8, f4, d, ts| {
-            json!({"id": id, "n": n, "f8": f8, "f4": f4, "d": d, "ts": ts, "tstz": ts})
-        };
+        let row = |id, n, f8, f4, d, ts| json!({"id": id, "n": n, "f8": f8, "f4": f4, "d": d, "ts": ts, "tstz": ts});
         vec![
             row("1", "1.25", "2.5", "0.5", "2024-01-01", first),
-            row("2", "NaN", "NaN", "NaN", "0044-03-15 BC", "0044-03-15T12:00:00+00:00 BC"),
+            row(
+                "2",
+                "NaN",
+                "NaN",
+                "NaN",
+                "0044-03-15 BC",
+                "0044-03-15T12:00:00+00:00 BC",
+            ),
             row("3", n_inf, "Infinity", "Infinity", "infinity", "infinity"),
-            row("4", n_minus_inf, "-Infinity", "-Infinity", "-infinity", "-infinity"),
-            row("5", "2", "3", "4", "10000-01-01", "10000-01-01T00:00:00+00:00"),
+            row(
+                "4",
+                n_minus_inf,
+                "-Infinity",
+                "-Infinity",
+                "-infinity",
+                "-infinity",
+            ),
+            row(
+                "5",
+                "2",
+                "3",
+                "4",
+                "10000-01-01",
+                "10000-01-01T00:00:00+00:00",
+            ),
         ]
     };
 
@@ -743,7 +838,10 @@ fn tap_output_validates_under_python_jsonschema_with_formats() {
         let output = src.tap_output(dir.path(), &["common", "special"], special_values);
         let (status, stdout, stderr) =
             run_with_input(&python, &["-c", VALIDATE], dir.path(), output);
-        assert!(status.success(), "{special_values}: the validator failed: {stderr}");
+        assert!(
+            status.success(),
+            "{special_values}: the validator failed: {stderr}"
+        );
         let report: Value = serde_json::from_str(&stdout).unwrap();
         let formats: BTreeSet<&str> = report["formats"]
             .as_array()
@@ -752,14 +850,21 @@ fn tap_output_validates_under_python_jsonschema_with_formats() {
             .filter_map(Value::as_str)
             .collect();
         for format in ["date", "date-time", "time"] {
-            assert!(formats.contains(format), "{format} is not checked: {formats:?}");
+            assert!(
+                formats.contains(format),
+                "{format} is not checked: {formats:?}"
+            );
         }
         assert_eq!(
             report["records"],
             json!({"public-common": 3, "public-special": 5}),
             "{special_values}"
         );
-        assert_eq!(report["errors"], json!([]), "{special_values}: invalid records");
+        assert_eq!(
+            report["errors"],
+            json!([]),
+            "{special_values}: invalid records"
+        );
     }
     // The validator would notice: without the widening SCHEMAs, the special
     // values break the first one.
@@ -824,7 +929,11 @@ fn assert_mapped(src: &Source, dst: &TestDb, schema: &str) {
     );
     assert_eq!(
         column_text(&mut d, schema, "common", "id_x10"),
-        [Some("10".to_owned()), Some("20".to_owned()), Some("30".to_owned())]
+        [
+            Some("10".to_owned()),
+            Some("20".to_owned()),
+            Some("30".to_owned())
+        ]
     );
 }
 
@@ -839,7 +948,11 @@ fn map_transform_in_a_shell_pipe() {
     let dst = cluster().create_database("it_map_pipe_dst");
     let dir = tempfile::tempdir().unwrap();
     let mapper = map_transform();
-    let map_config = write_json(dir.path(), "map.json", &json!({"stream_maps": stream_maps()}));
+    let map_config = write_json(
+        dir.path(),
+        "map.json",
+        &json!({"stream_maps": stream_maps()}),
+    );
     let target_config = write_json(dir.path(), "target.json", &dst.config());
     let out = Command::new("bash")
         .args([
@@ -914,4 +1027,78 @@ fn map_transform_in_meltano_run() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_mapped(&src, &dst, super::meltano::LOAD_SCHEMA);
+}
+
+/// Every `program`/`version` of the README's compatibility table is a pin
+/// the tests install (a `"name==version"` literal in the test sources, so
+/// rows other modules add are checked too), and every pin of this module
+/// and of the orchestrator is in the table.
+#[test]
+fn compatibility_table_lists_the_pinned_versions() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("../README.md")).unwrap();
+    let section = readme
+        .split("\n## Compatibility\n")
+        .nth(1)
+        .expect("README has a ## Compatibility section");
+    let rows: Vec<Vec<&str>> = section
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2) // header and separator
+        .map(|l| l.trim_matches('|').split(" | ").map(str::trim).collect())
+        .collect();
+    assert!(!rows.is_empty(), "the compatibility table has no rows");
+    // Each `+`-separated part of the program cell names its package in its
+    // first backticks; the version cell has one version per part.
+    let mut listed = BTreeSet::new();
+    for row in &rows {
+        let names: Vec<&str> = row[0]
+            .split(" + ")
+            .map(|part| {
+                part.split('`')
+                    .nth(1)
+                    .unwrap_or_else(|| panic!("no `name` in {row:?}"))
+            })
+            .collect();
+        let versions: Vec<&str> = row[1].split(" + ").collect();
+        assert_eq!(
+            names.len(),
+            versions.len(),
+            "one version per program: {row:?}"
+        );
+        for (name, version) in names.iter().zip(versions) {
+            listed.insert(format!("{name}=={version}"));
+        }
+    }
+    let mut sources = std::fs::read_to_string(root.join("src/orchestrator.rs")).unwrap();
+    for entry in std::fs::read_dir(root.join("tests/it")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            sources.push_str(&std::fs::read_to_string(&path).unwrap());
+        }
+    }
+    for pin in &listed {
+        assert!(
+            sources.contains(&format!("\"{pin}\"")),
+            "README's compatibility table lists {pin}, which no test pins"
+        );
+    }
+    for pin in [
+        MELTANO,
+        SINGER_TOOLS,
+        TARGET_JSONL,
+        PIPELINEWISE_TAP_POSTGRES,
+        MELTANOLABS_TARGET_POSTGRES,
+        TARGET_DUCKDB,
+        DUCKDB,
+        TARGET_CSV,
+        JSONSCHEMA,
+        MELTANO_MAP_TRANSFORM,
+    ] {
+        assert!(
+            listed.contains(pin),
+            "{pin} is tested but not in README's compatibility table: {listed:?}"
+        );
+    }
 }
