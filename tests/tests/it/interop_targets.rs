@@ -1102,3 +1102,31 @@ fn compatibility_table_lists_the_pinned_versions() {
         );
     }
 }
+
+/// `singer-check-tap` accepts the tap's output of both tables under both
+/// `special_values` settings: one widening SCHEMA for the special table
+/// (row 2 holds the first special value of every column) or none.
+#[test]
+fn singer_check_tap_accepts_every_type_and_special_value() {
+    let src = Source::new("it_check_tap_src");
+    let dir = tempfile::tempdir().unwrap();
+    let check = venv("singer-tools", &[SINGER_TOOLS]).join("bin/singer-check-tap");
+    for (special_values, special_schemas) in [("widen_schema", 2), ("string_columns", 1)] {
+        let output = src.tap_output(dir.path(), &["common", "special"], special_values);
+        let (status, stdout, stderr) = run_with_input(&check, &[], dir.path(), output);
+        assert!(
+            status.success() && stdout.contains("The output is valid."),
+            "{special_values}: singer-check-tap rejected our output:\n{stdout}\n{stderr}"
+        );
+        for (stream, records, schemas) in [
+            ("public-common ", 3, 1),
+            ("public-special", 5, special_schemas),
+        ] {
+            let row = format!("| {stream} | {records:<7} | {schemas:<7} |");
+            assert!(
+                stdout.contains(&row),
+                "{special_values}: no {row:?} in\n{stdout}"
+            );
+        }
+    }
+}
