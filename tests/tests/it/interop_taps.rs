@@ -787,14 +787,22 @@ fn tap_jsonl_loads_and_converges_on_rerun() {
     assert_eq!(pg_testkit::rows::count(&dst, "public", "events"), Some(21));
 
     // Rerun from our state after appending a row. Peer: tap-jsonl 0.3.1
-    // re-reads every file on resume (each once per file partition), so the
-    // rows arrive again; the key makes the load converge.
+    // re-reads every changed file whole on resume (with several files, every
+    // file once per file's partition), so the rows arrive again; the key
+    // makes the load converge.
     std::thread::sleep(std::time::Duration::from_millis(1100)); // a newer mtime
     let mut all = lines;
     all.push(r#"{"id": 22, "name": "appended"}"#.to_owned());
     std::fs::write(data.join("a.jsonl"), all.join("\n") + "\n").unwrap();
     let state = state_file(&first, dir.path(), "state.json");
-    run(Some(&state));
+    let second = run(Some(&state));
+    assert!(
+        second
+            .target_stderr
+            .contains("stream summary stream=events rows_loaded=22 "),
+        "tap-jsonl no longer re-sends the whole file on resume: {}",
+        second.target_stderr
+    );
     assert_eq!(
         pg_testkit::rows::count(&dst, "public", "events"),
         Some(22),
