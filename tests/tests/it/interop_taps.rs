@@ -672,6 +672,52 @@ fn pipelinewise_tap_mysql_loads_exactly_and_resumes_from_our_state() {
     };
     assert_eq!(count("typed"), 40, "typed: 41 rows, canary 2 not re-sent");
     assert_eq!(count("order_lines"), 31, "order_lines: every row once");
+
+    // Peer: a MySQL TIME is a duration up to 838:59:59, and the tap sends one
+    // past a day as Python's timedelta text under `format: time`. That is no
+    // time of day: our target refuses it, naming the line, stream and column,
+    // rather than land something else.
+    my.execute(
+        Some("shop"),
+        "CREATE TABLE durations (id INT PRIMARY KEY, took TIME);
+         INSERT INTO durations VALUES (1, '12:00:00'), (2, '100:00:00');",
+    );
+    let mut catalog = peer_discover(&tap, &config);
+    catalog["streams"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|s| s["tap_stream_id"] == "shop-durations");
+    select_all(&mut catalog, |_| ("FULL_TABLE", None));
+    let catalog = write_json(dir.path(), "durations.json", &catalog);
+    let out = Command::new(&tap)
+        .arg("--config")
+        .arg(&config)
+        .arg("--properties")
+        .arg(&catalog)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = String::from_utf8(out.stdout).unwrap();
+    assert!(sent.contains(r#""took": "4 days, 4:00:00""#), "{sent}");
+    let line = sent.lines().position(|l| l.contains("4 days")).unwrap() + 1;
+    let refused = pg_testkit::process::run(
+        Command::new(e2e_tests::bin("target-postgres-rs"))
+            .arg("--config")
+            .arg(&target_config),
+        sent.as_bytes(),
+    );
+    assert!(!refused.ok, "the target loaded a duration as a time of day");
+    assert_eq!(
+        refused.last_error(),
+        format!(
+            "target-postgres-rs: error: input line {line} (stream `shop-durations`): column \
+             `took`: cannot load value: invalid input syntax for type time: \"4 days, 4:00:00\""
+        )
+    );
 }
 
 // --- tap-jsonl (Singer SDK file tap) -----------------------------------------
