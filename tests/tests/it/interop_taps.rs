@@ -399,7 +399,7 @@ fn meltanolabs_tap_postgres_special_values_land_as_the_peer_sends_them() {
 /// Third-party `x-sql-datatype` values that are not Postgres types (Snowflake
 /// and MySQL spellings that SDK taps pass through) fall back to the JSON
 /// Schema mapping with one warning per column, however often the SCHEMA is
-/// re-sent.
+/// re-sent; SDK decimals sent as strings land as numeric.
 #[test]
 fn foreign_sql_datatype_hints_fall_back_with_one_warning_per_column() {
     let dst = cluster().create_database("interop_hints");
@@ -414,6 +414,8 @@ fn foreign_sql_datatype_hints_fall_back_with_one_warning_per_column() {
             "at": {"type": ["string", "null"], "format": "date-time", "x-sql-datatype": "TIMESTAMP_NTZ"},
             "n": {"type": ["integer", "null"], "x-sql-datatype": "mediumint unsigned"},
             "s": {"type": ["string", "null"], "x-sql-datatype": "string"},
+            // Singer SDK taps' `use_singer_decimal`: decimals as strings.
+            "dec": {"type": ["string", "null"], "format": "singer.decimal"},
         });
         properties[format!("extra{i}")] = json!({"type": ["string", "null"]});
         let schema = json!({"type": "SCHEMA", "stream": "hints", "key_properties": ["id"],
@@ -422,7 +424,8 @@ fn foreign_sql_datatype_hints_fall_back_with_one_warning_per_column() {
         input += &format!(
             "{}\n",
             json!({"type": "RECORD", "stream": "hints", "record":
-                {"id": i, "at": "2024-02-29T13:14:15Z", "n": 16777215, "s": "x"}})
+                {"id": i, "at": "2024-02-29T13:14:15Z", "n": 16777215, "s": "x",
+                 "dec": "12345678901234567890.50"}})
         );
     }
     let run = pg_testkit::process::run(
@@ -452,6 +455,7 @@ fn foreign_sql_datatype_hints_fall_back_with_one_warning_per_column() {
         ("at", "timestamp with time zone"),
         ("n", "bigint"),
         ("s", "text"),
+        ("dec", "numeric"),
     ] {
         assert_eq!(
             type_of(&mut d, "public", "hints", column),
@@ -460,6 +464,13 @@ fn foreign_sql_datatype_hints_fall_back_with_one_warning_per_column() {
         );
     }
     assert_eq!(pg_testkit::rows::count(&dst, "public", "hints"), Some(3));
+    assert_eq!(
+        pg_testkit::rows::text(
+            &dst,
+            "SELECT string_agg(DISTINCT dec::text, ',') FROM hints"
+        ),
+        Some("12345678901234567890.50".to_owned())
+    );
 }
 
 // --- pipelinewise-tap-mysql against MariaDB -----------------------------------
