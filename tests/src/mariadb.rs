@@ -1,6 +1,7 @@
 //! A private, throwaway MariaDB server for the MySQL-tap interop tests:
 //! Debian's `mariadb-server` binaries, a datadir in a temp dir, a free
-//! loopback port and a socket beside the datadir. Stopped on drop.
+//! loopback port and a socket beside the datadir. Stopped on drop, or by a
+//! watcher when the test process ends without dropping it.
 
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
@@ -38,6 +39,27 @@ fn program(name: &str) -> PathBuf {
 
 fn running_as_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// A watcher that kills the server and removes its directory once the test
+/// process is gone, however it ended (a normal drop has removed both before).
+fn spawn_reaper(dir: &Path) {
+    let script = r#"
+        while kill -0 "$1" 2>/dev/null; do sleep 0.2; done
+        [ -f "$2/pid" ] && kill -KILL "$(cat "$2/pid")" 2>/dev/null
+        rm -rf "$2"
+    "#;
+    Command::new("setsid")
+        .args(["sh", "-c", script, "mariadb-reaper"])
+        .arg(std::process::id().to_string())
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        // The watcher outlives this process by design: nothing waits for it.
+        .map(drop)
+        .unwrap_or_else(|e| panic!("cannot start the MariaDB cleanup watcher (setsid): {e}"));
 }
 
 impl MariaDb {
@@ -96,6 +118,7 @@ impl MariaDb {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn mariadbd");
+        spawn_reaper(dir.path());
         let mut db = MariaDb { dir, port, server };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
