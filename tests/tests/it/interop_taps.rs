@@ -31,7 +31,7 @@ const TAP_JSONL: &str = "tap-jsonl==0.3.1";
 type Rows = Vec<Vec<Option<String>>>;
 
 /// `SELECT <exprs> FROM <table> [WHERE ..]` in Postgres, every expression
-/// as text; rows sorted (as text, the same order as the source's).
+/// as text; rows sorted, so both sides compare whatever their storage order.
 fn pg_rows(client: &mut postgres::Client, table: &str, exprs: &[&str], filter: &str) -> Rows {
     let list: Vec<String> = exprs.iter().map(|e| format!("({e})::text")).collect();
     let sql = format!("SELECT {} FROM {table} {filter}", list.join(", "));
@@ -45,7 +45,7 @@ fn pg_rows(client: &mut postgres::Client, table: &str, exprs: &[&str], filter: &
     rows
 }
 
-/// The target's state lines must be JSON, its log free of errors.
+/// Both processes exited 0 and our target logged no error or warning.
 fn assert_loaded(run: &PipeRun, who: &str) {
     assert!(
         run.tap_status.success() && run.target_status.success(),
