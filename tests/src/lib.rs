@@ -20,6 +20,9 @@ pub use pg_testkit::rows::table_rows;
 // pipelinewise-tap-postgres from PyPI): see orchestrator.rs.
 pub mod orchestrator;
 
+// --- A private MariaDB server for the MySQL-tap interop tests.
+pub mod mariadb;
+
 /// The directory holding the workspace's built binaries (the profile directory
 /// of the running test, demo or benchmark executable).
 fn profile_dir() -> PathBuf {
@@ -138,7 +141,13 @@ pub fn pipe(
     state: Option<&Path>,
     target_config: &Path,
 ) -> PipeRun {
-    let mut tap: Child = tap_sync(tap_config, catalog, state)
+    pipe_from(tap_sync(tap_config, catalog, state), target_config)
+}
+
+/// Runs `<tap> | target-postgres-rs --config G`, for any tap command (ours
+/// or a peer's).
+pub fn pipe_from(mut tap: Command, target_config: &Path) -> PipeRun {
+    let mut tap: Child = tap
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -49,6 +49,10 @@ pub fn json_schema_type(schema: &JsonSchema, interpret_content_encoding: bool) -
                         Some("date") => "date",
                         Some("time") => "time without time zone",
                         Some("uuid") => "uuid",
+                        // Singer SDK taps' decimals as strings (`use_singer_decimal`):
+                        // the SDK's schema says `singer.decimal`, its targets
+                        // also read `x-singer.decimal`.
+                        Some("singer.decimal" | "x-singer.decimal") => "numeric",
                         // Formats without a type of their own (email, uri,
                         // ipv4, ...) and unknown ones keep the text as sent.
                         _ => "text",
@@ -116,6 +120,14 @@ mod tests {
         assert_eq!(ty(json!({"type": "string", "maxLength": 16})), "text");
         assert_eq!(ty(json!({"type": "string", "format": "uuid"})), "uuid");
         assert_eq!(ty(json!({"type": "string", "format": "email"})), "text");
+        assert_eq!(
+            ty(json!({"type": ["string"], "format": "singer.decimal"})),
+            "numeric"
+        );
+        assert_eq!(
+            ty(json!({"type": ["null", "string"], "format": "x-singer.decimal"})),
+            "numeric"
+        );
         assert_eq!(ty(json!({"type": "string", "format": "x-unknown"})), "text");
         // multipleOf is no scale: numeric(p, s) would round what doesn't fit.
         assert_eq!(ty(json!({"type": "number", "multipleOf": 0.01})), "numeric");

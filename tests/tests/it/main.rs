@@ -6,6 +6,7 @@ mod cli;
 mod help;
 mod interop;
 mod interop_targets;
+mod interop_taps;
 mod log_based;
 mod logging;
 mod meltano;
