@@ -192,13 +192,15 @@ pub struct TableSpec {
     pub columns: Option<Vec<String>>,
 }
 
-/// The row filter (as the server prints it) and column list a publication
-/// has for a table, if it has the table.
+/// A table's row filter (as the server prints it) and column list in a publication.
+type PublishedSpec = (Option<String>, Option<Vec<String>>);
+
+/// The row filter and column list a publication has for a table, if it lists the table.
 fn published_spec(
     client: &mut impl postgres::GenericClient,
     publication: &str,
     table: &str,
-) -> Result<Option<(Option<String>, Option<Vec<String>>)>, postgres::Error> {
+) -> Result<Option<PublishedSpec>, postgres::Error> {
     let row = client.query_opt(
         "SELECT pg_get_expr(r.prqual, r.prrelid), \
                 (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a \
@@ -230,7 +232,9 @@ pub fn set_table_spec(
             message: pg_connect::describe(&e),
         }
     };
-    let mut tx = client.transaction().map_err(fail("changing the table spec"))?;
+    let mut tx = client
+        .transaction()
+        .map_err(fail("changing the table spec"))?;
     let before = published_spec(&mut tx, name, &table).map_err(fail("reading the row filter"))?;
     let Some(before) = before else {
         // Published FOR ALL TABLES or TABLES IN SCHEMA: no per-table options.

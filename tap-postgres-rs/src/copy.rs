@@ -90,7 +90,9 @@ impl<'a> StreamCtx<'a> {
 
     /// ` LIMIT n` when the stream has a limit.
     pub fn limit_clause(&self) -> String {
-        self.limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default()
+        self.limit
+            .map(|n| format!(" LIMIT {n}"))
+            .unwrap_or_default()
     }
 
     /// What the SELECT reads `FROM`: a table's own rows only (`ONLY`: an

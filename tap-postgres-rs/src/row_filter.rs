@@ -134,7 +134,10 @@ pub fn combine(clauses: &[String]) -> Option<String> {
     if clauses.is_empty() {
         return None;
     }
-    let parts: Vec<String> = clauses.iter().map(|c| format!("({}\n)", c.trim())).collect();
+    let parts: Vec<String> = clauses
+        .iter()
+        .map(|c| format!("({}\n)", c.trim()))
+        .collect();
     Some(parts.join(" AND "))
 }
 
@@ -191,7 +194,8 @@ pub fn check_all(
             let version = match server {
                 Some(v) => v,
                 None => {
-                    let v = pg_logical::slot::server_version(client).map_err(SyncError::LogBased)?;
+                    let v =
+                        pg_logical::slot::server_version(client).map_err(SyncError::LogBased)?;
                     *server.insert(v)
                 }
             };

@@ -61,8 +61,7 @@ fn ids(run: &Run) -> Vec<i64> {
 fn last_state(run: &Run) -> Value {
     run.stdout_json()
         .into_iter()
-        .filter(|m| m["type"] == "STATE")
-        .last()
+        .rfind(|m| m["type"] == "STATE")
         .expect("a STATE")["value"]
         .clone()
 }
@@ -82,7 +81,10 @@ fn full_table_and_incremental_read_only_the_filtered_rows() {
     let inc = sync(&db, dir.path(), eu, "INCREMENTAL", Some("updated"), None);
     assert!(inc.ok, "{}", inc.stderr);
     assert_eq!(ids(&inc), [4, 6, 8, 10]);
-    assert_eq!(last_state(&inc)["bookmarks"]["public-t"]["replication_key_value"], 10);
+    assert_eq!(
+        last_state(&inc)["bookmarks"]["public-t"]["replication_key_value"],
+        10
+    );
 }
 
 #[test]
@@ -104,16 +106,47 @@ fn max_record_count_stops_and_the_next_run_goes_on() {
     };
     assert_eq!(activations(&first), 1, "only the opening ACTIVATE_VERSION");
     let state = last_state(&first);
-    assert!(state["bookmarks"]["public-t"]["ctid"].is_string(), "{state}");
-    let second = sync(&db, dir.path(), extra.clone(), "FULL_TABLE", None, Some(&state));
+    assert!(
+        state["bookmarks"]["public-t"]["ctid"].is_string(),
+        "{state}"
+    );
+    let second = sync(
+        &db,
+        dir.path(),
+        extra.clone(),
+        "FULL_TABLE",
+        None,
+        Some(&state),
+    );
     assert_eq!(ids(&second), [6, 8]);
-    let third = sync(&db, dir.path(), extra.clone(), "FULL_TABLE", None, Some(&last_state(&second)));
+    let third = sync(
+        &db,
+        dir.path(),
+        extra.clone(),
+        "FULL_TABLE",
+        None,
+        Some(&last_state(&second)),
+    );
     assert_eq!(ids(&third), [10]);
     assert_eq!(activations(&third), 1, "the closing ACTIVATE_VERSION");
     // INCREMENTAL: LIMIT in key order; the bookmark is the last key sent.
-    let inc = sync(&db, dir.path(), extra.clone(), "INCREMENTAL", Some("updated"), None);
+    let inc = sync(
+        &db,
+        dir.path(),
+        extra.clone(),
+        "INCREMENTAL",
+        Some("updated"),
+        None,
+    );
     assert_eq!(ids(&inc), [2, 4]);
-    let next = sync(&db, dir.path(), extra, "INCREMENTAL", Some("updated"), Some(&last_state(&inc)));
+    let next = sync(
+        &db,
+        dir.path(),
+        extra,
+        "INCREMENTAL",
+        Some("updated"),
+        Some(&last_state(&inc)),
+    );
     assert_eq!(ids(&next), [4, 6], "from the bookmark, inclusive");
 }
 
@@ -144,10 +177,21 @@ fn a_clause_that_is_not_one_condition_is_refused_before_anything_runs() {
         assert!(ids(&r).is_empty());
     }
     let exists = pg_testkit::rows::text(&db, "SELECT to_regclass('public.victim')::text");
-    assert_eq!(exists.as_deref(), Some("victim"), "the table is still there");
+    assert_eq!(
+        exists.as_deref(),
+        Some("victim"),
+        "the table is still there"
+    );
     // Not a valid condition on the table: refused with the stream named,
     // before any stream syncs.
-    let r = sync(&db, dir.path(), filters(&["no_such_column > 1"]), "FULL_TABLE", None, None);
+    let r = sync(
+        &db,
+        dir.path(),
+        filters(&["no_such_column > 1"]),
+        "FULL_TABLE",
+        None,
+        None,
+    );
     assert!(!r.ok);
     assert!(r.stdout_json().iter().all(|m| m["type"] != "SCHEMA"));
     assert_eq!(
@@ -155,7 +199,14 @@ fn a_clause_that_is_not_one_condition_is_refused_before_anything_runs() {
         "stream public-t: custom_where_clauses (stream_options) is not a valid condition on this table: \
          ERROR: column \"no_such_column\" does not exist"
     );
-    let r = sync(&db, dir.path(), filters(&["region"]), "FULL_TABLE", None, None);
+    let r = sync(
+        &db,
+        dir.path(),
+        filters(&["region"]),
+        "FULL_TABLE",
+        None,
+        None,
+    );
     assert_eq!(
         error(&r),
         "stream public-t: custom_where_clauses (stream_options) is not a valid condition on this table: \
@@ -168,7 +219,8 @@ fn a_clause_that_is_not_one_condition_is_refused_before_anything_runs() {
     assert!(r.ok, "{}", r.stderr);
     assert_eq!(ids(&r), [9, 10]);
     assert!(
-        r.stderr.contains("stream_options names streams the catalog does not have")
+        r.stderr
+            .contains("stream_options names streams the catalog does not have")
             && r.stderr.contains("public-nope"),
         "{}",
         r.stderr
@@ -189,13 +241,17 @@ fn log_run(cdc: &Cdc, state: Option<&Value>) -> Run {
     select_column(&mut catalog, "public-t", "secret", false);
     let catalog = write_json(cdc.dir.path(), "catalog.json", &catalog);
     let state = state.map(|s| write_json(cdc.dir.path(), "state.json", s));
-    run(&mut tap_sync(&cdc.tap_config(), &catalog, state.as_deref()), b"")
+    run(
+        &mut tap_sync(&cdc.tap_config(), &catalog, state.as_deref()),
+        b"",
+    )
 }
 
 /// The error line a failed run ends with, without the binary's prefix.
 fn error(run: &Run) -> &str {
     let line = run.last_error();
-    line.strip_prefix("tap-postgres-rs: error: ").unwrap_or(line)
+    line.strip_prefix("tap-postgres-rs: error: ")
+        .unwrap_or(line)
 }
 
 /// `(op, id)` of each RECORD: `d` for a delete.
@@ -204,7 +260,11 @@ fn changes(run: &Run) -> Vec<(char, i64)> {
         .iter()
         .filter(|m| m["type"] == "RECORD")
         .map(|m| {
-            let op = if m["record"]["_sdc_deleted_at"].is_string() { 'd' } else { 'u' };
+            let op = if m["record"]["_sdc_deleted_at"].is_string() {
+                'd'
+            } else {
+                'u'
+            };
             (op, m["record"]["id"].as_i64().unwrap())
         })
         .collect()
@@ -242,7 +302,11 @@ fn log_based_filters_rows_and_columns_on_the_server() {
         return;
     }
     assert!(first.ok, "{}", first.stderr);
-    assert_eq!(changes(&first), [('u', 2), ('u', 4)], "the initial copy is filtered too");
+    assert_eq!(
+        changes(&first),
+        [('u', 2), ('u', 4)],
+        "the initial copy is filtered too"
+    );
     // The publication carries the filter and lists only the selected columns.
     let row = src
         .query_one(
@@ -265,7 +329,11 @@ fn log_based_filters_rows_and_columns_on_the_server() {
     // Odd ids never left the server: the tap filters nothing itself in LOG_BASED.
     assert_eq!(changes(&second), [('u', 6), ('u', 6), ('d', 4)]);
     for r in [&first, &second] {
-        assert!(!r.stdout.contains("PII-"), "a deselected column's data: {}", r.stdout);
+        assert!(
+            !r.stdout.contains("PII-"),
+            "a deselected column's data: {}",
+            r.stdout
+        );
     }
 
     // A filter on a column outside the replica identity would break the
@@ -287,7 +355,8 @@ fn log_based_filters_rows_and_columns_on_the_server() {
              key columns, or set `ALTER TABLE \"public\".\"t\" REPLICA IDENTITY FULL`"
         )
     );
-    src.execute("UPDATE t SET note = 'still works'", &[]).unwrap();
+    src.execute("UPDATE t SET note = 'still works'", &[])
+        .unwrap();
     let still: String = src
         .query_one(
             "SELECT rowfilter FROM pg_publication_tables WHERE pubname = $1 AND tablename = 't'",
