@@ -366,3 +366,39 @@ fn log_based_filters_rows_and_columns_on_the_server() {
         .get(0);
     assert_eq!(still, "((id % 2) = 0)");
 }
+
+#[test]
+fn log_based_max_record_count_stops_at_a_transaction_boundary() {
+    let cdc = Cdc::new("filter_log_limit", false);
+    let mut src = cdc.src_client();
+    src.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, note text, secret text);
+         INSERT INTO t SELECT i, 'n', 's' FROM generate_series(1, 4) i;",
+    )
+    .unwrap();
+    cdc.tap_extra
+        .lock()
+        .unwrap()
+        .insert("max_record_count".into(), json!(3));
+    let first = log_run(&cdc, None);
+    assert!(first.ok, "{}", first.stderr);
+    let all: Vec<(char, i64)> = (1..=4).map(|i| ('u', i)).collect();
+    assert_eq!(changes(&first), all, "the initial copy is never cut short");
+    for pair in [[5, 6], [7, 8], [9, 10]] {
+        src.execute(
+            "INSERT INTO t VALUES ($1, 'n', 's'), ($2, 'n', 's')",
+            &[&pair[0], &pair[1]],
+        )
+        .unwrap();
+    }
+    let second = log_run(&cdc, Some(&last_state(&first)));
+    assert!(second.ok, "{}", second.stderr);
+    // The limit is reached inside the second transaction, which is finished.
+    assert_eq!(changes(&second), [('u', 5), ('u', 6), ('u', 7), ('u', 8)]);
+    let third = log_run(&cdc, Some(&last_state(&second)));
+    assert_eq!(
+        changes(&third),
+        [('u', 9), ('u', 10)],
+        "the next run goes on"
+    );
+}
