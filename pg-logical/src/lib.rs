@@ -75,6 +75,10 @@ pub enum LogicalError {
     UnknownRelation(u32),
     #[error("{context}: {message}")]
     Db { context: String, message: String },
+    #[error("the row filter or column list would make the application's own UPDATEs and DELETEs of {table} fail, so the publication was left as it was: {message}. PostgreSQL allows only replica identity columns (the primary key) in a row filter and requires them in a column list: filter on key columns, or set `ALTER TABLE {table} REPLICA IDENTITY FULL`")]
+    BreaksWrites { table: String, message: String },
+    #[error("publication `{publication}` publishes {table} FOR ALL TABLES or TABLES IN SCHEMA, which cannot carry a row filter: set publication_name to a publication of this tap's own (it creates one listing its tables), or list the table in `{publication}`")]
+    NoRowFilterHere { publication: String, table: String },
     #[error(transparent)]
     Replication(#[from] replication::ReplicationError),
 }

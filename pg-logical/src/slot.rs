@@ -178,6 +178,135 @@ pub fn ensure_publication(
     Ok(false)
 }
 
+/// What a publication sends of one table (PostgreSQL 15+): only the rows
+/// `row_filter` matches, only the `columns` listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSpec {
+    pub schema: String,
+    pub name: String,
+    /// A condition on the table's columns, already checked to be one
+    /// condition; it is sent through the extended protocol, which runs one
+    /// statement only.
+    pub row_filter: Option<String>,
+    /// `None`: every column.
+    pub columns: Option<Vec<String>>,
+}
+
+/// A table's row filter (as the server prints it) and column list in a publication.
+type PublishedSpec = (Option<String>, Option<Vec<String>>);
+
+/// The row filter and column list a publication has for a table, if it lists the table.
+fn published_spec(
+    client: &mut impl postgres::GenericClient,
+    publication: &str,
+    table: &str,
+) -> Result<Option<PublishedSpec>, postgres::Error> {
+    let row = client.query_opt(
+        "SELECT pg_get_expr(r.prqual, r.prrelid), \
+                (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a \
+                  WHERE a.attrelid = r.prrelid AND a.attnum = ANY(r.prattrs)) \
+           FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid \
+          WHERE p.pubname = $1 AND r.prrelid = $2::text::regclass",
+        &[&publication, &table],
+    )?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// Gives a table of publication `name` the row filter and column list of
+/// `spec` (PostgreSQL 15+), replacing what it had; the table must already be
+/// in the publication. Nothing changes when it has them already. A filter or
+/// column list that would make the application's own UPDATEs or DELETEs of
+/// the table fail (PostgreSQL requires replica identity columns in both) is
+/// refused with the server's words, and nothing changes. Returns whether the
+/// publication changed.
+pub fn set_table_spec(
+    client: &mut Client,
+    name: &str,
+    spec: &TableSpec,
+) -> Result<bool, LogicalError> {
+    let table = quote_qualified(&spec.schema, &spec.name);
+    let fail = |context: &str| {
+        let context = format!("{context} of {table} in publication `{name}`");
+        move |e: postgres::Error| LogicalError::Db {
+            context,
+            message: pg_connect::describe(&e),
+        }
+    };
+    let mut tx = client
+        .transaction()
+        .map_err(fail("changing the table spec"))?;
+    let before = published_spec(&mut tx, name, &table).map_err(fail("reading the row filter"))?;
+    let Some(before) = before else {
+        // Published FOR ALL TABLES or TABLES IN SCHEMA: no per-table options.
+        if spec.row_filter.is_some() {
+            return Err(LogicalError::NoRowFilterHere {
+                publication: name.to_owned(),
+                table,
+            });
+        }
+        if spec.columns.is_some() {
+            tracing::info!(publication = name, table = %table, "the publication does not list the table, so it cannot have a column list: every column is decoded and sent, and the tap drops the deselected ones");
+        }
+        return Ok(false);
+    };
+    if before == (None, None) && spec.row_filter.is_none() && spec.columns.is_none() {
+        return Ok(false);
+    }
+    let mut listed = table.clone();
+    if let Some(columns) = &spec.columns {
+        let names: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+        listed.push_str(&format!(" ({})", names.join(", ")));
+    }
+    if let Some(filter) = &spec.row_filter {
+        listed.push_str(&format!(" WHERE ({filter})"));
+    }
+    // One transaction: the table is never out of the publication for others.
+    tx.execute(
+        &format!("ALTER PUBLICATION {} DROP TABLE {table}", quote_ident(name)),
+        &[],
+    )
+    .map_err(fail("changing the row filter"))?;
+    tx.execute(
+        &format!("ALTER PUBLICATION {} ADD TABLE {listed}", quote_ident(name)),
+        &[],
+    )
+    .map_err(fail("setting the row filter and column list"))?;
+    let after = published_spec(&mut tx, name, &table).map_err(fail("reading the row filter"))?;
+    if after.as_ref() == Some(&before) {
+        // The same in the server's terms: leave the catalog untouched.
+        return Ok(false);
+    }
+    // The server checks replica identity columns only when a row is updated
+    // or deleted: ask it now, planning (not running) both.
+    let column: Option<String> = tx
+        .query_opt(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::text::regclass \
+              AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum LIMIT 1",
+            &[&table],
+        )
+        .map_err(fail("reading the columns"))?
+        .map(|r| r.get(0));
+    if let Some(column) = column {
+        let c = quote_ident(&column);
+        tx.execute(
+            &format!("EXPLAIN UPDATE {table} SET {c} = {c} WHERE false"),
+            &[],
+        )
+        .map_err(|e| LogicalError::BreaksWrites {
+            table: table.clone(),
+            message: pg_connect::describe(&e),
+        })?;
+    }
+    tx.execute(&format!("EXPLAIN DELETE FROM {table} WHERE false"), &[])
+        .map_err(|e| LogicalError::BreaksWrites {
+            table: table.clone(),
+            message: pg_connect::describe(&e),
+        })?;
+    tx.commit().map_err(fail("changing the row filter"))?;
+    tracing::info!(publication = name, table = %table, "set the table's row filter and column list in the publication");
+    Ok(true)
+}
+
 /// Waits until every transaction that was running when this is called has
 /// ended, as `CREATE SUBSCRIPTION`'s table sync does. A transaction that
 /// wrote to a table before the table joined the publication has those

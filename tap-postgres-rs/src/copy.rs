@@ -26,6 +26,9 @@ pub struct StreamCtx<'a> {
     time_extracted: String,
     /// Rows so far, for the progress lines a person watches.
     progress: singer_core::progress::StreamProgress,
+    /// `max_record_count`, for FULL_TABLE and INCREMENTAL (a LOG_BASED
+    /// stream's initial copy is never cut short).
+    limit: Option<u64>,
 }
 
 impl<'a> StreamCtx<'a> {
@@ -44,6 +47,9 @@ impl<'a> StreamCtx<'a> {
             interval: settings.state_interval,
             time_extracted: record::format_time(chrono::Utc::now()),
             progress: singer_core::progress::stream(&p.id),
+            limit: settings
+                .max_record_count
+                .filter(|_| p.method != crate::settings::Method::LogBased),
         })
     }
 
@@ -77,6 +83,18 @@ impl<'a> StreamCtx<'a> {
         list
     }
 
+    /// The most records this stream may send in this run.
+    pub fn limit(&self) -> Option<u64> {
+        self.limit
+    }
+
+    /// ` LIMIT n` when the stream has a limit.
+    pub fn limit_clause(&self) -> String {
+        self.limit
+            .map(|n| format!(" LIMIT {n}"))
+            .unwrap_or_default()
+    }
+
     /// What the SELECT reads `FROM`: a table's own rows only (`ONLY`: an
     /// inheritance child is a stream of its own), a partitioned parent's
     /// through the parent (its partitions are not streams).
@@ -86,6 +104,16 @@ impl<'a> StreamCtx<'a> {
             RelKind::Table | RelKind::ForeignTable => format!("ONLY {table}"),
             _ => table,
         }
+    }
+}
+
+/// ` WHERE a AND b` (each condition already parenthesized where it needs to
+/// be), or nothing.
+pub fn where_clause(conditions: &[String]) -> String {
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
     }
 }
 

@@ -163,6 +163,20 @@ pub enum StreamError {
     /// Reading the table's column layout.
     #[error(transparent)]
     Layout(QueryError),
+    #[error("custom_where_clauses (stream_options) is not a valid condition on this table")]
+    BadRowFilter(#[source] QueryError),
+    #[error(
+        "custom_where_clauses (stream_options) of a LOG_BASED stream filter on the server through \
+         a publication row filter, which PostgreSQL {version} does not have (it needs PostgreSQL 15 \
+         or later): remove the stream's custom_where_clauses, or sync it FULL_TABLE or INCREMENTAL"
+    )]
+    RowFilterBeforePg15 { version: String },
+    /// Giving the table its row filter and column list in the publication.
+    #[error("setting the publication's row filter and column list for this table")]
+    Publication(#[source] LogicalError),
+    /// Reading which columns the publication must list.
+    #[error(transparent)]
+    PublicationColumns(QueryError),
 }
 
 /// Why a stream's position in the log can no longer be served.

@@ -15,7 +15,7 @@ use pg_connect::quote_literal;
 use postgres::Client;
 use singer_core::{MessageWriter, State};
 
-use crate::copy::{emit_rows, CopyQuery, StreamCtx};
+use crate::copy::{emit_rows, where_clause, CopyQuery, StreamCtx};
 use crate::error::{query_failed, StreamError, SyncError};
 use crate::plan::Prepared;
 use crate::settings::TapSettings;
@@ -90,11 +90,12 @@ fn full_table<W: Write>(
         });
     }
     query.push_str(&format!(" FROM {}", ctx.read_from()));
+    let mut conditions: Vec<String> = ctx.p.row_filter.iter().cloned().collect();
     if let Some(r) = &resume {
         tracing::info!(stream = id, ctid = %r.ctid, "resuming after the bookmark");
         let xip: Vec<String> = r.snapshot_xip.iter().map(u32::to_string).collect();
-        query.push_str(&format!(
-            " WHERE ctid > {}::tid OR age(xmin) <= age({}::xid) OR xmin = ANY({}::xid[])",
+        conditions.push(format!(
+            "(ctid > {}::tid OR age(xmin) <= age({}::xid) OR xmin = ANY({}::xid[]))",
             quote_literal(&r.ctid),
             quote_literal(&r.snapshot_xmax.to_string()),
             quote_literal(&format!("{{{}}}", xip.join(",")))
@@ -112,14 +113,29 @@ fn full_table<W: Write>(
         }
     }
 
+    query.push_str(&where_clause(&conditions));
+    // Without ctids a limited copy is a whole (smaller) version; with them,
+    // it stops as if interrupted.
+    let limit = ctx.limit();
+    query.push_str(&ctx.limit_clause());
+    // Resuming needs the rows in ctid order: a filter must not make the
+    // planner read them in an index's order.
+    let ordered_scan = with_ctid && ctx.p.row_filter.is_some();
+    if ordered_scan {
+        client
+            .batch_execute("SET enable_indexscan = off; SET enable_indexonlyscan = off")
+            .map_err(query_failed(id, StreamError::Copy))?;
+    }
+
     let version = progress.version;
     let copy = CopyQuery {
         sql: &query,
         version: Some(version),
         with_ctid,
         key_index: None,
-        // The stream's final STATE follows the closing ACTIVATE_VERSION.
-        final_checkpoint: false,
+        // The stream's final STATE follows the closing ACTIVATE_VERSION,
+        // unless a limit may stop it first.
+        final_checkpoint: with_ctid && limit.is_some(),
     };
     let count = emit_rows(client, ctx, &copy, out, |tracker, out| {
         // Without ctids (views, partitioned parents, foreign tables) an
@@ -132,6 +148,20 @@ fn full_table<W: Write>(
         out.write_state(&state.to_value())?;
         Ok(())
     })?;
+    if ordered_scan {
+        client
+            .batch_execute("RESET enable_indexscan; RESET enable_indexonlyscan")
+            .map_err(query_failed(id, StreamError::Copy))?;
+    }
+    if with_ctid && limit == Some(count) {
+        // Stopped as if interrupted: the next run goes on after the bookmark.
+        tracing::info!(
+            stream = id,
+            records = count,
+            "max_record_count reached: the next run goes on from the bookmark"
+        );
+        return Ok(count);
+    }
     bookmarks::finish_full_table(state, id, version);
     out.write_activate_version(&ctx.p.name, version)?;
     Ok(count)

@@ -8,7 +8,7 @@ use postgres::Client;
 use serde_json::Value;
 use singer_core::{MessageWriter, State};
 
-use crate::copy::{emit_rows, CopyQuery, StreamCtx};
+use crate::copy::{emit_rows, where_clause, CopyQuery, StreamCtx};
 use crate::error::{StreamError, SyncError};
 use crate::plan::Prepared;
 use crate::settings::TapSettings;
@@ -44,20 +44,24 @@ fn incremental<W: Write>(
         .expect("the replication key is always selected");
     let key_col = &ctx.p.columns[key_index];
     let mut query = format!("SELECT {} FROM {}", ctx.select_list(), ctx.read_from());
+    let mut conditions: Vec<String> = ctx.p.row_filter.iter().cloned().collect();
     if let Some(value) = bookmarks::incremental_bookmark(state, id, key) {
         let text = match value {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
             other => return Err(StreamError::BadBookmark(other.clone()).at(id)),
         };
-        query.push_str(&format!(
-            " WHERE {} >= {}::{}",
+        conditions.push(format!(
+            "{} >= {}::{}",
             quote_ident(key),
             quote_literal(&text),
             key_col.sql_datatype
         ));
     }
+    query.push_str(&where_clause(&conditions));
     query.push_str(&format!(" ORDER BY {}", quote_ident(key)));
+    // Rows in key order: the bookmark after the last one is where the next run goes on.
+    query.push_str(&ctx.limit_clause());
 
     let copy = CopyQuery {
         sql: &query,

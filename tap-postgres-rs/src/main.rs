@@ -15,6 +15,7 @@ mod log_based;
 mod pg_type;
 mod plan;
 mod record;
+mod row_filter;
 mod settings;
 mod state;
 mod sync;

@@ -29,10 +29,12 @@ pub struct Prepared {
     pub replication_key: Option<String>,
     /// Which columns the SCHEMA in force declares widened.
     pub widening: Widening,
+    /// `custom_where_clauses` as one condition ([`crate::row_filter::combine`]).
+    pub row_filter: Option<String>,
 }
 
 /// The `(schema, table)` a catalog entry reads.
-fn table_of(entry: &CatalogEntry) -> (String, String) {
+pub(crate) fn table_of(entry: &CatalogEntry) -> (String, String) {
     let id = &entry.tap_stream_id;
     let split = id.split_once('-');
     let schema = entry
@@ -144,6 +146,10 @@ pub fn prepare(
         method,
         replication_key,
         widening,
+        row_filter: settings
+            .stream_options
+            .get(id)
+            .and_then(|o| crate::row_filter::combine(&o.where_clauses)),
     })
 }
 

@@ -1,7 +1,10 @@
 //! The tap's settings: one list that parses the config and renders `--about`
 //! and `--help`, on top of pg-connect's connection settings.
 
+use std::collections::BTreeMap;
+
 use pg_connect::{ConnectionSettings, CONNECTION_SETTINGS};
+use serde_json::Value;
 use singer_core::{Config, ConfigError, Setting, SettingKind};
 
 /// Environment variables `TAP_POSTGRES_RS_<SETTING>` fill settings no file set.
@@ -65,6 +68,17 @@ const ON_LOST_CHANGES: Setting = Setting::new(
 .default_text("fail")
 .choices(&["fail", "resync"]);
 
+const STREAM_OPTIONS: Setting = Setting::new(
+    "stream_options",
+    SettingKind::Object,
+    "Per-stream options, by tap_stream_id: {\"<stream id>\": {\"custom_where_clauses\": [\"<SQL condition>\", ...]}} reads only the rows every clause matches (ANDed), in all three methods; LOG_BASED filters on the server through the publication's row filter (PostgreSQL 15+; refused on older servers), where PostgreSQL allows only replica identity columns and immutable built-in functions in the clauses. A clause is one SQL condition: a `;` or an unbalanced parenthesis, quote or comment is refused.",
+);
+const MAX_RECORD_COUNT: Setting = Setting::new(
+    "max_record_count",
+    SettingKind::Integer,
+    "For trial runs: each stream stops after this many RECORDs. FULL_TABLE and INCREMENTAL stop as if interrupted, so the next run goes on from the bookmark; LOG_BASED stops reading the log at the first transaction boundary after a stream reached it (its initial copy is never cut short). Default: no limit.",
+);
+
 pub const TAP_SETTINGS: &[Setting] = &[
     FILTER_SCHEMAS,
     DEFAULT_METHOD,
@@ -75,6 +89,8 @@ pub const TAP_SETTINGS: &[Setting] = &[
     MAX_RUN_SECONDS,
     SLOT_LAG_WARNING,
     ON_LOST_CHANGES,
+    STREAM_OPTIONS,
+    MAX_RECORD_COUNT,
 ];
 
 /// Every setting, for `--about`, `--help` and the environment.
@@ -128,6 +144,71 @@ pub enum SpecialValues {
     StringColumns,
 }
 
+/// What `stream_options` sets for one stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// `custom_where_clauses`, each checked by [`crate::row_filter::check_clause`].
+    pub where_clauses: Vec<String>,
+}
+
+/// The options a stream's entry in `stream_options` may set.
+const STREAM_OPTION_KEYS: &[&str] = &["custom_where_clauses"];
+
+/// `stream_options`, by tap_stream_id. An unknown option is an error: a
+/// misspelled filter would otherwise send every row.
+fn stream_options(config: &Config) -> Result<BTreeMap<String, StreamOptions>, ConfigError> {
+    let invalid = |key: String, problem: String| ConfigError::Invalid { key, problem };
+    let mut all = BTreeMap::new();
+    for (stream, value) in config.object(&STREAM_OPTIONS)?.unwrap_or_default() {
+        let at = format!("{}.{stream}", STREAM_OPTIONS.name);
+        let Value::Object(options) = value else {
+            return Err(invalid(
+                at,
+                "must be an object such as {\"custom_where_clauses\": [\"id > 0\"]}".into(),
+            ));
+        };
+        let mut parsed = StreamOptions::default();
+        for (key, value) in options {
+            let at = format!("{at}.{key}");
+            if !STREAM_OPTION_KEYS.contains(&key.as_str()) {
+                return Err(invalid(
+                    at,
+                    format!(
+                        "is not a stream option (the options are: {})",
+                        STREAM_OPTION_KEYS.join(", ")
+                    ),
+                ));
+            }
+            let clauses = match value {
+                Value::String(s) => vec![s],
+                Value::Array(items) => items
+                    .into_iter()
+                    .map(|v| match v {
+                        Value::String(s) => Ok(s),
+                        other => Err(invalid(
+                            at.clone(),
+                            format!("must be a list of SQL conditions (strings), not {other}"),
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?,
+                other => {
+                    return Err(invalid(
+                        at,
+                        format!("must be a list of SQL conditions (strings), not {other}"),
+                    ))
+                }
+            };
+            for (i, clause) in clauses.iter().enumerate() {
+                crate::row_filter::check_clause(clause)
+                    .map_err(|problem| invalid(format!("{at}[{i}]"), problem))?;
+            }
+            parsed.where_clauses = clauses;
+        }
+        all.insert(stream, parsed);
+    }
+    Ok(all)
+}
+
 /// The validated config.
 #[derive(Debug)]
 pub struct TapSettings {
@@ -142,6 +223,10 @@ pub struct TapSettings {
     pub max_run_seconds: Option<u64>,
     pub slot_lag_warning_bytes: i64,
     pub on_lost_changes: OnLostChanges,
+    /// `stream_options`, by tap_stream_id.
+    pub stream_options: BTreeMap<String, StreamOptions>,
+    /// `max_record_count`: RECORDs per stream and run.
+    pub max_record_count: Option<u64>,
 }
 
 impl TapSettings {
@@ -209,7 +294,19 @@ impl TapSettings {
                 })
             }
         };
+        let max_record_count = match config.integer(&MAX_RECORD_COUNT)? {
+            None => None,
+            Some(n) if n > 0 => Some(n as u64),
+            Some(n) => {
+                return Err(ConfigError::Invalid {
+                    key: MAX_RECORD_COUNT.name.into(),
+                    problem: format!("must be a positive number of records, not {n}"),
+                })
+            }
+        };
         Ok(TapSettings {
+            stream_options: stream_options(config)?,
+            max_record_count,
             on_lost_changes,
             publication: object(&PUBLICATION_NAME)?,
             replication_slot,

@@ -39,6 +39,7 @@ pub fn run<W: Write>(
             "no stream is selected in the catalog, so nothing is synced: select a stream with `\"selected\": true` in its metadata entry whose breadcrumb is [] (with Meltano: `meltano select tap-postgres-rs <stream> \"*\"`)"
         );
     }
+    crate::row_filter::check_all(client, catalog, settings)?;
     // Types are loaded once per run, not once per stream.
     let types = TypeMap::load(client).map_err(SyncError::Types)?;
     let mut log_based = Vec::new();

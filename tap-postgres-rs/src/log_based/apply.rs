@@ -49,6 +49,8 @@ pub struct LogStream<'a> {
     generated: Vec<String>,
     /// The stream's columns (those of its last SCHEMA) and its records.
     record: RecordBuilder<'static>,
+    /// RECORDs sent from the log in this run, for `max_record_count`.
+    records: u64,
 }
 
 /// Microseconds since 2000-01-01 UTC as ISO 8601.
@@ -74,6 +76,7 @@ impl<'a> LogStream<'a> {
             generated,
             // After the initial copies: carries what they widened.
             record: RecordBuilder::owned(p.columns.clone(), p.widening.clone()),
+            records: 0,
         }
     }
 
@@ -199,6 +202,7 @@ impl<W: Write> Emitter<'_, W> {
             .entry(s.p.id.clone())
             .or_insert_with(|| singer_core::progress::stream(&format!("{} (log)", s.p.id)))
             .rows(1);
+        s.records += 1;
         Ok(())
     }
 }
@@ -582,7 +586,10 @@ pub fn read_changes<W: Write>(
                     }
                 }
                 let out_of_time = deadline.is_some_and(|d| started.elapsed() >= d);
-                if since_state >= settings.state_interval || out_of_time {
+                let at_limit = settings
+                    .max_record_count
+                    .is_some_and(|n| streams.iter().any(|s| s.records >= n));
+                if since_state >= settings.state_interval || out_of_time || at_limit {
                     emit.out.write_state(&state.to_value())?;
                     since_state = 0;
                 }
@@ -590,6 +597,12 @@ pub fn read_changes<W: Write>(
                     tracing::info!(
                         seconds = started.elapsed().as_secs(),
                         "max_run_seconds reached: stopping after a whole transaction"
+                    );
+                    break;
+                }
+                if at_limit {
+                    tracing::info!(
+                        "max_record_count reached: stopping after a whole transaction (the next run goes on from here)"
                     );
                     break;
                 }

@@ -130,6 +130,14 @@ pub fn sync<W: Write>(
         needs_via_root,
     )
     .map_err(setup)?;
+    let mut joined = joined;
+    if server >= 150000 {
+        for p in &runnable {
+            let spec = table_spec(client, p)?;
+            joined |= slot::set_table_spec(client, publication, &spec)
+                .map_err(|e| StreamError::Publication(e).at(&p.id))?;
+        }
+    }
     if joined {
         slot::wait_for_older_transactions(client).map_err(setup)?;
     }
@@ -260,6 +268,45 @@ pub fn sync<W: Write>(
         report_lag(&info, settings, "after the run");
     }
     Ok(())
+}
+
+/// What the publication sends of a stream's table (PostgreSQL 15+): the rows
+/// of its row filter, and, when columns are deselected, only the selected and
+/// replica identity columns (PostgreSQL requires those), so that deselected
+/// columns are never decoded nor sent. Generated columns are never listed
+/// (PostgreSQL before 18 refuses them): they are read back by key.
+fn table_spec(client: &mut Client, p: &Prepared) -> Result<slot::TableSpec, SyncError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.attgenerated::text <> '', \
+                    CASE c.relreplident WHEN 'f' THEN true WHEN 'n' THEN false \
+                    ELSE EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid \
+                                   AND CASE c.relreplident WHEN 'd' THEN i.indisprimary ELSE i.indisreplident END \
+                                   AND a.attnum = ANY(i.indkey)) END \
+               FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+              WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+              ORDER BY a.attnum",
+            &[&quote_qualified(&p.rel.schema, &p.rel.name)],
+        )
+        .map_err(query_failed(&p.id, StreamError::PublicationColumns))?;
+    let mut stored = 0;
+    let mut listed = Vec::new();
+    for r in &rows {
+        let name: String = r.get(0);
+        if r.get::<_, bool>(1) {
+            continue;
+        }
+        stored += 1;
+        if r.get::<_, bool>(2) || p.columns.iter().any(|c| c.name == name) {
+            listed.push(name);
+        }
+    }
+    Ok(slot::TableSpec {
+        schema: p.rel.schema.clone(),
+        name: p.rel.name.clone(),
+        row_filter: p.row_filter.clone(),
+        columns: (listed.len() < stored).then_some(listed),
+    })
 }
 
 /// Forgets where a stream is, so that it is copied again (a new table version).

@@ -3,6 +3,7 @@
 
 mod cdc_changes;
 mod cli;
+mod filters;
 mod help;
 mod interop;
 mod interop_targets;
