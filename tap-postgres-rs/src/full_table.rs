@@ -116,7 +116,7 @@ fn full_table<W: Write>(
     let copy = CopyQuery {
         sql: &query,
         version: Some(version),
-        with_ctid,
+        with_position: with_ctid,
         key_index: None,
         // The stream's final STATE follows the closing ACTIVATE_VERSION.
         final_checkpoint: false,
@@ -126,7 +126,7 @@ fn full_table<W: Write>(
         // interrupted sync starts over; the STATE still lets targets flush.
         if with_ctid {
             progress.ctid.clear();
-            progress.ctid.push_str(&tracker.ctid);
+            progress.ctid.push_str(&tracker.position);
             bookmarks::set_full_table_progress(state, id, &progress);
         }
         out.write_state(&state.to_value())?;

@@ -65,6 +65,23 @@ const ON_LOST_CHANGES: Setting = Setting::new(
 .default_text("fail")
 .choices(&["fail", "resync"]);
 
+const USE_SECONDARY: Setting = Setting::new(
+    "use_secondary",
+    SettingKind::Boolean,
+    "Read FULL_TABLE and INCREMENTAL streams, and discover, from a standby (`secondary_host`) instead of the primary; LOG_BASED keeps its slot, its initial copy and its replication on the primary (pipelinewise's setting).",
+)
+.default_boolean(false);
+const SECONDARY_HOST: Setting = Setting::new(
+    "secondary_host",
+    SettingKind::String,
+    "With use_secondary: the standby's host (the other connection settings, user and TLS included, are the primary's).",
+);
+const SECONDARY_PORT: Setting = Setting::new(
+    "secondary_port",
+    SettingKind::Integer,
+    "With use_secondary: the standby's port. Default: `port`.",
+);
+
 pub const TAP_SETTINGS: &[Setting] = &[
     FILTER_SCHEMAS,
     DEFAULT_METHOD,
@@ -75,6 +92,9 @@ pub const TAP_SETTINGS: &[Setting] = &[
     MAX_RUN_SECONDS,
     SLOT_LAG_WARNING,
     ON_LOST_CHANGES,
+    USE_SECONDARY,
+    SECONDARY_HOST,
+    SECONDARY_PORT,
 ];
 
 /// Every setting, for `--about`, `--help` and the environment.
@@ -142,6 +162,8 @@ pub struct TapSettings {
     pub max_run_seconds: Option<u64>,
     pub slot_lag_warning_bytes: i64,
     pub on_lost_changes: OnLostChanges,
+    /// With `use_secondary`: where FULL_TABLE, INCREMENTAL and discovery read.
+    pub secondary: Option<ConnectionSettings>,
 }
 
 impl TapSettings {
@@ -209,7 +231,34 @@ impl TapSettings {
                 })
             }
         };
+        let secondary = if config.boolean_or_default(&USE_SECONDARY)? {
+            let host = config
+                .string(&SECONDARY_HOST)?
+                .filter(|h| !h.trim().is_empty())
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: SECONDARY_HOST.name.into(),
+                    problem: "is required with use_secondary: true (the standby's host)".into(),
+                })?;
+            let port = match config.integer(&SECONDARY_PORT)? {
+                None => connection.port,
+                Some(p) => u16::try_from(p)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| ConfigError::Invalid {
+                        key: SECONDARY_PORT.name.into(),
+                        problem: format!("must be a port number (1-65535), not {p}"),
+                    })?,
+            };
+            Some(ConnectionSettings {
+                host,
+                port,
+                ..connection.clone()
+            })
+        } else {
+            None
+        };
         Ok(TapSettings {
+            secondary,
             on_lost_changes,
             publication: object(&PUBLICATION_NAME)?,
             replication_slot,
@@ -263,5 +312,25 @@ mod tests {
                 .to_string(),
             "config: `user` is required"
         );
+    
+    #[test]
+    fn secondary_is_the_primary_but_for_host_and_port() {
+        let c = config(json!({"host": "primary", "port": 5433, "user": "u", "database": "d",
+            "password": "pw", "use_secondary": true, "secondary_host": "standby"}));
+        let s = TapSettings::from_config(&c).unwrap();
+        let standby = s.secondary.unwrap();
+        assert_eq!((standby.host.as_str(), standby.port), ("standby", 5433));
+        assert_eq!(standby.password.as_deref(), Some("pw"));
+        let c = config(json!({"user": "u", "database": "d", "use_secondary": "true",
+            "secondary_host": "standby", "secondary_port": "6432"}));
+        assert_eq!(TapSettings::from_config(&c).unwrap().secondary.unwrap().port, 6432);
+        let c = config(json!({"user": "u", "database": "d", "secondary_host": "standby"}));
+        assert!(TapSettings::from_config(&c).unwrap().secondary.is_none());
+        let c = config(json!({"user": "u", "database": "d", "use_secondary": true}));
+        assert_eq!(
+            TapSettings::from_config(&c).unwrap_err().to_string(),
+            "config: `secondary_host` is required with use_secondary: true (the standby's host)"
+        );
     }
+}
 }
