@@ -472,7 +472,12 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(
-            (s.host.as_str(), s.port, s.user.as_str(), s.database.as_str()),
+            (
+                s.host.as_str(),
+                s.port,
+                s.user.as_str(),
+                s.database.as_str()
+            ),
             ("db.example.com", 6543, "loader", "shop")
         );
         assert_eq!(s.password.as_deref(), Some("s3cr/t"));

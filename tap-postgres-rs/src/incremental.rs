@@ -25,8 +25,8 @@ use serde_json::{json, Value};
 use singer_core::{MessageWriter, State};
 
 use crate::copy::{emit_rows, CopyQuery, StreamCtx};
-use crate::error::{StreamError, SyncError};
 use crate::error::query_failed;
+use crate::error::{StreamError, SyncError};
 use crate::plan::{Prepared, XMIN_KEY};
 use crate::settings::TapSettings;
 use crate::state as bookmarks;
@@ -103,7 +103,8 @@ const XID_SPAN: &str = "4294967296";
 /// A row's `xmin` widened to the 64-bit id it stands for, relative to
 /// `xmax` (the reading snapshot's, 64-bit): 0 for a frozen row.
 fn full_xmin(xmax: u64) -> String {
-    let behind = format!("((({xmax} - xmin::text::bigint) % {XID_SPAN} + {XID_SPAN}) % {XID_SPAN})");
+    let behind =
+        format!("((({xmax} - xmin::text::bigint) % {XID_SPAN} + {XID_SPAN}) % {XID_SPAN})");
     format!(
         "(CASE WHEN xmin::text::bigint >= 3 AND {behind} BETWEEN 1 AND 2147483648 \
          THEN {xmax} - {behind} ELSE 0 END)"
@@ -139,7 +140,11 @@ fn by_xmin<W: Write>(
             &[],
         )
         .map_err(query_failed(id, StreamError::XminSnapshot))?;
-    let xid = |i: usize| row.get::<_, String>(i).parse::<u64>().expect("txid is a bigint");
+    let xid = |i: usize| {
+        row.get::<_, String>(i)
+            .parse::<u64>()
+            .expect("txid is a bigint")
+    };
     let (snapshot_xmin, snapshot_xmax) = (xid(0), xid(1));
     let mut since = xmin_bookmark(state, id)?;
     if let Some(b) = since.filter(|b| *b > snapshot_xmax) {
@@ -183,4 +188,43 @@ fn by_xmin<W: Write>(
         .map_err(query_failed(id, StreamError::XminSnapshot))?;
     bookmarks::set_incremental(state, id, XMIN_KEY, json!(snapshot_xmin));
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The widening, evaluated by Postgres for raw xmins around an epoch
+    /// boundary (`xmin` here is a VALUES column standing in for the system one).
+    #[test]
+    fn xmin_widens_across_wraparound_and_freezing() {
+        let db = pg_testkit::cluster().create_database("xmin_widening");
+        let mut client = db.client();
+        let epoch = 3u64 << 32;
+        let mut widen = |xmax: u64, raw: u32| -> i64 {
+            client
+                .query_one(
+                    &format!(
+                        "SELECT {} FROM (VALUES ('{raw}'::xid)) v(xmin)",
+                        full_xmin(xmax)
+                    ),
+                    &[],
+                )
+                .unwrap()
+                .get(0)
+        };
+        // Just past the epoch boundary: small raw ids are this epoch's, large ones the last.
+        let xmax = epoch + 10;
+        assert_eq!(widen(xmax, 5), (epoch + 5) as i64);
+        assert_eq!(widen(xmax, 4_294_967_290), (epoch - 6) as i64);
+        // A row older than 2^31 transactions can only be frozen: never new.
+        assert_eq!(widen(xmax, 2_147_483_000), 0);
+        // The frozen and bootstrap ids, and the snapshot's own xmax (no row has it).
+        assert_eq!(widen(xmax, 2), 0);
+        assert_eq!(widen(xmax, 1), 0);
+        assert_eq!(widen(xmax, 10), 0);
+        // Epoch 0: plain ids.
+        assert_eq!(widen(1000, 999), 999);
+        assert_eq!(widen(1000, 3), 3);
+    }
 }

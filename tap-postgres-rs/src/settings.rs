@@ -241,13 +241,12 @@ impl TapSettings {
                 })?;
             let port = match config.integer(&SECONDARY_PORT)? {
                 None => connection.port,
-                Some(p) => u16::try_from(p)
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| ConfigError::Invalid {
+                Some(p) => u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| {
+                    ConfigError::Invalid {
                         key: SECONDARY_PORT.name.into(),
                         problem: format!("must be a port number (1-65535), not {p}"),
-                    })?,
+                    }
+                })?,
             };
             Some(ConnectionSettings {
                 host,
@@ -312,18 +311,30 @@ mod tests {
                 .to_string(),
             "config: `user` is required"
         );
-    
+    }
+
     #[test]
     fn secondary_is_the_primary_but_for_host_and_port() {
-        let c = config(json!({"host": "primary", "port": 5433, "user": "u", "database": "d",
-            "password": "pw", "use_secondary": true, "secondary_host": "standby"}));
+        let c = config(
+            json!({"host": "primary", "port": 5433, "user": "u", "database": "d",
+            "password": "pw", "use_secondary": true, "secondary_host": "standby"}),
+        );
         let s = TapSettings::from_config(&c).unwrap();
         let standby = s.secondary.unwrap();
         assert_eq!((standby.host.as_str(), standby.port), ("standby", 5433));
         assert_eq!(standby.password.as_deref(), Some("pw"));
-        let c = config(json!({"user": "u", "database": "d", "use_secondary": "true",
-            "secondary_host": "standby", "secondary_port": "6432"}));
-        assert_eq!(TapSettings::from_config(&c).unwrap().secondary.unwrap().port, 6432);
+        let c = config(
+            json!({"user": "u", "database": "d", "use_secondary": "true",
+            "secondary_host": "standby", "secondary_port": "6432"}),
+        );
+        assert_eq!(
+            TapSettings::from_config(&c)
+                .unwrap()
+                .secondary
+                .unwrap()
+                .port,
+            6432
+        );
         let c = config(json!({"user": "u", "database": "d", "secondary_host": "standby"}));
         assert!(TapSettings::from_config(&c).unwrap().secondary.is_none());
         let c = config(json!({"user": "u", "database": "d", "use_secondary": true}));
@@ -332,5 +343,4 @@ mod tests {
             "config: `secondary_host` is required with use_secondary: true (the standby's host)"
         );
     }
-}
 }
