@@ -115,7 +115,7 @@ const URL: Setting = Setting::new(
 const CONNECT_TIMEOUT: Setting = Setting::new(
     "connect_timeout",
     SettingKind::Integer,
-    "Seconds to wait for the server (and for the SSH bastion) to answer before giving up.",
+    "Seconds to wait for the TCP connection to the server (and to the SSH bastion) before giving up.",
 )
 .default_integer(30);
 const APPLICATION_NAME: Setting = Setting::new(

@@ -102,7 +102,8 @@ fn a_url_connects_and_application_name_shows_in_pg_stat_activity() {
         "postgres://postgres@{}:{}/{}?sslmode=disable",
         db.host, db.port, db.name
     );
-    let config = json!({"url": url, "application_name": "from-setting", "database": "stale", "port": 1});
+    let config =
+        json!({"url": url, "application_name": "from-setting", "database": "stale", "port": 1});
     let (app, _) = session_while_copying(&db, config, dir.path());
     assert_eq!(app, "from-setting");
     // Unset: the binary's name.
