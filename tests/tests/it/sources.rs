@@ -397,7 +397,11 @@ fn use_secondary_reads_from_a_standby_and_log_based_from_the_primary() {
     );
 
     let standby_rows = vec![(1, "v1".to_owned()), (2, "v1".into()), (3, "v1".into())];
-    for (method, key) in [("FULL_TABLE", None), ("INCREMENTAL", Some("id"))] {
+    for (method, key) in [
+        ("FULL_TABLE", None),
+        ("INCREMENTAL", Some("id")),
+        ("INCREMENTAL", Some("xmin")),
+    ] {
         let catalog = write_json(
             dir.path(),
             "catalog.json",
@@ -406,13 +410,17 @@ fn use_secondary_reads_from_a_standby_and_log_based_from_the_primary() {
         let (messages, stderr) = sync(&config, &catalog, None);
         let mut rows = records(&messages);
         rows.sort();
-        assert_eq!(rows, standby_rows, "{method}");
+        assert_eq!(rows, standby_rows, "{method} {key:?}");
         assert!(
             stderr.contains("use_secondary: discovery, FULL_TABLE and INCREMENTAL read from the secondary; LOG_BASED uses the primary"),
             "{stderr}"
         );
         let (messages, _) = sync(&primary_config, &catalog, None);
-        assert_eq!(records(&messages).len(), 5, "{method} on the primary");
+        assert_eq!(
+            records(&messages).len(),
+            5,
+            "{method} {key:?} on the primary"
+        );
     }
 
     // LOG_BASED: the slot, the initial copy and the changes are the primary's.
