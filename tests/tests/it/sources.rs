@@ -336,6 +336,29 @@ fn use_secondary_reads_from_a_standby_and_log_based_from_the_primary() {
              INSERT INTO items SELECT i, 'v1' FROM generate_series(1, 3) i;",
         )
         .unwrap();
+    // A secondary that is no standby is read from all the same, with a warning.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = db.config();
+    config["use_secondary"] = json!(true);
+    config["secondary_host"] = json!(primary.host());
+    let not_standby = write_json(dir.path(), "not_standby.json", &config);
+    let out = run(
+        Command::new(bin("tap-postgres-rs"))
+            .arg("--config")
+            .arg(&not_standby)
+            .arg("--discover"),
+        b"",
+    );
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "use_secondary: {}:{} is not a standby (pg_is_in_recovery() is false): check secondary_host and secondary_port",
+            primary.host(),
+            primary.port()
+        )),
+        "{}",
+        out.stderr
+    );
     let standby = match primary.start_standby() {
         Ok(s) => s,
         Err(e) if e.starts_with("no pg_basebackup") => {
