@@ -31,6 +31,19 @@ fn records(messages: &[Value]) -> Vec<(i64, String)> {
         .collect()
 }
 
+/// The logs of a successful `--discover`.
+fn discover_logs(config: &Path) -> pg_testkit::process::Run {
+    let out = run(
+        Command::new(bin("tap-postgres-rs"))
+            .arg("--config")
+            .arg(config)
+            .arg("--discover"),
+        b"",
+    );
+    assert!(out.ok, "{}", out.stderr);
+    out
+}
+
 fn sync(config: &Path, catalog: &Path, state: Option<&Path>) -> (Vec<Value>, String) {
     let out = run(&mut tap_sync(config, catalog, state), b"");
     assert!(out.ok, "tap failed: {}", out.stderr);
@@ -115,14 +128,7 @@ fn a_url_connects_and_application_name_shows_in_pg_stat_activity() {
         "warn.json",
         &json!({"url": url, "database": "stale"}),
     );
-    let out = run(
-        Command::new(bin("tap-postgres-rs"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--discover"),
-        b"",
-    );
-    assert!(out.ok, "{}", out.stderr);
+    let out = discover_logs(&config);
     assert!(
         out.stderr.contains(&format!(
             "`database` is \"stale\" but `sqlalchemy_url` says \"{}\": the URL's is used",
@@ -342,14 +348,7 @@ fn use_secondary_reads_from_a_standby_and_log_based_from_the_primary() {
     config["use_secondary"] = json!(true);
     config["secondary_host"] = json!(primary.host());
     let not_standby = write_json(dir.path(), "not_standby.json", &config);
-    let out = run(
-        Command::new(bin("tap-postgres-rs"))
-            .arg("--config")
-            .arg(&not_standby)
-            .arg("--discover"),
-        b"",
-    );
-    assert!(out.ok, "{}", out.stderr);
+    let out = discover_logs(&not_standby);
     assert!(
         out.stderr.contains(&format!(
             "use_secondary: {}:{} is not a standby (pg_is_in_recovery() is false): check secondary_host and secondary_port",
