@@ -119,6 +119,19 @@ fn a_url_connects_and_application_name_shows_in_pg_stat_activity() {
         json!({"url": url, "application_name": "from-setting", "database": "stale", "port": 1});
     let (app, _) = session_while_copying(&db, config, dir.path());
     assert_eq!(app, "from-setting");
+    // From the environment alone, as Meltano passes a sensitive setting.
+    let out = run(
+        Command::new(bin("tap-postgres-rs"))
+            .arg("--discover")
+            .env("TAP_POSTGRES_RS_SQLALCHEMY_URL", &url),
+        b"",
+    );
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("\"tap_stream_id\":\"public-seen\""),
+        "{}",
+        out.stdout
+    );
     // Unset: the binary's name.
     let (app, _) = session_while_copying(&db, db.config(), dir.path());
     assert_eq!(app, "tap-postgres-rs");
