@@ -75,11 +75,17 @@ pub struct Connector {
 }
 
 impl Connector {
+    /// `application_name` is what sessions report unless the settings name
+    /// one of their own (the binary's name, by convention).
     pub fn new(
         settings: ConnectionSettings,
         application_name: &str,
     ) -> Result<Connector, ConnectError> {
         let port = settings.port;
+        let application_name = settings
+            .application_name
+            .clone()
+            .unwrap_or_else(|| application_name.to_owned());
         let mut settings = settings;
         let tunnel = match &settings.ssh_tunnel {
             Some(ssh) => {
@@ -106,7 +112,7 @@ impl Connector {
         Ok(Connector {
             settings,
             port,
-            application_name: application_name.to_owned(),
+            application_name,
             tunnel,
         })
     }
@@ -153,7 +159,11 @@ pub fn connect(
     settings: &ConnectionSettings,
     application_name: &str,
 ) -> Result<postgres::Client, ConnectError> {
-    connect_showing(settings, application_name, settings.port)
+    let name = settings
+        .application_name
+        .as_deref()
+        .unwrap_or(application_name);
+    connect_showing(settings, name, settings.port)
 }
 
 /// [`connect`], naming `shown_port` in errors (the configured one, not a tunnel's).

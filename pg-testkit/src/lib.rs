@@ -170,6 +170,29 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
 impl Cluster {
     fn start(options: ClusterOptions) -> Result<Cluster, String> {
         let bindir = find_bindir()?;
+        let cluster = Cluster::prepare_dir(bindir, options)?;
+        let data = cluster.data_dir();
+        cluster.run_pg(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                SUPERUSER,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "-N",
+            ],
+        )?;
+        cluster.start_on_free_port()
+    }
+
+    /// A directory of its own, watched (removed when the test process is
+    /// gone), with TLS files when asked for, owned by `postgres` when root.
+    fn prepare_dir(bindir: PathBuf, options: ClusterOptions) -> Result<Cluster, String> {
         let run_as_postgres = running_as_root();
         if options.private_network && !run_as_postgres {
             return Err(
@@ -209,26 +232,14 @@ impl Cluster {
                 "chown",
             )?;
         }
-        let data = cluster.data_dir();
-        cluster.run_pg(
-            "initdb",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-U",
-                SUPERUSER,
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "-N",
-            ],
-        )?;
+        Ok(cluster)
+    }
+
+    fn start_on_free_port(&self) -> Result<Cluster, String> {
         let mut last_err = String::new();
         for _ in 0..5 {
             let port = free_port()?;
-            let mut cluster = cluster.clone_parts();
+            let mut cluster = self.clone_parts();
             cluster.port = port;
             match cluster.pg_ctl_start() {
                 Ok(()) => {
@@ -240,6 +251,77 @@ impl Cluster {
             }
         }
         Err(format!("cannot start the test cluster: {last_err}"))
+    }
+
+    /// A `pg_basebackup` that can copy this server: the server's own bindir's,
+    /// else the newest installed client's when it is at least the server's
+    /// major (pg_basebackup refuses newer servers). `Err` says what is missing.
+    pub fn pg_basebackup(&self) -> Result<PathBuf, String> {
+        let own = self.bindir.join("pg_basebackup");
+        if own.is_file() {
+            return Ok(own);
+        }
+        let major = self.server_version_num() / 10000;
+        let mut installed: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+                let exe = e.path().join("bin/pg_basebackup");
+                exe.is_file().then_some((version, exe))
+            })
+            .collect();
+        installed.sort();
+        match installed.pop() {
+            Some((v, exe)) if v >= major => Ok(exe),
+            Some((v, _)) => Err(format!(
+                "no pg_basebackup for PostgreSQL {major}: {} has none, and the installed client is PostgreSQL {v}'s, which refuses newer servers",
+                self.bindir.display()
+            )),
+            None => Err(format!(
+                "no pg_basebackup: {} has none and no PostgreSQL client is installed (`apt-get install -y postgresql-client`)",
+                self.bindir.display()
+            )),
+        }
+    }
+
+    /// Starts a hot standby of this cluster: `pg_basebackup -R` (streaming
+    /// WAL) into a directory of its own, started on a free port with this
+    /// cluster's options. Stopped and removed when dropped, like
+    /// [`start_cluster`]'s. `Err` when no usable pg_basebackup is installed
+    /// (see [`Cluster::pg_basebackup`]) or the copy fails.
+    pub fn start_standby(&self) -> Result<Cluster, String> {
+        if self.options.private_network {
+            return Err(
+                "start_standby copies over 127.0.0.1: not from a cluster in a private network"
+                    .into(),
+            );
+        }
+        let basebackup = self.pg_basebackup()?;
+        let standby = Cluster::prepare_dir(self.bindir.clone(), self.options)?;
+        let port = self.port.to_string();
+        let data = standby.data_dir();
+        // An absolute program path: `run_pg` joins it onto the bindir, which keeps it.
+        standby.run_pg(
+            basebackup.to_str().expect("utf-8 path"),
+            &[
+                "-h",
+                self.host(),
+                "-p",
+                &port,
+                "-U",
+                SUPERUSER,
+                "-D",
+                data.to_str().expect("utf-8 path"),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+        )?;
+        standby.start_on_free_port()
     }
 
     fn clone_parts(&self) -> Cluster {

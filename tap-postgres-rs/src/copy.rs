@@ -119,18 +119,21 @@ pub fn where_clause(conditions: &[String]) -> String {
 
 /// What a checkpoint needs to know about the last row sent.
 pub struct Tracker {
-    pub ctid: String,
+    /// The trailing column of a [`CopyQuery::with_position`] query: the
+    /// row's `ctid` (FULL_TABLE) or 64-bit xmin (INCREMENTAL by xmin).
+    pub position: String,
     /// The last non-NULL replication key text.
     pub key: Option<String>,
 }
 
 /// How to read one COPY.
 pub struct CopyQuery<'q> {
-    /// The `SELECT` (the stream's columns first, then `ctid` if `with_ctid`).
+    /// The `SELECT` (the stream's columns first, then the position if `with_position`).
     pub sql: &'q str,
     /// The table version records carry.
     pub version: Option<i64>,
-    pub with_ctid: bool,
+    /// Whether the SELECT ends with one more column, kept in [`Tracker::position`].
+    pub with_position: bool,
     /// The column whose last value [`Tracker::key`] keeps.
     pub key_index: Option<usize>,
     /// Whether to checkpoint after the last row too.
@@ -156,7 +159,7 @@ pub fn emit_rows<W: Write>(
     let mut reader = BufReader::with_capacity(1 << 20, reader);
     let mut counter = Counter::new("record_count", tags([("stream", json!(id))]));
     let mut tracker = Tracker {
-        ctid: String::new(),
+        position: String::new(),
         key: None,
     };
     let mut builder = RecordBuilder::new(&ctx.p.columns, &ctx.p.widening);
@@ -204,10 +207,10 @@ pub fn emit_rows<W: Write>(
             plan::write_schema(ctx.p, out)?;
         }
         let record = builder.finish();
-        if query.with_ctid {
-            if let Some(ctid) = fields.next() {
-                tracker.ctid.clear();
-                tracker.ctid.push_str(ctid);
+        if query.with_position {
+            if let Some(position) = fields.next() {
+                tracker.position.clear();
+                tracker.position.push_str(position);
             }
         }
         out.write_record_raw(

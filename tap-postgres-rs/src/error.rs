@@ -97,6 +97,14 @@ pub enum StreamError {
     #[error("replication key {key:?} is not a column of {table}")]
     KeyNotAColumn { key: String, table: String },
     #[error(
+        "replication key \"xmin\" needs a table, partitioned table or materialized view, and {table} is a {kind} \
+         (its rows have no xmin of their own): use FULL_TABLE, or a column as the replication key"
+    )]
+    XminNotATable { table: String, kind: &'static str },
+    /// Taking the snapshot an INCREMENTAL read by xmin bookmarks.
+    #[error(transparent)]
+    XminSnapshot(QueryError),
+    #[error(
         "LOG_BASED works on tables only (views, materialized views and foreign tables have no \
          change log of their own): use FULL_TABLE or INCREMENTAL for this stream"
     )]
@@ -125,6 +133,11 @@ pub enum StreamError {
     TooFewFields { row: u64 },
     #[error("bookmark replication_key_value {0} is neither a string nor a number")]
     BadBookmark(serde_json::Value),
+    #[error(
+        "bookmark replication_key_value {0} of replication key \"xmin\" is not a transaction id \
+         (a whole number from an earlier run): remove the stream's bookmark to read the table again"
+    )]
+    BadXminBookmark(serde_json::Value),
     /// Checking the table's replica identity.
     #[error(transparent)]
     ReplicaIdentityCheck(QueryError),

@@ -131,7 +131,7 @@ fn full_table<W: Write>(
     let copy = CopyQuery {
         sql: &query,
         version: Some(version),
-        with_ctid,
+        with_position: with_ctid,
         key_index: None,
         // The stream's final STATE follows the closing ACTIVATE_VERSION,
         // unless a limit may stop it first.
@@ -142,7 +142,7 @@ fn full_table<W: Write>(
         // interrupted sync starts over; the STATE still lets targets flush.
         if with_ctid {
             progress.ctid.clear();
-            progress.ctid.push_str(&tracker.ctid);
+            progress.ctid.push_str(&tracker.position);
             bookmarks::set_full_table_progress(state, id, &progress);
         }
         out.write_state(&state.to_value())?;

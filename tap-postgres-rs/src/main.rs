@@ -104,6 +104,12 @@ fn run(tap: &Connector, args: Args) -> anyhow::Result<()> {
     let config = tap.config(&args.common.config)?;
     let settings = settings::TapSettings::from_config(&config)?;
     let connector = pg_connect::Connector::new(settings.connection.clone(), NAME)?;
+    // use_secondary: FULL_TABLE, INCREMENTAL and discovery read from the standby.
+    let standby = match &settings.secondary {
+        Some(s) => Some(pg_connect::Connector::new(s.clone(), NAME)?),
+        None => None,
+    };
+    let reader = standby.as_ref().unwrap_or(&connector);
 
     let Some(mode) = args.mode() else {
         bail!("nothing to do: give --discover, or --catalog FILE to sync");
@@ -122,7 +128,7 @@ fn run(tap: &Connector, args: Args) -> anyhow::Result<()> {
             );
         }
         Mode::Discover => {
-            let mut client = connector.connect()?;
+            let mut client = connect_reader(reader, &settings)?;
             let catalog = discover::catalog(&mut client, &settings.filter_schemas)?;
             if catalog["streams"].as_array().is_none_or(Vec::is_empty) {
                 warn_nothing_discovered(&mut client, &settings);
@@ -158,9 +164,14 @@ fn run(tap: &Connector, args: Args) -> anyhow::Result<()> {
                 }
             };
             let mut client = connector.connect()?;
+            let mut standby_client = match &standby {
+                Some(_) => Some(connect_reader(reader, &settings)?),
+                None => None,
+            };
             let mut out = MessageWriter::new(std::io::stdout().lock());
             sync::run(
                 &mut client,
+                standby_client.as_mut(),
                 &connector,
                 &catalog,
                 state,
@@ -178,6 +189,33 @@ fn run(tap: &Connector, args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A session where discovery, FULL_TABLE and INCREMENTAL read: the standby
+/// with `use_secondary` (said once, with a warning if it is no standby).
+fn connect_reader(
+    reader: &pg_connect::Connector,
+    settings: &settings::TapSettings,
+) -> anyhow::Result<postgres::Client> {
+    let mut client = reader.connect()?;
+    if let Some(s) = &settings.secondary {
+        let in_recovery: bool = client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .context("use_secondary: cannot ask the secondary whether it is a standby")?
+            .get(0);
+        tracing::info!(
+            secondary = %format!("{}:{}", s.host, s.port),
+            "use_secondary: discovery, FULL_TABLE and INCREMENTAL read from the secondary; LOG_BASED uses the primary"
+        );
+        if !in_recovery {
+            tracing::warn!(
+                "use_secondary: {}:{} is not a standby (pg_is_in_recovery() is false): check secondary_host and secondary_port",
+                s.host,
+                s.port
+            );
+        }
+    }
+    Ok(client)
 }
 
 /// An empty catalog is valid (exit 0), but is most often a misspelt schema or

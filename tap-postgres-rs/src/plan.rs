@@ -9,11 +9,16 @@ use postgres::Client;
 use serde_json::{json, Value};
 use singer_core::{CatalogEntry, MessageWriter};
 
-use crate::discover::{self, Column, Relation, Scope};
+use crate::discover::{self, Column, RelKind, Relation, Scope};
 use crate::error::{query_failed, StreamError, SyncError};
 use crate::pg_type::TypeMap;
 use crate::record::{self, Widening};
 use crate::settings::{Method, SpecialValues, TapSettings};
+
+/// The replication key that asks INCREMENTAL to read by row version (the
+/// system column `xmin`, which no user column can be named) rather than by a
+/// column: see [`crate::incremental`].
+pub const XMIN_KEY: &str = "xmin";
 
 /// A selected stream, resolved against the database: what to read and how.
 pub struct Prepared {
@@ -50,6 +55,15 @@ pub(crate) fn table_of(entry: &CatalogEntry) -> (String, String) {
     (schema, table)
 }
 
+/// The stream's replication method: the catalog's, else `default_replication_method`.
+pub fn method(entry: &CatalogEntry, settings: &TapSettings) -> Result<Method, SyncError> {
+    Ok(match entry.replication_method() {
+        Some(m) => Method::parse(&m)
+            .ok_or_else(|| StreamError::UnknownMethod(m).at(&entry.tap_stream_id))?,
+        None => settings.default_method,
+    })
+}
+
 pub fn prepare(
     client: &mut Client,
     types: &TypeMap,
@@ -76,17 +90,27 @@ pub fn prepare(
         .at(id)
     })?;
 
-    let method = match entry.replication_method() {
-        Some(m) => Method::parse(&m).ok_or_else(|| StreamError::UnknownMethod(m).at(id))?,
-        None => settings.default_method,
-    };
+    let method = method(entry, settings)?;
     let replication_key = match method {
         Method::FullTable | Method::LogBased => None,
         Method::Incremental => {
             let key = entry
                 .replication_key()
                 .ok_or_else(|| StreamError::NoReplicationKey.at(id))?;
-            if rel.column(&key).is_none() {
+            if key == XMIN_KEY {
+                let kind = match rel.kind {
+                    RelKind::View => Some("view"),
+                    RelKind::ForeignTable => Some("foreign table"),
+                    RelKind::Table | RelKind::MaterializedView | RelKind::PartitionedTable => None,
+                };
+                if let Some(kind) = kind {
+                    return Err(StreamError::XminNotATable {
+                        table: quote_qualified(&rel.schema, &rel.name),
+                        kind,
+                    }
+                    .at(id));
+                }
+            } else if rel.column(&key).is_none() {
                 return Err(StreamError::KeyNotAColumn {
                     key,
                     table: quote_qualified(&rel.schema, &rel.name),
@@ -175,7 +199,12 @@ pub fn write_schema_of<W: Write>(
         properties.extend(record::log_properties());
     }
     let schema_json = json!({"type": "object", "properties": properties});
-    let bookmark_props = p.replication_key.as_ref().map(|k| vec![k.clone()]);
+    // xmin is no property of the records: nothing for a target to bookmark on.
+    let bookmark_props = p
+        .replication_key
+        .as_ref()
+        .filter(|k| *k != XMIN_KEY)
+        .map(|k| vec![k.clone()]);
     out.write_schema(
         &p.name,
         &schema_json,

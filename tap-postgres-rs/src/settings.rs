@@ -78,6 +78,22 @@ const MAX_RECORD_COUNT: Setting = Setting::new(
     SettingKind::Integer,
     "For trial runs: each stream stops after this many RECORDs. FULL_TABLE and INCREMENTAL stop as if interrupted, so the next run goes on from the bookmark; LOG_BASED stops reading the log at the first transaction boundary after a stream reached it (its initial copy is never cut short). Default: no limit.",
 );
+const USE_SECONDARY: Setting = Setting::new(
+    "use_secondary",
+    SettingKind::Boolean,
+    "Read FULL_TABLE and INCREMENTAL streams, and discover, from a standby (`secondary_host`) instead of the primary; LOG_BASED keeps its slot, its initial copy and its replication on the primary (pipelinewise's setting).",
+)
+.default_boolean(false);
+const SECONDARY_HOST: Setting = Setting::new(
+    "secondary_host",
+    SettingKind::String,
+    "With use_secondary: the standby's host (the other connection settings, user and TLS included, are the primary's).",
+);
+const SECONDARY_PORT: Setting = Setting::new(
+    "secondary_port",
+    SettingKind::Integer,
+    "With use_secondary: the standby's port. Default: `port`.",
+);
 
 pub const TAP_SETTINGS: &[Setting] = &[
     FILTER_SCHEMAS,
@@ -91,6 +107,9 @@ pub const TAP_SETTINGS: &[Setting] = &[
     ON_LOST_CHANGES,
     STREAM_OPTIONS,
     MAX_RECORD_COUNT,
+    USE_SECONDARY,
+    SECONDARY_HOST,
+    SECONDARY_PORT,
 ];
 
 /// Every setting, for `--about`, `--help` and the environment.
@@ -227,6 +246,8 @@ pub struct TapSettings {
     pub stream_options: BTreeMap<String, StreamOptions>,
     /// `max_record_count`: RECORDs per stream and run.
     pub max_record_count: Option<u64>,
+    /// With `use_secondary`: where FULL_TABLE, INCREMENTAL and discovery read.
+    pub secondary: Option<ConnectionSettings>,
 }
 
 impl TapSettings {
@@ -304,9 +325,35 @@ impl TapSettings {
                 })
             }
         };
+        let secondary = if config.boolean_or_default(&USE_SECONDARY)? {
+            let host = config
+                .string(&SECONDARY_HOST)?
+                .filter(|h| !h.trim().is_empty())
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: SECONDARY_HOST.name.into(),
+                    problem: "is required with use_secondary: true (the standby's host)".into(),
+                })?;
+            let port = match config.integer(&SECONDARY_PORT)? {
+                None => connection.port,
+                Some(p) => u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| {
+                    ConfigError::Invalid {
+                        key: SECONDARY_PORT.name.into(),
+                        problem: format!("must be a port number (1-65535), not {p}"),
+                    }
+                })?,
+            };
+            Some(ConnectionSettings {
+                host,
+                port,
+                ..connection.clone()
+            })
+        } else {
+            None
+        };
         Ok(TapSettings {
             stream_options: stream_options(config)?,
             max_record_count,
+            secondary,
             on_lost_changes,
             publication: object(&PUBLICATION_NAME)?,
             replication_slot,
@@ -359,6 +406,37 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "config: `user` is required"
+        );
+    }
+
+    #[test]
+    fn secondary_is_the_primary_but_for_host_and_port() {
+        let c = config(
+            json!({"host": "primary", "port": 5433, "user": "u", "database": "d",
+            "password": "pw", "use_secondary": true, "secondary_host": "standby"}),
+        );
+        let s = TapSettings::from_config(&c).unwrap();
+        let standby = s.secondary.unwrap();
+        assert_eq!((standby.host.as_str(), standby.port), ("standby", 5433));
+        assert_eq!(standby.password.as_deref(), Some("pw"));
+        let c = config(
+            json!({"user": "u", "database": "d", "use_secondary": "true",
+            "secondary_host": "standby", "secondary_port": "6432"}),
+        );
+        assert_eq!(
+            TapSettings::from_config(&c)
+                .unwrap()
+                .secondary
+                .unwrap()
+                .port,
+            6432
+        );
+        let c = config(json!({"user": "u", "database": "d", "secondary_host": "standby"}));
+        assert!(TapSettings::from_config(&c).unwrap().secondary.is_none());
+        let c = config(json!({"user": "u", "database": "d", "use_secondary": true}));
+        assert_eq!(
+            TapSettings::from_config(&c).unwrap_err().to_string(),
+            "config: `secondary_host` is required with use_secondary: true (the standby's host)"
         );
     }
 }

@@ -2,7 +2,9 @@
 //! and hands it to FULL_TABLE ([`crate::full_table`]), INCREMENTAL
 //! ([`crate::incremental`]) or, last and together, LOG_BASED
 //! ([`crate::log_based`]); then writes the run's final STATE, and fails if a
-//! stream had to be skipped.
+//! stream had to be skipped. With `use_secondary`, FULL_TABLE and INCREMENTAL
+//! streams are planned and read on the standby's session; LOG_BASED ones on
+//! the primary's, where the slot is.
 
 use std::io::Write;
 
@@ -20,6 +22,7 @@ use crate::{full_table, incremental, log_based};
 /// interrupted first; LOG_BASED streams last, together, from one slot.
 pub fn run<W: Write>(
     client: &mut Client,
+    mut standby: Option<&mut Client>,
     connector: &pg_connect::Connector,
     catalog: &Catalog,
     mut state: State,
@@ -27,9 +30,13 @@ pub fn run<W: Write>(
     out: &mut MessageWriter<W>,
 ) -> Result<(), SyncError> {
     singer_core::progress::start(singer_core::progress::Role::Tap);
-    client
-        .batch_execute("SET synchronize_seqscans = off; SET max_parallel_workers_per_gather = 0")
-        .map_err(|e| SyncError::Session(QueryError(e)))?;
+    for session in std::iter::once(&mut *client).chain(standby.as_deref_mut()) {
+        session
+            .batch_execute(
+                "SET synchronize_seqscans = off; SET max_parallel_workers_per_gather = 0",
+            )
+            .map_err(|e| SyncError::Session(QueryError(e)))?;
+    }
     let mut streams: Vec<&CatalogEntry> = catalog.selected_streams().collect();
     if let Some(current) = state.currently_syncing().map(str::to_owned) {
         streams.sort_by_key(|s| s.tap_stream_id != current);
@@ -46,12 +53,16 @@ pub fn run<W: Write>(
     // Streams LOG_BASED cannot replicate: reported at the end, the run fails.
     let mut skipped = Vec::new();
     for entry in streams {
-        let p = plan::prepare(client, &types, entry, settings)?;
-        if p.method == Method::LogBased {
-            log_based.push(p);
+        if plan::method(entry, settings)? == Method::LogBased {
+            log_based.push(plan::prepare(client, &types, entry, settings)?);
             continue;
         }
-        sync_prepared(client, &p, &mut state, settings, out)?;
+        let reader = match standby.as_deref_mut() {
+            Some(s) => s,
+            None => &mut *client,
+        };
+        let p = plan::prepare(reader, &types, entry, settings)?;
+        sync_prepared(reader, &p, &mut state, settings, out)?;
     }
     if !log_based.is_empty() {
         for p in &log_based {

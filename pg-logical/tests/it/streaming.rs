@@ -27,6 +27,7 @@ pub(crate) fn settings(db: &TestDb) -> ConnectionSettings {
         ssl_client_private_key: None,
         ssh_tunnel: None,
         connect_timeout_secs: 10,
+        application_name: None,
     }
 }
 

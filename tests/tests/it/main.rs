@@ -18,3 +18,4 @@ mod readme;
 mod reference;
 mod roundtrip;
 mod secure;
+mod sources;
