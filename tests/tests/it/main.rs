@@ -15,3 +15,4 @@ mod readme;
 mod reference;
 mod roundtrip;
 mod secure;
+mod target_settings;
