@@ -12,6 +12,7 @@ mod settings;
 mod state;
 mod stream;
 mod types;
+mod validate;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};

@@ -214,9 +214,10 @@ fn flattening(config: &Config) -> Result<Option<usize>, ConfigError> {
         });
     }
     let pipelinewise = Setting::new(PIPELINEWISE_MAX_LEVEL, SettingKind::Integer, "");
-    let enabled = match config.boolean(&FLATTENING_ENABLED)? {
-        Some(on) => on,
-        None => config.raw(&pipelinewise).is_some() && depth.is_some_and(|d| d > 0),
+    let enabled = if config.raw(&FLATTENING_ENABLED).is_some() {
+        config.boolean_or_default(&FLATTENING_ENABLED)?
+    } else {
+        config.raw(&pipelinewise).is_some() && depth.is_some_and(|d| d > 0)
     };
     if !enabled {
         return Ok(None);

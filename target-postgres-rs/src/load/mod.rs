@@ -12,6 +12,7 @@ mod copy;
 mod error;
 mod merge;
 mod policy;
+mod prepare;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -29,10 +30,12 @@ use crate::settings::{LoadMethod, TargetSettings};
 use crate::state::StateOut;
 use crate::stream::{Source, StreamShape, Wanted, DELETED_AT};
 use crate::types::{declared_sql_type, json_schema_type, unbounded_integer, ColumnType};
+use crate::validate::RecordValidator;
 
 pub use error::LoadError;
 use error::{db_err, evolve_err, session, Who};
 use policy::{Batch, Keying};
+use prepare::Prepare;
 
 /// One input item from the reader thread.
 pub type Item = Result<(usize, Message), ReadError>;
@@ -70,6 +73,8 @@ struct StreamLoad {
     stage: String,
     keying: Keying,
     batch: Batch,
+    /// Checks and reshaping before a record becomes a row.
+    prepare: Prepare,
 }
 
 /// The loader: one connection, one transaction per flush.
@@ -183,6 +188,16 @@ impl<W: Write> Loader<W> {
                 self.flush()?;
             }
         }
+        let validator = if self.settings.validate_records {
+            Some(RecordValidator::new(&message.schema).map_err(|e| {
+                bad(format!(
+                    "validate_records: the schema is not valid JSON Schema Draft 7: {e}; \
+                     fix the tap's SCHEMA, or turn `validate_records` off"
+                ))
+            })?)
+        } else {
+            None
+        };
         let parsed = JsonSchema::from_value(&message.schema).map_err(|e| bad(e.to_string()))?;
         let table = table_for_stream(&stream, &self.settings);
         let mut declared = Vec::new();
@@ -258,6 +273,7 @@ impl<W: Write> Loader<W> {
             stage,
             keying,
             batch: Batch::new(),
+            prepare: Prepare { validator },
         };
         self.streams.insert(stream, load);
         Ok(())

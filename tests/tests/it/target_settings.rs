@@ -112,3 +112,96 @@ fn activate_version_is_honoured_by_default_and_ignored_when_asked() {
         }
     }
 }
+
+#[test]
+fn validate_records_stops_at_the_first_mismatch_naming_stream_line_and_field() {
+    let db = pg_testkit::cluster().create_database("tset_validate");
+    let props = json!({
+        "id": {"type": "integer"},
+        "n": {"type": ["null", "integer"], "maximum": 10},
+        "at": {"type": ["null", "string"], "format": "date-time"},
+    });
+    let input = |stream: &str, bad: Value| {
+        vec![
+            schema(stream, props.clone(), &["id"]),
+            record(
+                stream,
+                json!({"id": 1, "n": 1, "at": "2024-05-06T07:08:09Z"}),
+            ),
+            state(1),
+            record(stream, json!({"id": 2, "n": null})),
+            state(2),
+            record(stream, json!({"id": 3, "n": 3})),
+            record(stream, bad),
+            state(3),
+        ]
+    };
+    let rows = |table: &str| {
+        text(
+            &db,
+            &format!("SELECT string_agg(id::text, ',' ORDER BY id) FROM public.{table}"),
+        )
+    };
+    // Off (the default): Postgres takes what its columns can hold.
+    let r = target(
+        &db,
+        json!({"batch_size_rows": 2}),
+        &input("off", json!({"id": 4, "n": 11})),
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(rows("off").as_deref(), Some("1,2,3,4"));
+
+    // On: the batch with the bad record is not committed, the one before is
+    // (batch_size_rows 2: ids 1 and 2, then STATE 1 emitted).
+    for (stream, bad, field) in [
+        (
+            "over",
+            json!({"id": 4, "n": 11}),
+            "at field `/n`: 11 is greater than the maximum of 10",
+        ),
+        (
+            "when",
+            json!({"id": 4, "at": "yesterday"}),
+            "at field `/at`: \"yesterday\" is not a \"date-time\"",
+        ),
+        (
+            "typed",
+            json!({"id": "4"}),
+            "at field `/id`: \"4\" is not of type \"integer\"",
+        ),
+    ] {
+        let r = target(
+            &db,
+            json!({"batch_size_rows": 2, "validate_records": true}),
+            &input(stream, bad),
+        );
+        assert_eq!(r.code, Some(1), "{}", r.stderr);
+        assert_eq!(
+            r.last_error(),
+            format!(
+                "target-postgres-rs: error: input line 7 (stream `{stream}`): record does not match \
+                 the stream's SCHEMA {field}; fix the tap's SCHEMA or its records, or turn \
+                 `validate_records` off"
+            )
+        );
+        assert_eq!(rows(stream).as_deref(), Some("1,2"), "{stream}");
+        assert_eq!(r.stdout, "{\"n\":1}\n", "{stream}");
+    }
+
+    // A missing required property is the record's own fault.
+    let required = json!({"type": "SCHEMA", "stream": "req", "key_properties": ["id"],
+        "schema": {"type": "object", "required": ["id", "n"], "properties": props}});
+    let r = target(
+        &db,
+        json!({"validate_records": true}),
+        &[required, record("req", json!({"id": 1}))],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(
+        r.last_error(),
+        "target-postgres-rs: error: input line 2 (stream `req`): record does not match the \
+         stream's SCHEMA at the record's top level: \"n\" is a required property; fix the tap's \
+         SCHEMA or its records, or turn `validate_records` off"
+    );
+    assert_eq!(rows("req"), None);
+}
