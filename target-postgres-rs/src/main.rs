@@ -5,6 +5,7 @@
 mod binary;
 mod encode;
 mod evolve;
+mod flatten;
 mod load;
 mod naming;
 mod row;

@@ -25,6 +25,7 @@ use singer_core::{JsonSchema, Message, ReadError, SchemaMessage};
 use crate::binary::BinKind;
 use crate::encode::TextKind;
 use crate::evolve::{ensure_table, resolve_type, TableInfo};
+use crate::flatten;
 use crate::naming::{table_for_stream, TableName};
 use crate::settings::{LoadMethod, TargetSettings};
 use crate::state::StateOut;
@@ -180,6 +181,18 @@ impl<W: Write> Loader<W> {
                 "schema must be an object schema with `properties`".into()
             ));
         }
+        // The validator checks records as sent, against the SCHEMA as sent.
+        let sent_schema = self
+            .settings
+            .validate_records
+            .then(|| message.schema.clone());
+        let (message, flatten) = match self.settings.flattening_max_depth {
+            Some(depth) => {
+                let (flat, plan) = flatten::schema(&message, depth).map_err(&bad)?;
+                (flat, Some(plan))
+            }
+            None => (message, None),
+        };
         if let Some(known) = self.streams.get(&stream) {
             if known.shape.message == message {
                 return Ok(());
@@ -188,15 +201,14 @@ impl<W: Write> Loader<W> {
                 self.flush()?;
             }
         }
-        let validator = if self.settings.validate_records {
-            Some(RecordValidator::new(&message.schema).map_err(|e| {
+        let validator = match sent_schema {
+            Some(schema) => Some(RecordValidator::new(&schema).map_err(|e| {
                 bad(format!(
                     "validate_records: the schema is not valid JSON Schema Draft 7: {e}; \
                      fix the tap's SCHEMA, or turn `validate_records` off"
                 ))
-            })?)
-        } else {
-            None
+            })?),
+            None => None,
         };
         let parsed = JsonSchema::from_value(&message.schema).map_err(|e| bad(e.to_string()))?;
         let table = table_for_stream(&stream, &self.settings);
@@ -273,7 +285,7 @@ impl<W: Write> Loader<W> {
             stage,
             keying,
             batch: Batch::new(),
-            prepare: Prepare { validator },
+            prepare: Prepare { validator, flatten },
         };
         self.streams.insert(stream, load);
         Ok(())

@@ -5,12 +5,15 @@
 use singer_core::RecordMessage;
 
 use super::LoadError;
+use crate::flatten::RecordPlan;
 use crate::validate::RecordValidator;
 
 /// One stream's record preparation, from its SCHEMA.
 #[derive(Default)]
 pub(super) struct Prepare {
+    /// Checks the record as sent (before flattening).
     pub validator: Option<RecordValidator>,
+    pub flatten: Option<RecordPlan>,
 }
 
 impl Prepare {
@@ -23,6 +26,16 @@ impl Prepare {
                 message: m.message,
             })?;
         }
-        Ok(rec)
+        match &self.flatten {
+            None => Ok(rec),
+            Some(plan) => match plan.record(&rec.record) {
+                Ok(record) => Ok(RecordMessage { record, ..rec }),
+                Err(e) => Err(LoadError::Schema {
+                    line,
+                    stream: rec.stream,
+                    problem: e.to_string(),
+                }),
+            },
+        }
     }
 }
