@@ -205,3 +205,130 @@ fn validate_records_stops_at_the_first_mismatch_naming_stream_line_and_field() {
     );
     assert_eq!(rows("req"), None);
 }
+
+/// `name type` of a table's columns (the `_sdc_*` ones left out), in order.
+fn columns(db: &TestDb, table: &str) -> Option<String> {
+    text(
+        db,
+        &format!(
+            "SELECT string_agg(format('%s %s', column_name, data_type), ', ' ORDER BY ordinal_position) \
+             FROM information_schema.columns WHERE table_schema = 'public' AND table_name = '{table}' \
+             AND column_name NOT LIKE '\\_sdc\\_%'"
+        ),
+    )
+}
+
+#[test]
+fn flattening_spreads_nested_objects_into_columns_through_schema_changes_and_upserts() {
+    let db = pg_testkit::cluster().create_database("tset_flatten");
+    let address = |extra: Value| {
+        let mut props = json!({"city": {"type": ["null", "string"]},
+                               "lines": {"type": ["null", "array"], "items": {"type": "string"}}});
+        props
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({
+            "id": {"type": "integer"},
+            "address": {"type": ["null", "object"], "properties": props},
+            "meta": {"type": "object", "properties": {
+                "source": {"type": "object", "properties": {"system": {"type": "string"}}}}},
+        })
+    };
+    for (table, settings) in [
+        (
+            "sdk",
+            json!({"flattening_enabled": true, "flattening_max_depth": 1}),
+        ),
+        ("pipelinewise", json!({"data_flattening_max_level": 1})),
+    ] {
+        let first = [
+            schema(table, address(json!({})), &["id"]),
+            record(
+                table,
+                json!({"id": 1, "address": {"city": "Oslo", "lines": ["Karl Johans gate 1"]},
+                       "meta": {"source": {"system": "crm"}}}),
+            ),
+            record(table, json!({"id": 2, "address": null, "meta": {}})),
+            state(1),
+        ];
+        let r = target(&db, settings.clone(), &first);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        assert_eq!(r.stdout, "{\"n\":1}\n");
+        // One level: `address` and `meta` are spread; `meta.source` is below
+        // the depth, and arrays stay whole: jsonb.
+        assert_eq!(
+            columns(&db, table).as_deref(),
+            Some("id bigint, address__city text, address__lines jsonb, meta__source jsonb"),
+            "{table}"
+        );
+        // A second SCHEMA adds a nested property: a new column; a record for
+        // id 1 again replaces its row (the key is unchanged by flattening).
+        let second = [
+            schema(
+                table,
+                address(json!({"zip": {"type": ["null", "string"]}})),
+                &["id"],
+            ),
+            record(
+                table,
+                json!({"id": 1, "address": {"city": "Bergen", "zip": "5003"}, "meta": {"source": {"system": "erp"}}}),
+            ),
+            record(
+                table,
+                json!({"id": 3, "address": {"zip": "0150", "lines": []}, "meta": {"source": null}}),
+            ),
+            state(2),
+        ];
+        let r = target(&db, settings, &second);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        assert_eq!(
+            columns(&db, table).as_deref(),
+            Some("id bigint, address__city text, address__lines jsonb, meta__source jsonb, address__zip text"),
+            "{table}"
+        );
+        assert_eq!(
+            text(
+                &db,
+                &format!(
+                    "SELECT string_agg(format('%s|%s|%s|%s|%s', id, address__city, address__zip, address__lines, meta__source), ' ; ' ORDER BY id) FROM public.{table}"
+                )
+            )
+            .as_deref(),
+            Some(r#"1|Bergen|5003||{"system": "erp"} ; 2|||| ; 3||0150|[]|"#),
+            "{table}"
+        );
+    }
+
+    // Off (the default): the nested objects land whole, one jsonb column each.
+    let r = target(
+        &db,
+        json!({}),
+        &[
+            schema("whole", address(json!({})), &["id"]),
+            record("whole", json!({"id": 1, "address": {"city": "Oslo"}})),
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(
+        columns(&db, "whole").as_deref(),
+        Some("id bigint, address jsonb, meta jsonb")
+    );
+
+    // A record whose nested object is not one: the field, the line and the fix.
+    let r = target(
+        &db,
+        json!({"flattening_enabled": true, "flattening_max_depth": 1}),
+        &[
+            schema("wrong", address(json!({})), &["id"]),
+            record("wrong", json!({"id": 1, "address": "Oslo"})),
+        ],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(
+        r.last_error(),
+        "target-postgres-rs: error: input line 2 (stream `wrong`): field `address` is a string, \
+         not the object its SCHEMA declares (flattened into `address__…` columns); fix the tap's \
+         SCHEMA or its records, or turn `flattening_enabled` off"
+    );
+}
