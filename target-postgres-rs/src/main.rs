@@ -61,8 +61,15 @@ fn main() -> ExitCode {
         name: NAME,
         description: "Singer target for PostgreSQL: COPY staging, upserts, deletes, schema evolution, state after commit.",
         version: env!("CARGO_PKG_VERSION"),
-        // Only what is implemented: no stream maps, no flattening, no record validation.
-        capabilities: &["about", "activate-version", "hard-delete", "soft-delete"],
+        // Only what is implemented (no stream maps), in the Meltano SDK's words.
+        capabilities: &[
+            "about",
+            "activate-version",
+            "hard-delete",
+            "soft-delete",
+            "schema-flattening",
+            "validate-records",
+        ],
         env_prefix: ENV_PREFIX,
         settings: pg_connect::CONNECTION_SETTINGS
             .iter()

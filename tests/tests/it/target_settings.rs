@@ -332,3 +332,39 @@ fn flattening_spreads_nested_objects_into_columns_through_schema_changes_and_ups
          SCHEMA or its records, or turn `flattening_enabled` off"
     );
 }
+
+/// pipelinewise-target-postgres' own nested-schema vector, with its
+/// `data_flattening_max_level: 10`: the columns its tests expect.
+#[test]
+fn pipelinewise_nested_vector_flattens_as_pipelinewise_expects() {
+    let db = pg_testkit::cluster().create_database("tset_pw_nested");
+    let vector = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testdata/vectors/pipelinewise-target-postgres/messages-with-nested-schema.json"
+    ))
+    .unwrap();
+    let messages: Vec<Value> = vector
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let r = target(
+        &db,
+        json!({"data_flattening_max_level": 10, "default_target_schema": "public"}),
+        &messages,
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let table = "test_table_nested_schema";
+    assert_eq!(
+        columns(&db, table).as_deref(),
+        Some(
+            "c_pk bigint, c_array jsonb, c_object jsonb, c_object_with_props__key_1 text, \
+             c_nested_object__nested_prop_1 text, c_nested_object__nested_prop_2 text, \
+             c_nested_object__nested_prop_3__multi_nested_prop_1 text, \
+             c_nested_object__nested_prop_3__multi_nested_prop_2 text"
+        )
+    );
+    assert_eq!(
+        text(&db, &format!("SELECT format('%s|%s|%s|%s|%s|%s', c_pk, c_array, c_object, c_object_with_props__key_1, c_nested_object__nested_prop_1, c_nested_object__nested_prop_3__multi_nested_prop_2) FROM public.{table}")).as_deref(),
+        Some(r#"1|[1, 2, 3]|{"key_1": "value_1"}|value_1|nested_value_1|multi_value_2"#)
+    );
+}
