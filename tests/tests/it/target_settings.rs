@@ -315,6 +315,44 @@ fn flattening_spreads_nested_objects_into_columns_through_schema_changes_and_ups
         Some("id bigint, address jsonb, meta jsonb")
     );
 
+    // With validate_records too, records are checked as sent, before flattening.
+    let both =
+        json!({"flattening_enabled": true, "flattening_max_depth": 1, "validate_records": true});
+    let r = target(
+        &db,
+        both.clone(),
+        &[
+            schema("checked", address(json!({})), &["id"]),
+            record(
+                "checked",
+                json!({"id": 1, "address": {"city": "Oslo"}, "meta": {}}),
+            ),
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(
+        text(&db, "SELECT address__city FROM public.checked").as_deref(),
+        Some("Oslo")
+    );
+    let r = target(
+        &db,
+        both,
+        &[
+            schema("checked", address(json!({})), &["id"]),
+            record(
+                "checked",
+                json!({"id": 2, "address": {"city": 7}, "meta": {}}),
+            ),
+        ],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(
+        r.last_error(),
+        "target-postgres-rs: error: input line 2 (stream `checked`): record does not match the \
+         stream's SCHEMA at field `/address/city`: 7 is not of types \"null\", \"string\"; fix the \
+         tap's SCHEMA or its records, or turn `validate_records` off"
+    );
+
     // A record whose nested object is not one: the field, the line and the fix.
     let r = target(
         &db,
