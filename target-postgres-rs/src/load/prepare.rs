@@ -9,7 +9,6 @@ use crate::flatten::RecordPlan;
 use crate::validate::RecordValidator;
 
 /// One stream's record preparation, from its SCHEMA.
-#[derive(Default)]
 pub(super) struct Prepare {
     /// Checks the record as sent (before flattening).
     pub validator: Option<RecordValidator>,
