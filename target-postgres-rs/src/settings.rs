@@ -66,6 +66,33 @@ const TEXT_COPY: Setting = Setting::new(
     "Force text COPY for every column (binary COPY is used where every column has a binary form), for comparison.",
 )
 .default_boolean(false);
+const PROCESS_ACTIVATE_VERSION: Setting = Setting::new(
+    "process_activate_version_messages",
+    SettingKind::Boolean,
+    "Act on ACTIVATE_VERSION: rows of older table versions are deleted (`hard_delete`) or marked deleted. Off: ACTIVATE_VERSION is ignored and those rows are kept. Alias: `activate_version` (meltanolabs-target-postgres).",
+)
+.aliases(&["activate_version"])
+.default_boolean(true);
+const VALIDATE_RECORDS: Setting = Setting::new(
+    "validate_records",
+    SettingKind::Boolean,
+    "Check each record against its stream's SCHEMA (JSON Schema Draft 7, formats checked) before loading; a mismatch stops the load naming the stream, input line and field. Off: Postgres' casts guard the types.",
+)
+.default_boolean(false);
+const FLATTENING_ENABLED: Setting = Setting::new(
+    "flattening_enabled",
+    SettingKind::Boolean,
+    "Spread nested object properties into `parent__child` columns, down to `flattening_max_depth` levels (as Meltano SDK targets do); deeper objects and arrays land as jsonb.",
+)
+.default_boolean(false);
+/// pipelinewise' name: setting it above 0 turns flattening on (its default, 0, is off).
+const PIPELINEWISE_MAX_LEVEL: &str = "data_flattening_max_level";
+const FLATTENING_MAX_DEPTH: Setting = Setting::new(
+    "flattening_max_depth",
+    SettingKind::Integer,
+    "Levels of nesting `flattening_enabled` spreads into columns (1: `a__b`; 2: `a__b__c`); required with it. pipelinewise' `data_flattening_max_level` above 0 also turns flattening on.",
+)
+.aliases(&[PIPELINEWISE_MAX_LEVEL]);
 
 /// The target's own settings (connection settings come from pg-connect).
 pub const TARGET_SETTINGS: &[Setting] = &[
@@ -79,6 +106,10 @@ pub const TARGET_SETTINGS: &[Setting] = &[
     INTERPRET_CONTENT_ENCODING,
     NOTIFY_CHANNEL,
     TEXT_COPY,
+    PROCESS_ACTIVATE_VERSION,
+    VALIDATE_RECORDS,
+    FLATTENING_ENABLED,
+    FLATTENING_MAX_DEPTH,
 ];
 
 /// How records land.
@@ -104,6 +135,11 @@ pub struct TargetSettings {
     pub notify_channel: Option<String>,
     /// Text COPY for every column, never binary.
     pub text_copy: bool,
+    /// ACTIVATE_VERSION deletes or marks rows of older versions (else ignored).
+    pub process_activate_version: bool,
+    pub validate_records: bool,
+    /// Nesting levels spread into `parent__child` columns; `None`: off.
+    pub flattening_max_depth: Option<usize>,
 }
 
 impl TargetSettings {
@@ -146,6 +182,7 @@ impl TargetSettings {
             "overwrite" => LoadMethod::Overwrite,
             _ => LoadMethod::Upsert,
         };
+        let flattening_max_depth = flattening(config)?;
         let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
         Ok(TargetSettings {
             default_target_schema: non_empty(config.string(&DEFAULT_TARGET_SCHEMA)?),
@@ -158,7 +195,41 @@ impl TargetSettings {
             interpret_content_encoding: config.boolean_or_default(&INTERPRET_CONTENT_ENCODING)?,
             notify_channel: non_empty(config.string(&NOTIFY_CHANNEL)?),
             text_copy: config.boolean_or_default(&TEXT_COPY)?,
+            process_activate_version: config.boolean_or_default(&PROCESS_ACTIVATE_VERSION)?,
+            validate_records: config.boolean_or_default(&VALIDATE_RECORDS)?,
+            flattening_max_depth,
         })
+    }
+}
+
+/// The flattening depth, when flattening is on: `flattening_enabled` with
+/// `flattening_max_depth` (the SDK requires the depth too), or pipelinewise'
+/// `data_flattening_max_level` above 0 alone. An explicit
+/// `flattening_enabled: false` wins. Depth 0 flattens nothing: off.
+fn flattening(config: &Config) -> Result<Option<usize>, ConfigError> {
+    let depth = config.integer(&FLATTENING_MAX_DEPTH)?;
+    if depth.is_some_and(|d| d < 0) {
+        return Err(ConfigError::Invalid {
+            key: FLATTENING_MAX_DEPTH.name.to_owned(),
+            problem: "must be 0 or more".to_owned(),
+        });
+    }
+    let pipelinewise = Setting::new(PIPELINEWISE_MAX_LEVEL, SettingKind::Integer, "");
+    let enabled = if config.raw(&FLATTENING_ENABLED).is_some() {
+        config.boolean_or_default(&FLATTENING_ENABLED)?
+    } else {
+        config.raw(&pipelinewise).is_some() && depth.is_some_and(|d| d > 0)
+    };
+    if !enabled {
+        return Ok(None);
+    }
+    match depth {
+        None => Err(ConfigError::Invalid {
+            key: FLATTENING_MAX_DEPTH.name.to_owned(),
+            problem: "is required when `flattening_enabled` is on (the levels of nesting to spread into columns, e.g. 1)".to_owned(),
+        }),
+        Some(0) => Ok(None),
+        Some(d) => Ok(Some(d as usize)),
     }
 }
 
@@ -181,6 +252,54 @@ mod tests {
         assert_eq!(s.default_target_schema, None);
         assert_eq!(s.notify_channel, None);
         assert!(!s.text_copy);
+        assert!(s.process_activate_version);
+        assert!(!s.validate_records);
+        assert_eq!(s.flattening_max_depth, None);
+    }
+
+    #[test]
+    fn activate_version_alias() {
+        let on = |v: serde_json::Value| parse(v).unwrap().process_activate_version;
+        assert!(!on(json!({"activate_version": false})));
+        assert!(!on(json!({"process_activate_version_messages": false})));
+        assert!(on(json!({"activate_version": true})));
+    }
+
+    #[test]
+    fn flattening_names() {
+        let depth = |v: serde_json::Value| parse(v).map(|s| s.flattening_max_depth);
+        assert_eq!(
+            depth(json!({"flattening_enabled": true, "flattening_max_depth": 2})).unwrap(),
+            Some(2)
+        );
+        assert_eq!(depth(json!({"flattening_max_depth": 2})).unwrap(), None);
+        assert_eq!(
+            depth(json!({"flattening_enabled": true, "flattening_max_depth": 0})).unwrap(),
+            None
+        );
+        // pipelinewise' name alone turns it on; its default, 0, is off.
+        assert_eq!(
+            depth(json!({"data_flattening_max_level": 3})).unwrap(),
+            Some(3)
+        );
+        assert_eq!(
+            depth(json!({"data_flattening_max_level": 0})).unwrap(),
+            None
+        );
+        assert_eq!(
+            depth(json!({"data_flattening_max_level": 3, "flattening_enabled": false})).unwrap(),
+            None
+        );
+        assert_eq!(
+            depth(json!({"flattening_enabled": true})).unwrap_err().to_string(),
+            "config: `flattening_max_depth` is required when `flattening_enabled` is on (the levels of nesting to spread into columns, e.g. 1)"
+        );
+        assert_eq!(
+            depth(json!({"flattening_enabled": true, "flattening_max_depth": -1}))
+                .unwrap_err()
+                .to_string(),
+            "config: `flattening_max_depth` must be 0 or more"
+        );
     }
 
     #[test]

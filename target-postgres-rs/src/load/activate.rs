@@ -1,5 +1,6 @@
 //! ACTIVATE_VERSION: after everything before it is committed, rows of older
-//! table versions are deleted (`hard_delete`) or marked deleted.
+//! table versions are deleted (`hard_delete`) or marked deleted; with
+//! `process_activate_version_messages` off, nothing happens.
 
 use std::io::Write;
 
@@ -15,6 +16,11 @@ use crate::stream::{DELETED_AT, TABLE_VERSION};
 impl<W: Write> Loader<W> {
     /// ACTIVATE_VERSION: rows of older versions are deleted (hard) or marked (soft).
     pub(super) fn activate_version(&mut self, m: ActivateVersionMessage) -> Result<(), LoadError> {
+        if !self.settings.process_activate_version {
+            tracing::debug!(stream = %m.stream, version = m.version,
+                "ACTIVATE_VERSION ignored (process_activate_version_messages is off): rows of older versions kept");
+            return Ok(());
+        }
         self.flush()?;
         let table = match self.streams.get(&m.stream) {
             Some(st) => st.shape.table.clone(),

@@ -11,6 +11,7 @@ use singer_core::{Message, RecordMessage};
 
 use super::error::{copy_error, db_err};
 use super::policy::{Batch, BatchKeys, BatchPolicy, Decision, Keying, RunKeys, Verdict};
+use super::prepare::Prepare;
 use super::{Input, Item, LoadError, Loader, StreamLoad};
 use crate::row::{append_row, Binary, RowContext, RowFailure, RowFormat, Text};
 use crate::settings::LoadMethod;
@@ -87,7 +88,7 @@ impl<W: Write> Loader<W> {
                 Decision::Stage(keys) => stage(client, st, keys)?,
             }
         }
-        let mut next = (line, first);
+        let mut next = (line, st.prepare.record(line, first)?);
         let full = loop {
             let StreamLoad {
                 shape,
@@ -97,6 +98,7 @@ impl<W: Write> Loader<W> {
                 keying,
                 batch,
                 grows,
+                prepare,
                 ..
             } = &mut *st;
             let mut dest = Dest {
@@ -105,6 +107,7 @@ impl<W: Write> Loader<W> {
                 stage: stage_name,
                 keying,
                 batch,
+                prepare,
             };
             // The format is chosen once per COPY: the row loop is monomorphized.
             let end = match binary {
@@ -191,6 +194,7 @@ struct Dest<'a> {
     stage: &'a str,
     keying: &'a mut Keying,
     batch: &'a mut Batch,
+    prepare: &'a Prepare,
 }
 
 /// One COPY in format `F` (`kinds`: one per column), from `first` on.
@@ -289,7 +293,15 @@ fn copy_run<F: RowFormat, I: Iterator<Item = Item>>(
             break;
         }
         match input.next() {
-            Some(Ok((l, Message::Record(r)))) if r.stream == *stream => next = Some((l, r)),
+            Some(Ok((l, Message::Record(r)))) if r.stream == *stream => {
+                match st.prepare.record(l, r) {
+                    Ok(r) => next = Some((l, r)),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
             Some(other) => {
                 input.push_back(other);
                 break;

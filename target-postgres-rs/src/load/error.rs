@@ -38,6 +38,18 @@ pub enum LoadError {
         column: String,
         message: String,
     },
+    #[error(
+        "input line {line} (stream `{stream}`): record does not match the stream's SCHEMA {}: {message}; \
+         fix the tap's SCHEMA or its records, or turn `validate_records` off",
+        at_field(.pointer)
+    )]
+    Invalid {
+        line: usize,
+        stream: String,
+        /// JSON pointer of the offending value (`""`: the record itself).
+        pointer: String,
+        message: String,
+    },
     #[error("stream `{stream}` (table {table}): {what} failed: {message}")]
     Db {
         stream: String,
@@ -49,6 +61,14 @@ pub enum LoadError {
     Session { what: &'static str, message: String },
     #[error("cannot write state: {0}")]
     Output(#[from] WriteError),
+}
+
+fn at_field(pointer: &str) -> String {
+    if pointer.is_empty() {
+        "at the record's top level".to_owned()
+    } else {
+        format!("at field `{pointer}`")
+    }
 }
 
 pub(super) fn session(what: &'static str) -> impl Fn(postgres::Error) -> LoadError {

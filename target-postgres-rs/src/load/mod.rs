@@ -12,6 +12,7 @@ mod copy;
 mod error;
 mod merge;
 mod policy;
+mod prepare;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -24,15 +25,18 @@ use singer_core::{JsonSchema, Message, ReadError, SchemaMessage};
 use crate::binary::BinKind;
 use crate::encode::TextKind;
 use crate::evolve::{ensure_table, resolve_type, TableInfo};
+use crate::flatten;
 use crate::naming::{table_for_stream, TableName};
 use crate::settings::{LoadMethod, TargetSettings};
 use crate::state::StateOut;
 use crate::stream::{Source, StreamShape, Wanted, DELETED_AT};
 use crate::types::{declared_sql_type, json_schema_type, unbounded_integer, ColumnType};
+use crate::validate::RecordValidator;
 
 pub use error::LoadError;
 use error::{db_err, evolve_err, session, Who};
 use policy::{Batch, Keying};
+use prepare::Prepare;
 
 /// One input item from the reader thread.
 pub type Item = Result<(usize, Message), ReadError>;
@@ -70,6 +74,8 @@ struct StreamLoad {
     stage: String,
     keying: Keying,
     batch: Batch,
+    /// Checks and reshaping before a record becomes a row.
+    prepare: Prepare,
 }
 
 /// The loader: one connection, one transaction per flush.
@@ -175,6 +181,18 @@ impl<W: Write> Loader<W> {
                 "schema must be an object schema with `properties`".into()
             ));
         }
+        // The validator checks records as sent, against the SCHEMA as sent.
+        let sent_schema = self
+            .settings
+            .validate_records
+            .then(|| message.schema.clone());
+        let (message, flatten) = match self.settings.flattening_max_depth {
+            Some(depth) => {
+                let (flat, plan) = flatten::schema(&message, depth).map_err(&bad)?;
+                (flat, Some(plan))
+            }
+            None => (message, None),
+        };
         if let Some(known) = self.streams.get(&stream) {
             if known.shape.message == message {
                 return Ok(());
@@ -183,6 +201,15 @@ impl<W: Write> Loader<W> {
                 self.flush()?;
             }
         }
+        let validator = match sent_schema {
+            Some(schema) => Some(RecordValidator::new(&schema).map_err(|e| {
+                bad(format!(
+                    "validate_records: the schema is not valid JSON Schema Draft 7: {e}; \
+                     fix the tap's SCHEMA, or turn `validate_records` off"
+                ))
+            })?),
+            None => None,
+        };
         let parsed = JsonSchema::from_value(&message.schema).map_err(|e| bad(e.to_string()))?;
         let table = table_for_stream(&stream, &self.settings);
         let mut declared = Vec::new();
@@ -258,6 +285,7 @@ impl<W: Write> Loader<W> {
             stage,
             keying,
             batch: Batch::new(),
+            prepare: Prepare { validator, flatten },
         };
         self.streams.insert(stream, load);
         Ok(())

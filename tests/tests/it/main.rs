@@ -19,3 +19,4 @@ mod reference;
 mod roundtrip;
 mod secure;
 mod sources;
+mod target_settings;

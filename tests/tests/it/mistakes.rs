@@ -71,7 +71,7 @@ fn misspelt_settings_warn_with_the_closest_name_and_the_run_goes_on() {
         "target.json",
         &with(
             db.config(),
-            json!({"default_target_shema": "raw", "batch_size": 5, "validate_records": false}),
+            json!({"default_target_shema": "raw", "batch_size": 5, "batch_config": {}}),
         ),
     );
     let r = run(
@@ -84,7 +84,7 @@ fn misspelt_settings_warn_with_the_closest_name_and_the_run_goes_on() {
     for line in [
         "unknown setting \"default_target_shema\" (did you mean \"default_target_schema\"?); it is ignored",
         "unknown setting \"batch_size\" (did you mean \"batch_size_rows\"?); it is ignored",
-        "target-postgres-rs does not implement the Meltano SDK settings validate_records; they are ignored",
+        "target-postgres-rs does not implement the Meltano SDK settings batch_config; they are ignored",
     ] {
         assert!(r.stderr.contains(line), "no {line:?} in: {}", r.stderr);
     }
