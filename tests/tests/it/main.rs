@@ -10,6 +10,7 @@ mod logging;
 mod meltano;
 mod mistakes;
 mod oracle;
+mod pipelines;
 mod progress;
 mod readme;
 mod reference;
