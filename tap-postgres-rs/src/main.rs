@@ -12,6 +12,7 @@ mod error;
 mod full_table;
 mod incremental;
 mod log_based;
+mod parallel;
 mod pg_type;
 mod plan;
 mod record;

@@ -65,6 +65,12 @@ const ON_LOST_CHANGES: Setting = Setting::new(
 .default_text("fail")
 .choices(&["fail", "resync"]);
 
+const MAX_PARALLEL_STREAMS: Setting = Setting::new(
+    "max_parallel_streams",
+    SettingKind::Integer,
+    "FULL_TABLE and INCREMENTAL streams read at once, each on its own connection, all from one snapshot (pg_export_snapshot); their messages interleave, whole. Memory grows with this number (a few MB per stream). 1: one stream after another, each in its own snapshot.",
+)
+.default_integer(1);
 pub const TAP_SETTINGS: &[Setting] = &[
     FILTER_SCHEMAS,
     DEFAULT_METHOD,
@@ -75,6 +81,7 @@ pub const TAP_SETTINGS: &[Setting] = &[
     MAX_RUN_SECONDS,
     SLOT_LAG_WARNING,
     ON_LOST_CHANGES,
+    MAX_PARALLEL_STREAMS,
 ];
 
 /// Every setting, for `--about`, `--help` and the environment.
@@ -142,6 +149,8 @@ pub struct TapSettings {
     pub max_run_seconds: Option<u64>,
     pub slot_lag_warning_bytes: i64,
     pub on_lost_changes: OnLostChanges,
+    /// FULL_TABLE and INCREMENTAL streams read at once (1: one after another).
+    pub max_parallel_streams: usize,
 }
 
 impl TapSettings {
@@ -209,7 +218,15 @@ impl TapSettings {
                 })
             }
         };
+        let max_parallel_streams = config.integer_or_default(&MAX_PARALLEL_STREAMS)?;
+        if !(1..=1024).contains(&max_parallel_streams) {
+            return Err(ConfigError::Invalid {
+                key: MAX_PARALLEL_STREAMS.name.into(),
+                problem: format!("must be from 1 to 1024, not {max_parallel_streams}"),
+            });
+        }
         Ok(TapSettings {
+            max_parallel_streams: max_parallel_streams as usize,
             on_lost_changes,
             publication: object(&PUBLICATION_NAME)?,
             replication_slot,

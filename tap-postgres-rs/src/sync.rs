@@ -1,8 +1,8 @@
 //! The sync dispatcher, above every sync method: plans each selected stream
-//! and hands it to FULL_TABLE ([`crate::full_table`]), INCREMENTAL
-//! ([`crate::incremental`]) or, last and together, LOG_BASED
-//! ([`crate::log_based`]); then writes the run's final STATE, and fails if a
-//! stream had to be skipped.
+//! and hands it to FULL_TABLE or INCREMENTAL ([`crate::parallel`]: one after
+//! another, or with `max_parallel_streams` several at once) or, last and
+//! together, LOG_BASED ([`crate::log_based`]); then writes the run's final
+//! STATE, and fails if a stream had to be skipped.
 
 use std::io::Write;
 
@@ -12,9 +12,9 @@ use singer_core::{Catalog, CatalogEntry, MessageWriter, State};
 use crate::error::QueryError;
 pub use crate::error::SyncError;
 use crate::pg_type::TypeMap;
-use crate::plan::{self, Prepared};
+use crate::plan;
 use crate::settings::{Method, TapSettings};
-use crate::{full_table, incremental, log_based};
+use crate::{log_based, parallel};
 
 /// Syncs every selected stream of the catalog, the one the state says was
 /// interrupted first; LOG_BASED streams last, together, from one slot.
@@ -28,7 +28,7 @@ pub fn run<W: Write>(
 ) -> Result<(), SyncError> {
     singer_core::progress::start(singer_core::progress::Role::Tap);
     client
-        .batch_execute("SET synchronize_seqscans = off; SET max_parallel_workers_per_gather = 0")
+        .batch_execute(parallel::SCAN_SESSION)
         .map_err(|e| SyncError::Session(QueryError(e)))?;
     let mut streams: Vec<&CatalogEntry> = catalog.selected_streams().collect();
     if let Some(current) = state.currently_syncing().map(str::to_owned) {
@@ -42,6 +42,8 @@ pub fn run<W: Write>(
     // Types are loaded once per run, not once per stream.
     let types = TypeMap::load(client).map_err(SyncError::Types)?;
     let mut log_based = Vec::new();
+    // FULL_TABLE and INCREMENTAL streams for `max_parallel_streams` > 1.
+    let mut copies = Vec::new();
     // Streams LOG_BASED cannot replicate: reported at the end, the run fails.
     let mut skipped = Vec::new();
     for entry in streams {
@@ -50,7 +52,16 @@ pub fn run<W: Write>(
             log_based.push(p);
             continue;
         }
-        sync_prepared(client, &p, &mut state, settings, out)?;
+        if settings.max_parallel_streams > 1 {
+            copies.push(p);
+            continue;
+        }
+        parallel::sync_stream(client, &p, &mut state, settings, out)?;
+    }
+    if let [p] = copies.as_slice() {
+        parallel::sync_stream(client, p, &mut state, settings, out)?;
+    } else if !copies.is_empty() {
+        parallel::sync_parallel(client, connector, copies, &mut state, settings, out)?;
     }
     if !log_based.is_empty() {
         for p in &log_based {
@@ -75,20 +86,5 @@ pub fn run<W: Write>(
         Ok(())
     } else {
         Err(SyncError::Skipped(skipped))
-    }
-}
-
-/// One FULL_TABLE or INCREMENTAL stream.
-fn sync_prepared<W: Write>(
-    client: &mut Client,
-    p: &Prepared,
-    state: &mut State,
-    settings: &TapSettings,
-    out: &mut MessageWriter<W>,
-) -> Result<(), SyncError> {
-    plan::write_schema(p, out)?;
-    match &p.replication_key {
-        None => full_table::copy_stream(client, p, state, settings, out).map(drop),
-        Some(key) => incremental::sync(client, p, key, state, settings, out),
     }
 }
