@@ -32,7 +32,8 @@ use crate::{full_table, incremental};
 
 /// How every reading session is set up: synchronized scans and parallel
 /// workers off, so that a sequential scan returns rows in ctid order.
-pub const SCAN_SESSION: &str = "SET synchronize_seqscans = off; SET max_parallel_workers_per_gather = 0";
+pub const SCAN_SESSION: &str =
+    "SET synchronize_seqscans = off; SET max_parallel_workers_per_gather = 0";
 
 /// A sink sends its whole lines on once this many bytes are pending.
 const CHUNK: usize = 256 * 1024;
@@ -88,9 +89,7 @@ pub fn sync_parallel<W: Write>(
         snapshot = %snapshot,
         "reading streams in parallel, in one snapshot"
     );
-    let result = run_workers(
-        connector, streams, &snapshot, workers, state, settings, out,
-    );
+    let result = run_workers(connector, streams, &snapshot, workers, state, settings, out);
     // The snapshot is no longer needed (nothing was written in it).
     let ended = client.batch_execute("COMMIT");
     result?;
@@ -120,8 +119,7 @@ fn run_workers<W: Write>(
             let tx = tx.clone();
             let (start, next, first_error) = (&start, &next, &first_error);
             scope.spawn(move || {
-                if let Err(e) = worker(connector, next, snapshot, start, settings, &tx)
-                {
+                if let Err(e) = worker(connector, next, snapshot, start, settings, &tx) {
                     // Errors after the first are mostly its consequence.
                     first_error.lock().expect("not poisoned").get_or_insert(e);
                     let _ = tx.send(Piece::Failed);

@@ -278,3 +278,255 @@ fn targets_started_at_once_into_one_new_schema_all_succeed() {
         assert_eq!(tables, want, "round {round}");
     }
 }
+
+/// Streams read in parallel (`max_parallel_streams`): the tables of the
+/// parallel tests, with row counts (one INCREMENTAL on `updated_at`).
+const PARALLEL: &[(&str, i32)] = &[
+    ("p1", 20000),
+    ("p2", 12000),
+    ("p3", 0),
+    ("p4", 8000),
+    ("p5", 15000),
+];
+const INCREMENTAL_TABLE: &str = "p4";
+
+fn parallel_source() -> TestDb {
+    let src = cluster().create_database("parallel_src");
+    let mut s = src.client();
+    for (t, n) in PARALLEL {
+        // Updates move some rows to the heap's end: ctid order is not id order.
+        s.batch_execute(&format!(
+            "CREATE TABLE {t} (id integer PRIMARY KEY, v text, updated_at integer);
+             INSERT INTO {t} SELECT i, repeat('x', i % 50), i FROM generate_series(1, {n}) i;
+             UPDATE {t} SET v = 'moved' WHERE id % 97 = 0;"
+        ))
+        .unwrap();
+    }
+    src
+}
+
+/// A catalog selecting every parallel table (one INCREMENTAL).
+fn parallel_catalog(dir: &std::path::Path, tap: &std::path::Path) -> PathBuf {
+    let mut catalog = discover(tap);
+    let full: Vec<String> = (PARALLEL.iter())
+        .filter(|(t, _)| *t != INCREMENTAL_TABLE)
+        .map(|(t, _)| format!("public-{t}"))
+        .collect();
+    let full: Vec<&str> = full.iter().map(String::as_str).collect();
+    select(&mut catalog, &full, "FULL_TABLE", None);
+    select(
+        &mut catalog,
+        &[&format!("public-{INCREMENTAL_TABLE}")],
+        "INCREMENTAL",
+        Some("updated_at"),
+    );
+    write_json(dir, "catalog.json", &catalog)
+}
+
+/// Runs the tap alone; returns its messages.
+fn tap_messages(
+    tap: &std::path::Path,
+    catalog: &std::path::Path,
+    state: Option<&Value>,
+    dir: &std::path::Path,
+) -> Vec<Value> {
+    let state = state.map(|s| write_json(dir, "state.json", s));
+    let out = e2e_tests::tap_sync(tap, catalog, state.as_deref())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The source ids a STATE's bookmark of `table` claims are sent: rows up to
+/// its ctid (FULL_TABLE in progress), below its replication key value
+/// (INCREMENTAL), none without either.
+fn claimed_ids(src: &mut postgres::Client, table: &str, bookmark: &Value) -> Vec<i32> {
+    let (sql, arg) = if let Some(ctid) = bookmark["ctid"].as_str() {
+        (
+            format!("SELECT id FROM {table} WHERE ctid <= $1::text::tid"),
+            ctid.to_owned(),
+        )
+    } else if let Some(v) = bookmark["replication_key_value"].as_i64() {
+        (
+            format!("SELECT id FROM {table} WHERE updated_at < $1::text::integer"),
+            v.to_string(),
+        )
+    } else {
+        return Vec::new();
+    };
+    src.query(&sql, &[&arg])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[test]
+fn parallel_streams_interleave_whole_messages_with_states_only_behind_their_rows() {
+    let src = parallel_source();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = src.config();
+    config["max_parallel_streams"] = json!(3);
+    config["state_interval_records"] = json!(500);
+    let tap = write_json(dir.path(), "tap.json", &config);
+    let catalog = parallel_catalog(dir.path(), &tap);
+    let messages = tap_messages(&tap, &catalog, None, dir.path());
+
+    let mut s = src.client();
+    let mut sent: std::collections::BTreeMap<String, BTreeSet<i32>> = Default::default();
+    let mut schema_seen = BTreeSet::new();
+    let mut states = 0;
+    let mut snapshot: Option<(Value, Value)> = None;
+    // Which stream each RECORD belongs to, in output order: streams interleave.
+    let mut order: Vec<String> = Vec::new();
+    for (n, m) in messages.iter().enumerate() {
+        match m["type"].as_str().unwrap() {
+            "SCHEMA" => {
+                schema_seen.insert(m["stream"].as_str().unwrap().to_owned());
+            }
+            "RECORD" => {
+                let stream = m["stream"].as_str().unwrap().to_owned();
+                assert!(
+                    schema_seen.contains(&stream),
+                    "message {n}: RECORD of {stream} before its SCHEMA"
+                );
+                let id = m["record"]["id"].as_i64().unwrap() as i32;
+                assert!(
+                    sent.entry(stream.clone()).or_default().insert(id),
+                    "{stream} id {id} twice"
+                );
+                if order.last() != Some(&stream) {
+                    order.push(stream);
+                }
+            }
+            "STATE" => {
+                states += 1;
+                // One snapshot for every stream: the same xmax and in-progress list.
+                for b in m["value"]["bookmarks"].as_object().unwrap().values() {
+                    if let Some(x) = b.get("snapshot_xmax") {
+                        let seen = (x.clone(), b["snapshot_xip"].clone());
+                        assert_eq!(snapshot.get_or_insert(seen.clone()), &seen, "message {n}");
+                    }
+                }
+                for (id, bookmark) in m["value"]["bookmarks"].as_object().unwrap() {
+                    let table = id.strip_prefix("public-").unwrap();
+                    let empty = BTreeSet::new();
+                    let so_far = sent.get(id).unwrap_or(&empty);
+                    for claimed in claimed_ids(&mut s, table, bookmark) {
+                        assert!(so_far.contains(&claimed), "message {n}: STATE claims {id} row {claimed}, not sent yet: {bookmark} (sent so far: {:?})", sent.iter().map(|(k, v)| (k, v.len())).collect::<Vec<_>>());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for (t, rows) in PARALLEL {
+        let got = sent.get(&format!("public-{t}")).map_or(0, BTreeSet::len);
+        assert_eq!(got, *rows as usize, "{t}: every row once");
+    }
+    assert!(states > 50, "{states} states");
+    assert!(
+        snapshot.is_some(),
+        "FULL_TABLE bookmarks carry the snapshot"
+    );
+    assert!(
+        order.len() > PARALLEL.len(),
+        "streams interleave: {order:?}"
+    );
+    let last = &messages.last().unwrap()["value"];
+    assert_eq!(last["currently_syncing"], Value::Null);
+    for (t, rows) in PARALLEL {
+        let b = &last["bookmarks"][format!("public-{t}")];
+        if *t == INCREMENTAL_TABLE {
+            assert_eq!(b["replication_key_value"], json!(rows), "{b}");
+        } else {
+            assert!(b["version"].is_i64() && b.get("ctid").is_none(), "{t}: {b}");
+        }
+    }
+
+    // Resumable from any STATE: from one halfway, the rows before it and
+    // the rows of the resumed run together are every row.
+    let (half, state) = (messages.iter().enumerate())
+        .filter(|(_, m)| m["type"] == "STATE")
+        .nth(states / 2)
+        .map(|(i, m)| (i, m["value"].clone()))
+        .unwrap();
+    let mut before: std::collections::BTreeMap<String, BTreeSet<i32>> = Default::default();
+    for m in &messages[..half] {
+        if m["type"] == "RECORD" {
+            before
+                .entry(m["stream"].as_str().unwrap().to_owned())
+                .or_default()
+                .insert(m["record"]["id"].as_i64().unwrap() as i32);
+        }
+    }
+    let resumed = tap_messages(&tap, &catalog, Some(&state), dir.path());
+    for m in &resumed {
+        if m["type"] == "RECORD" {
+            before
+                .entry(m["stream"].as_str().unwrap().to_owned())
+                .or_default()
+                .insert(m["record"]["id"].as_i64().unwrap() as i32);
+        }
+    }
+    for (t, rows) in PARALLEL {
+        assert_eq!(
+            before.get(&format!("public-{t}")).map_or(0, BTreeSet::len),
+            *rows as usize,
+            "{t} after resuming from message {half}"
+        );
+    }
+}
+
+#[test]
+fn parallel_streams_through_the_target_converge_run_after_run() {
+    let src = parallel_source();
+    let dst = cluster().create_database("parallel_dst");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = src.config();
+    config["max_parallel_streams"] = json!(4);
+    config["state_interval_records"] = json!(1000);
+    let tap = write_json(dir.path(), "tap.json", &config);
+    let catalog = parallel_catalog(dir.path(), &tap);
+    let target = write_json(dir.path(), "target.json", &dst.config());
+    let mut state: Option<Value> = None;
+    for run in 0..2 {
+        if run == 1 {
+            let mut s = src.client();
+            for (t, n) in PARALLEL {
+                s.batch_execute(&format!(
+                    "INSERT INTO {t} VALUES ({n} + 1, 'new', {n} + 1); UPDATE {t} SET v = 'again', updated_at = {n} + 2 WHERE id = 1;"
+                ))
+                .unwrap();
+            }
+        }
+        let state_path = state
+            .as_ref()
+            .map(|s| write_json(dir.path(), "state.json", s));
+        let r = pipe(&tap, &catalog, state_path.as_deref(), &target);
+        r.assert_success();
+        state = r.last_state().cloned();
+        let mut s = src.client();
+        let mut d = dst.client();
+        for (t, _) in PARALLEL {
+            let want = table_rows(&mut s, "public", t, &["id", "v", "updated_at"], None);
+            let live = table_rows(
+                &mut d,
+                "public",
+                t,
+                &["id", "v", "updated_at"],
+                Some("_sdc_deleted_at IS NULL"),
+            );
+            assert_eq!(live, want, "run {run}: {t}");
+        }
+    }
+}
