@@ -348,7 +348,7 @@ mod tests {
         merge_bookmark(&mut run, "b", &worker);
         assert_eq!(
             run.to_value(),
-            json!({"bookmarks": {"a": {"version": 1}, "b": {"version": 7}}})
+            json!({"currently_syncing": null, "bookmarks": {"a": {"version": 1}, "b": {"version": 7}}})
         );
     }
 }
