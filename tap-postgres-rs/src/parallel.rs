@@ -36,7 +36,7 @@ pub const SCAN_SESSION: &str =
     "SET synchronize_seqscans = off; SET max_parallel_workers_per_gather = 0";
 
 /// A sink sends its whole lines on once this many bytes are pending.
-const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 2 << 20;
 
 /// One FULL_TABLE or INCREMENTAL stream: its SCHEMA, then its rows.
 pub fn sync_stream<W: Write>(
