@@ -273,6 +273,17 @@ mod tests {
             TapSettings::from_config(&config(bad)).unwrap_err().to_string(),
             "config: `default_replication_method` must be one of FULL_TABLE, INCREMENTAL, LOG_BASED, not \"SOMETIMES\""
         );
+        assert_eq!(
+            s.max_parallel_streams, 1,
+            "one stream at a time unless asked"
+        );
+        let bad = json!({"user": "u", "database": "d", "max_parallel_streams": 0});
+        assert_eq!(
+            TapSettings::from_config(&config(bad))
+                .unwrap_err()
+                .to_string(),
+            "config: `max_parallel_streams` must be from 1 to 1024, not 0"
+        );
         let missing = json!({"database": "d"});
         assert_eq!(
             TapSettings::from_config(&config(missing))
