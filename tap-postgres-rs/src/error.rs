@@ -65,6 +65,9 @@ pub enum SyncError {
     /// `--drop-slot`.
     #[error(transparent)]
     DropSlot(LogicalError),
+    /// Exporting the snapshot parallel streams share (`max_parallel_streams`).
+    #[error("exporting the snapshot for parallel streams failed: {0}")]
+    ExportSnapshot(QueryError),
     /// Streams that could not be synced while the others were.
     #[error("{}", skipped_text(.0))]
     Skipped(Vec<(String, StreamError)>),
@@ -167,6 +170,12 @@ pub enum StreamError {
     /// Opening the second session that reads what the log does not carry.
     #[error(transparent)]
     SideConnect(ConnectError),
+    /// Opening a parallel stream's own connection (`max_parallel_streams`).
+    #[error("opening its own connection (max_parallel_streams) failed")]
+    WorkerConnect(#[source] ConnectError),
+    /// Importing the shared snapshot into a parallel stream's connection.
+    #[error("importing the shared snapshot failed: {0}")]
+    ImportSnapshot(QueryError),
     /// Reading unchanged TOASTed values and generated columns by key.
     #[error(transparent)]
     ByKeyQuery(QueryError),

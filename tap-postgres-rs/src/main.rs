@@ -12,6 +12,7 @@ mod error;
 mod full_table;
 mod incremental;
 mod log_based;
+mod parallel;
 mod pg_type;
 mod plan;
 mod record;
@@ -171,7 +172,7 @@ fn run(tap: &Connector, args: Args) -> anyhow::Result<()> {
             let mut out = MessageWriter::new(std::io::stdout().lock());
             sync::run(
                 &mut client,
-                standby_client.as_mut(),
+                standby_client.as_mut().zip(standby.as_ref()),
                 &connector,
                 &catalog,
                 state,

@@ -95,6 +95,13 @@ const SECONDARY_PORT: Setting = Setting::new(
     "With use_secondary: the standby's port. Default: `port`.",
 );
 
+const MAX_PARALLEL_STREAMS: Setting = Setting::new(
+    "max_parallel_streams",
+    SettingKind::Integer,
+    "FULL_TABLE and INCREMENTAL streams read at once, each on its own connection, all from one snapshot (pg_export_snapshot); their messages interleave, whole. Memory grows with this number (a few MB per stream). 1: one stream after another, each in its own snapshot.",
+)
+.default_integer(1);
+
 pub const TAP_SETTINGS: &[Setting] = &[
     FILTER_SCHEMAS,
     DEFAULT_METHOD,
@@ -110,6 +117,7 @@ pub const TAP_SETTINGS: &[Setting] = &[
     USE_SECONDARY,
     SECONDARY_HOST,
     SECONDARY_PORT,
+    MAX_PARALLEL_STREAMS,
 ];
 
 /// Every setting, for `--about`, `--help` and the environment.
@@ -248,6 +256,8 @@ pub struct TapSettings {
     pub max_record_count: Option<u64>,
     /// With `use_secondary`: where FULL_TABLE, INCREMENTAL and discovery read.
     pub secondary: Option<ConnectionSettings>,
+    /// FULL_TABLE and INCREMENTAL streams read at once (1: one after another).
+    pub max_parallel_streams: usize,
 }
 
 impl TapSettings {
@@ -350,10 +360,18 @@ impl TapSettings {
         } else {
             None
         };
+        let max_parallel_streams = config.integer_or_default(&MAX_PARALLEL_STREAMS)?;
+        if !(1..=1024).contains(&max_parallel_streams) {
+            return Err(ConfigError::Invalid {
+                key: MAX_PARALLEL_STREAMS.name.into(),
+                problem: format!("must be from 1 to 1024, not {max_parallel_streams}"),
+            });
+        }
         Ok(TapSettings {
             stream_options: stream_options(config)?,
             max_record_count,
             secondary,
+            max_parallel_streams: max_parallel_streams as usize,
             on_lost_changes,
             publication: object(&PUBLICATION_NAME)?,
             replication_slot,
@@ -399,6 +417,17 @@ mod tests {
         assert_eq!(
             TapSettings::from_config(&config(bad)).unwrap_err().to_string(),
             "config: `default_replication_method` must be one of FULL_TABLE, INCREMENTAL, LOG_BASED, not \"SOMETIMES\""
+        );
+        assert_eq!(
+            s.max_parallel_streams, 1,
+            "one stream at a time unless asked"
+        );
+        let bad = json!({"user": "u", "database": "d", "max_parallel_streams": 0});
+        assert_eq!(
+            TapSettings::from_config(&config(bad))
+                .unwrap_err()
+                .to_string(),
+            "config: `max_parallel_streams` must be from 1 to 1024, not 0"
         );
         let missing = json!({"database": "d"});
         assert_eq!(

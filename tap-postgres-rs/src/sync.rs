@@ -1,10 +1,10 @@
 //! The sync dispatcher, above every sync method: plans each selected stream
-//! and hands it to FULL_TABLE ([`crate::full_table`]), INCREMENTAL
-//! ([`crate::incremental`]) or, last and together, LOG_BASED
-//! ([`crate::log_based`]); then writes the run's final STATE, and fails if a
-//! stream had to be skipped. With `use_secondary`, FULL_TABLE and INCREMENTAL
-//! streams are planned and read on the standby's session; LOG_BASED ones on
-//! the primary's, where the slot is.
+//! and hands it to FULL_TABLE or INCREMENTAL ([`crate::parallel`]: one after
+//! another, or with `max_parallel_streams` several at once) or, last and
+//! together, LOG_BASED ([`crate::log_based`]); then writes the run's final
+//! STATE, and fails if a stream had to be skipped. With `use_secondary`,
+//! FULL_TABLE and INCREMENTAL streams are planned and read on the standby
+//! (its workers too); LOG_BASED ones on the primary, where the slot is.
 
 use std::io::Write;
 
@@ -14,15 +14,15 @@ use singer_core::{Catalog, CatalogEntry, MessageWriter, State};
 use crate::error::QueryError;
 pub use crate::error::SyncError;
 use crate::pg_type::TypeMap;
-use crate::plan::{self, Prepared};
+use crate::plan;
 use crate::settings::{Method, TapSettings};
-use crate::{full_table, incremental, log_based};
+use crate::{log_based, parallel};
 
 /// Syncs every selected stream of the catalog, the one the state says was
 /// interrupted first; LOG_BASED streams last, together, from one slot.
 pub fn run<W: Write>(
     client: &mut Client,
-    mut standby: Option<&mut Client>,
+    mut standby: Option<(&mut Client, &pg_connect::Connector)>,
     connector: &pg_connect::Connector,
     catalog: &Catalog,
     mut state: State,
@@ -30,11 +30,9 @@ pub fn run<W: Write>(
     out: &mut MessageWriter<W>,
 ) -> Result<(), SyncError> {
     singer_core::progress::start(singer_core::progress::Role::Tap);
-    for session in std::iter::once(&mut *client).chain(standby.as_deref_mut()) {
+    for session in std::iter::once(&mut *client).chain(standby.as_mut().map(|(c, _)| &mut **c)) {
         session
-            .batch_execute(
-                "SET synchronize_seqscans = off; SET max_parallel_workers_per_gather = 0",
-            )
+            .batch_execute(parallel::SCAN_SESSION)
             .map_err(|e| SyncError::Session(QueryError(e)))?;
     }
     let mut streams: Vec<&CatalogEntry> = catalog.selected_streams().collect();
@@ -50,6 +48,8 @@ pub fn run<W: Write>(
     // Types are loaded once per run, not once per stream.
     let types = TypeMap::load(client).map_err(SyncError::Types)?;
     let mut log_based = Vec::new();
+    // FULL_TABLE and INCREMENTAL streams for `max_parallel_streams` > 1.
+    let mut copies = Vec::new();
     // Streams LOG_BASED cannot replicate: reported at the end, the run fails.
     let mut skipped = Vec::new();
     for entry in streams {
@@ -57,12 +57,25 @@ pub fn run<W: Write>(
             log_based.push(plan::prepare(client, &types, entry, settings)?);
             continue;
         }
-        let reader = match standby.as_deref_mut() {
-            Some(s) => s,
+        let reader = match standby.as_mut() {
+            Some((s, _)) => &mut **s,
             None => &mut *client,
         };
         let p = plan::prepare(reader, &types, entry, settings)?;
-        sync_prepared(reader, &p, &mut state, settings, out)?;
+        if settings.max_parallel_streams > 1 {
+            copies.push(p);
+            continue;
+        }
+        parallel::sync_stream(reader, &p, &mut state, settings, out)?;
+    }
+    let (reader, reader_connector) = match standby {
+        Some((s, c)) => (s, c),
+        None => (&mut *client, connector),
+    };
+    if let [p] = copies.as_slice() {
+        parallel::sync_stream(reader, p, &mut state, settings, out)?;
+    } else if !copies.is_empty() {
+        parallel::sync_parallel(reader, reader_connector, copies, &mut state, settings, out)?;
     }
     if !log_based.is_empty() {
         for p in &log_based {
@@ -87,20 +100,5 @@ pub fn run<W: Write>(
         Ok(())
     } else {
         Err(SyncError::Skipped(skipped))
-    }
-}
-
-/// One FULL_TABLE or INCREMENTAL stream.
-fn sync_prepared<W: Write>(
-    client: &mut Client,
-    p: &Prepared,
-    state: &mut State,
-    settings: &TapSettings,
-    out: &mut MessageWriter<W>,
-) -> Result<(), SyncError> {
-    plan::write_schema(p, out)?;
-    match &p.replication_key {
-        None => full_table::copy_stream(client, p, state, settings, out).map(drop),
-        Some(key) => incremental::sync(client, p, key, state, settings, out),
     }
 }

@@ -2,7 +2,7 @@
 //! for new properties, types widened when a property's type changes. Nothing
 //! is ever dropped or narrowed, and the same SCHEMA again changes nothing.
 
-use pg_connect::quote_ident;
+use pg_connect::{quote_ident, quote_literal};
 use postgres::Client;
 
 use crate::stream::StreamShape;
@@ -84,7 +84,7 @@ fn evolve(
         // Only when missing: CREATE SCHEMA IF NOT EXISTS still needs CREATE on
         // the database, which a role confined to its own schema lacks.
         *step = Step::CreateSchema;
-        client.batch_execute(&format!("CREATE SCHEMA {}", quote_ident(&table.schema)))?;
+        create_schema(client, &table.schema)?;
     }
     *step = Step::Inspect;
     let existing: Vec<(String, String)> = client
@@ -188,6 +188,33 @@ fn evolve(
         empty,
         unique_on_keys,
     })
+}
+
+/// First key of the advisory locks this target takes (the second is a hash
+/// of the schema name); "sdc" in ASCII, so other applications' locks are unlikely to collide.
+const SCHEMA_LOCK_SPACE: i32 = 0x0073_6463;
+
+/// Creates a missing schema. Pipelines started together into one new schema
+/// would race: the loser's `CREATE SCHEMA` fails on pg_namespace's unique
+/// index (or with "already exists"). So the creator holds a
+/// transaction-level advisory lock keyed on the name, and whoever waited for
+/// it finds the schema and creates nothing. One statement (a DO block), so
+/// that the lock lasts until the creation commits whether or not a
+/// transaction is open; still no `IF NOT EXISTS`, which needs CREATE on the
+/// database even when the schema exists.
+fn create_schema(client: &mut Client, schema: &str) -> Result<(), postgres::Error> {
+    let name = quote_literal(schema);
+    let body = format!(
+        "BEGIN PERFORM pg_advisory_xact_lock({SCHEMA_LOCK_SPACE}, hashtext({name})); \
+         IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = {name}) THEN \
+         EXECUTE format('CREATE SCHEMA %I', {name}); END IF; END"
+    );
+    // A dollar-quote tag the body (the name) cannot contain.
+    let mut tag = "$sdc$".to_owned();
+    while body.contains(&tag) {
+        tag.insert(1, 'x');
+    }
+    client.batch_execute(&format!("DO {tag}{body}{tag}"))
 }
 
 /// The quoted key columns, comma-separated.

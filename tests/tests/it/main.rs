@@ -13,6 +13,7 @@ mod logging;
 mod meltano;
 mod mistakes;
 mod oracle;
+mod pipelines;
 mod progress;
 mod readme;
 mod reference;

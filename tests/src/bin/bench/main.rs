@@ -12,7 +12,8 @@
 //! `pg_recvlogical` reading the same range; `--backlog-mb N` adds N MB of WAL
 //! of unpublished changes after them), `--scan` (the tap's
 //! read against the server's own COPY variants, see scan.rs), `--synthetic`
-//! (the target alone on a generated stream, see synthetic.rs).
+//! (the target alone on a generated stream, see synthetic.rs), `--scaling`
+//! (8 tables with 1, 2 and 4 parallel streams, see scaling.rs).
 //!
 //! ```text
 //! cargo run --release --bin bench -- --rows 1000000 --repeat 3
@@ -20,8 +21,10 @@
 //! cargo run --release --bin bench -- --rows 200000 --cdc 200000 --backlog-mb 1000
 //! cargo run --release --bin bench -- --scan
 //! cargo run --release --bin bench -- --synthetic
+//! cargo run --release --bin bench -- --rows 800000 --scaling
 //! ```
 
+mod scaling;
 mod scan;
 mod synthetic;
 use std::fs::File;
@@ -43,6 +46,8 @@ struct Args {
     scan: bool,
     /// The target alone on generated records (synthetic.rs).
     synthetic: bool,
+    /// 8 tables read with 1, 2 and 4 parallel streams (scaling.rs).
+    scaling: bool,
 }
 
 fn parse_args() -> Args {
@@ -54,6 +59,7 @@ fn parse_args() -> Args {
         backlog_mb: 0,
         scan: false,
         synthetic: false,
+        scaling: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -68,9 +74,10 @@ fn parse_args() -> Args {
             }
             "--scan" => a.scan = true,
             "--synthetic" => a.synthetic = true,
+            "--scaling" => a.scaling = true,
             "-h" | "--help" => {
                 println!(
-                    "bench [--rows N (1000000)] [--repeat N (3)] [--table bench_wide|bench_narrow] [--cdc N [--backlog-mb N] | --scan | --synthetic]"
+                    "bench [--rows N (1000000)] [--repeat N (3)] [--table bench_wide|bench_narrow] [--cdc N [--backlog-mb N] | --scan | --synthetic | --scaling]"
                 );
                 std::process::exit(0);
             }
@@ -325,6 +332,9 @@ fn main() {
     write_json(b.dir.path(), "catalog.json", &catalog);
     if args.scan {
         return scan::run(&b, args.rows);
+    }
+    if args.scaling {
+        return scaling::run(&b, args.rows, args.repeat);
     }
     let saved = b.dir.path().join("tap-output.jsonl");
     b.single(
