@@ -172,16 +172,19 @@ pub fn emit_rows<W: Write>(
                 k.push_str(value);
             }
         }
-        if builder.schema_changed() {
-            plan::write_schema(ctx.p, out)?;
-        }
-        let record = builder.finish();
         if query.with_ctid {
             if let Some(ctid) = fields.next() {
                 tracker.ctid.clear();
                 tracker.ctid.push_str(ctid);
             }
         }
+        if let Some(identity) = ctx.p.row_identity {
+            builder.identity(identity, &tracker.ctid, count + 1);
+        }
+        if builder.schema_changed() {
+            plan::write_schema(ctx.p, out)?;
+        }
+        let record = builder.finish();
         out.write_record_raw(
             &ctx.p.name,
             record,

@@ -12,7 +12,7 @@ use singer_core::{CatalogEntry, MessageWriter};
 use crate::discover::{self, Column, Relation, Scope};
 use crate::error::{query_failed, StreamError, SyncError};
 use crate::pg_type::TypeMap;
-use crate::record::{self, Widening};
+use crate::record::{self, RowIdentity, Widening};
 use crate::settings::{Method, SpecialValues, TapSettings};
 
 /// A selected stream, resolved against the database: what to read and how.
@@ -29,6 +29,8 @@ pub struct Prepared {
     pub replication_key: Option<String>,
     /// Which columns the SCHEMA in force declares widened.
     pub widening: Widening,
+    /// A key-less FULL_TABLE stream's synthetic key (then `key_properties`).
+    pub row_identity: Option<RowIdentity>,
 }
 
 /// The `(schema, table)` a catalog entry reads.
@@ -131,6 +133,27 @@ pub fn prepare(
     if columns.is_empty() && !rel.columns.is_empty() {
         return Err(StreamError::NoColumn.at(id));
     }
+    // A key-less copy re-sends rows after a resume (those after the last
+    // STATE the target printed) or a re-copy: keyed by their identity, they
+    // replace themselves. Not LOG_BASED: a change in the log has no ctid.
+    let mut row_identity = None;
+    if key_properties.is_empty() && method == Method::FullTable && settings.keyless_row_identity {
+        let identity = if rel.ctid_readable() {
+            RowIdentity::Ctid
+        } else {
+            RowIdentity::RowNumber
+        };
+        if rel.column(identity.property()).is_some() {
+            tracing::warn!(
+                stream = id,
+                column = identity.property(),
+                "the table has a column of the row identity's name: the stream is sent without a key"
+            );
+        } else {
+            key_properties = vec![identity.property().to_owned()];
+            row_identity = Some(identity);
+        }
+    }
     let widening = Widening::new(
         &columns,
         settings.special_values == SpecialValues::StringColumns,
@@ -144,6 +167,7 @@ pub fn prepare(
         method,
         replication_key,
         widening,
+        row_identity,
     })
 }
 
@@ -167,6 +191,9 @@ pub fn write_schema_of<W: Write>(
         .collect();
     if p.method == Method::LogBased {
         properties.extend(record::log_properties());
+    }
+    if let Some(identity) = p.row_identity {
+        properties.insert(identity.property().to_owned(), identity.schema());
     }
     let schema_json = json!({"type": "object", "properties": properties});
     let bookmark_props = p.replication_key.as_ref().map(|k| vec![k.clone()]);

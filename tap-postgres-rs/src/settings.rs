@@ -65,6 +65,13 @@ const ON_LOST_CHANGES: Setting = Setting::new(
 .default_text("fail")
 .choices(&["fail", "resync"]);
 
+const KEYLESS_ROW_IDENTITY: Setting = Setting::new(
+    "keyless_row_identity",
+    SettingKind::Boolean,
+    "FULL_TABLE streams without a key (tables without a primary key, views): send each row's identity as the stream's key, `_sdc_source_ctid` (the row's ctid) or, for relations without ctid, `_sdc_row_number` (its position in the copy), so that rows sent again after an interrupted run or a re-copy replace themselves in any target instead of landing twice. Off: such streams have no key and are appended.",
+)
+.default_boolean(true);
+
 pub const TAP_SETTINGS: &[Setting] = &[
     FILTER_SCHEMAS,
     DEFAULT_METHOD,
@@ -75,6 +82,7 @@ pub const TAP_SETTINGS: &[Setting] = &[
     MAX_RUN_SECONDS,
     SLOT_LAG_WARNING,
     ON_LOST_CHANGES,
+    KEYLESS_ROW_IDENTITY,
 ];
 
 /// Every setting, for `--about`, `--help` and the environment.
@@ -142,6 +150,8 @@ pub struct TapSettings {
     pub max_run_seconds: Option<u64>,
     pub slot_lag_warning_bytes: i64,
     pub on_lost_changes: OnLostChanges,
+    /// See [`crate::record::RowIdentity`].
+    pub keyless_row_identity: bool,
 }
 
 impl TapSettings {
@@ -211,6 +221,7 @@ impl TapSettings {
         };
         Ok(TapSettings {
             on_lost_changes,
+            keyless_row_identity: config.boolean_or_default(&KEYLESS_ROW_IDENTITY)?,
             publication: object(&PUBLICATION_NAME)?,
             replication_slot,
             max_run_seconds,

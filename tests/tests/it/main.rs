@@ -5,6 +5,7 @@ mod cdc_changes;
 mod cli;
 mod help;
 mod interop;
+mod keyless;
 mod log_based;
 mod logging;
 mod meltano;
