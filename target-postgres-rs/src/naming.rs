@@ -110,8 +110,10 @@ mod tests {
 
     #[test]
     fn select_roles_follow_the_schema_mapping() {
-        let s = settings(serde_json::json!({"default_target_schema_select_permission": ["all"],
-            "schema_mapping": {"public": {"target_schema": "app", "target_schema_select_permissions": ["app_readers"]}}}));
+        let s = settings(
+            serde_json::json!({"default_target_schema_select_permission": ["all"],
+            "schema_mapping": {"public": {"target_schema": "app", "target_schema_select_permissions": ["app_readers"]}}}),
+        );
         assert_eq!(select_roles("public-users", &s), ["app_readers"]);
         assert_eq!(select_roles("other-users", &s), ["all"]);
         assert_eq!(select_roles("users", &s), ["all"]);

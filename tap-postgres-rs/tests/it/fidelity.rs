@@ -88,7 +88,11 @@ fn a_table_without_columns_syncs_and_never_stops_the_run() {
         .clone();
     // No columns, and no key: three rows told apart only by their ctid.
     assert_eq!(
-        schema["properties"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
         ["_sdc_source_ctid"]
     );
     assert_eq!(

@@ -39,13 +39,21 @@ fn select_as(db: &TestDb, role: &str, table: &str) -> Result<Vec<i64>, String> {
         .unwrap();
     c.query(&format!("SELECT id FROM {table}"), &[])
         .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-        .map_err(|e| e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned()))
+        .map_err(|e| {
+            e.as_db_error()
+                .map_or(e.to_string(), |d| d.message().to_owned())
+        })
 }
 
 #[test]
 fn granted_roles_read_new_schemas_and_tables() {
     let db = pg_testkit::cluster().create_database("grants_default");
-    for r in ["grant_analyst", "Grant Auditor", "grant_app", "grant_nobody"] {
+    for r in [
+        "grant_analyst",
+        "Grant Auditor",
+        "grant_app",
+        "grant_nobody",
+    ] {
         reader(&db, r);
     }
     let cfg = json!({
@@ -60,11 +68,7 @@ fn granted_roles_read_new_schemas_and_tables() {
     for role in ["grant_analyst", "Grant Auditor"] {
         // A table in a schema the target found (public: no USAGE grant of
         // its own) and one in a schema it created.
-        assert_eq!(
-            select_as(&db, role, "new_schema.v"),
-            Ok(vec![7]),
-            "{role}"
-        );
+        assert_eq!(select_as(&db, role, "new_schema.v"), Ok(vec![7]), "{role}");
         assert_eq!(
             select_as(&db, role, "app_raw.u"),
             Err("permission denied for schema app_raw".into()),
@@ -106,7 +110,10 @@ fn an_unknown_role_fails_before_the_table_exists_and_names_the_fix() {
     );
     // Nothing was left behind without its grants.
     assert_eq!(
-        pg_testkit::rows::text(&db, "SELECT count(*) FROM pg_namespace WHERE nspname = 'fresh'"),
+        pg_testkit::rows::text(
+            &db,
+            "SELECT count(*)::text FROM pg_namespace WHERE nspname = 'fresh'"
+        ),
         Some("0".into())
     );
 }

@@ -186,7 +186,10 @@ fn commit_then_lose_its_state(
     );
     assert!(r.ok, "{}", r.stderr);
     let printed = r.stdout_json();
-    assert!(!printed.is_empty(), "cut {cut}: the target printed no STATE");
+    assert!(
+        !printed.is_empty(),
+        "cut {cut}: the target printed no STATE"
+    );
     // The STATE before the newest the target printed (none: the very start).
     let newest = printed.last().unwrap();
     let sent: Vec<Value> = lines[..cut]
@@ -283,10 +286,7 @@ fn killed_run(
     let _ = tap_proc.kill();
     let status = target_proc.wait().unwrap();
     let _ = tap_proc.wait();
-    (
-        reader.join().unwrap(),
-        finished && status.success(),
-    )
+    (reader.join().unwrap(), finished && status.success())
 }
 
 #[test]
@@ -323,7 +323,8 @@ fn killed_anywhere_then_resumed_lands_every_row_once() {
                 let file = state.as_ref().map(|s| setup.state(s));
                 pipe(&tap, &catalog, file.as_deref(), &target).assert_success();
             }
-            let what = format!("trial {trial} ({chunk:?} ms, {kills} kills), hard_delete {hard_delete}");
+            let what =
+                format!("trial {trial} ({chunk:?} ms, {kills} kills), hard_delete {hard_delete}");
             assert_exact(&setup.src, &dst, "heap", &what);
             assert_exact(&setup.src, &dst, "evens", &what);
         }
@@ -360,4 +361,40 @@ fn a_rewritten_table_and_a_changed_view_converge_on_resume() {
     pipe(&tap, &catalog, Some(&state), &target).assert_success();
     assert_exact(&setup.src, &dst, "heap", "after VACUUM FULL");
     assert_exact(&setup.src, &dst, "evens", "after the view shrank");
+}
+
+#[test]
+fn each_full_copy_replaces_the_rows_in_place() {
+    // Soft delete (the default): a re-copy's rows replace the old version's
+    // at the same identity, so only rows gone from the source stay, marked.
+    let setup = Setup::new("keyless_again", 20);
+    let tap = setup.tap_config(json!({}));
+    let catalog = setup.catalog(&["public-heap", "public-evens"]);
+    let dst = cluster().create_database("keyless_again_dst");
+    let target = target_config(setup.dir.path(), &dst, json!({}));
+    let live = |table: &str| -> (i64, i64) {
+        let row = dst
+            .client()
+            .query_one(
+                &format!(
+                    "SELECT count(*), count(*) FILTER (WHERE _sdc_deleted_at IS NULL) FROM public.{table}"
+                ),
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    pipe(&tap, &catalog, None, &target).assert_success();
+    pipe(&tap, &catalog, None, &target).assert_success();
+    assert_eq!(live("heap"), (24, 24));
+    assert_eq!(live("evens"), (12, 12));
+    setup
+        .src
+        .client()
+        .batch_execute("DELETE FROM heap WHERE n IN (19, 20)")
+        .unwrap();
+    pipe(&tap, &catalog, None, &target).assert_success();
+    // n = 20 had a twin; the view shrank by both at its end.
+    assert_eq!(live("heap"), (24, 21));
+    assert_eq!(live("evens"), (12, 10));
 }
