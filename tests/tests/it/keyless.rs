@@ -301,6 +301,7 @@ fn killed_anywhere_then_resumed_lands_every_row_once() {
     // Delays spread over a run (a few hundred ms in a debug build), a few
     // kills per trial, each resumed from the newest STATE the target printed.
     let delays = [3, 11, 23, 37, 53, 71, 97, 131, 173, 229, 307, 401];
+    let mut total_kills = 0;
     for (trial, chunk) in delays.chunks(3).enumerate() {
         for hard_delete in [false, true] {
             let dst = cluster().create_database(&format!("keyless_kill{trial}_{hard_delete}"));
@@ -327,12 +328,16 @@ fn killed_anywhere_then_resumed_lands_every_row_once() {
                 let file = state.as_ref().map(|s| setup.state(s));
                 pipe(&tap, &catalog, file.as_deref(), &target).assert_success();
             }
+            total_kills += kills;
+            eprintln!("trial {trial} ({chunk:?} ms): {kills} kills");
             let what =
                 format!("trial {trial} ({chunk:?} ms, {kills} kills), hard_delete {hard_delete}");
             assert_exact(&setup.src, &dst, "heap", &what);
             assert_exact(&setup.src, &dst, "evens", &what);
         }
     }
+    // The first delays land before any run can finish.
+    assert!(total_kills >= 3, "only {total_kills} runs were killed");
 }
 
 #[test]
@@ -362,7 +367,11 @@ fn a_rewritten_table_and_a_changed_view_converge_on_resume() {
         .client()
         .batch_execute("DELETE FROM heap WHERE n % 3 = 0")
         .unwrap();
-    setup.src.client().batch_execute("VACUUM FULL heap").unwrap();
+    setup
+        .src
+        .client()
+        .batch_execute("VACUUM FULL heap")
+        .unwrap();
     pipe(&tap, &catalog, Some(&state), &target).assert_success();
     assert_exact(&setup.src, &dst, "heap", "after VACUUM FULL");
     assert_exact(&setup.src, &dst, "evens", "after the view shrank");
