@@ -50,7 +50,7 @@ pub struct EvolveError {
     pub step: Step,
     pub owner: Option<String>,
     /// The views on the column being widened ([`Step::WidenUnderViews`]).
-    pub views: Option<DependentViews>,
+    pub views: Option<Box<DependentViews>>,
     #[source]
     pub source: postgres::Error,
 }
@@ -98,7 +98,7 @@ pub fn ensure_table(
 struct Context {
     step: Step,
     owner: Option<String>,
-    views: Option<DependentViews>,
+    views: Option<Box<DependentViews>>,
 }
 
 /// Read access for some roles on what the target creates.
@@ -322,12 +322,12 @@ fn widen_under_views(
         .map(|(name, _, _)| name.clone())
         .collect();
     ctx.step = Step::WidenUnderViews;
-    ctx.views = Some(DependentViews {
+    ctx.views = Some(Box::new(DependentViews {
         column: column.to_owned(),
         new_type: new_type.to_owned(),
         names: views.iter().map(|(name, _, _)| name.clone()).collect(),
         kept: kept.clone(),
-    });
+    }));
     if !kept.is_empty() {
         return client.batch_execute(alter);
     }
