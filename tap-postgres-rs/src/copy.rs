@@ -203,16 +203,19 @@ pub fn emit_rows<W: Write>(
                 k.push_str(value);
             }
         }
-        if builder.schema_changed() {
-            plan::write_schema(ctx.p, out)?;
-        }
-        let record = builder.finish();
         if query.with_position {
             if let Some(position) = fields.next() {
                 tracker.position.clear();
                 tracker.position.push_str(position);
             }
         }
+        if let Some(identity) = ctx.p.row_identity {
+            builder.identity(identity, &tracker.position, count + 1);
+        }
+        if builder.schema_changed() {
+            plan::write_schema(ctx.p, out)?;
+        }
+        let record = builder.finish();
         out.write_record_raw(
             &ctx.p.name,
             record,

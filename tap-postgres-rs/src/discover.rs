@@ -88,6 +88,12 @@ impl Relation {
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
     }
+
+    /// Whether a copy can read (and resume by) `ctid`: its rows have one, and
+    /// it is readable only with SELECT on the whole table.
+    pub fn ctid_readable(&self) -> bool {
+        self.kind.has_ctid() && self.table_select
+    }
 }
 
 /// Streams are the relations this user can read (a read-only user with

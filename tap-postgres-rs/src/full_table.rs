@@ -46,8 +46,7 @@ fn full_table<W: Write>(
     let id = ctx.p.id.as_str();
     let rel = &ctx.p.rel;
     let saved = bookmarks::full_table_resume(state, id);
-    // ctid is readable only with SELECT on the whole table.
-    let with_ctid = rel.kind.has_ctid() && rel.table_select;
+    let with_ctid = rel.ctid_readable();
     let resume = saved
         .clone()
         .filter(|r| with_ctid && r.relfilenode == rel.relfilenode);

@@ -12,7 +12,7 @@ use singer_core::{CatalogEntry, MessageWriter};
 use crate::discover::{self, Column, RelKind, Relation, Scope};
 use crate::error::{query_failed, StreamError, SyncError};
 use crate::pg_type::TypeMap;
-use crate::record::{self, Widening};
+use crate::record::{self, RowIdentity, Widening};
 use crate::settings::{Method, SpecialValues, TapSettings};
 
 /// The replication key that asks INCREMENTAL to read by row version (the
@@ -36,6 +36,8 @@ pub struct Prepared {
     pub widening: Widening,
     /// `custom_where_clauses` as one condition ([`crate::row_filter::combine`]).
     pub row_filter: Option<String>,
+    /// A key-less FULL_TABLE stream's synthetic key (then `key_properties`).
+    pub row_identity: Option<RowIdentity>,
 }
 
 /// The `(schema, table)` a catalog entry reads.
@@ -157,6 +159,27 @@ pub fn prepare(
     if columns.is_empty() && !rel.columns.is_empty() {
         return Err(StreamError::NoColumn.at(id));
     }
+    // A key-less copy re-sends rows after a resume (those after the last
+    // STATE the target printed) or a re-copy: keyed by their identity, they
+    // replace themselves. Not LOG_BASED: a change in the log has no ctid.
+    let mut row_identity = None;
+    if key_properties.is_empty() && method == Method::FullTable && settings.keyless_row_identity {
+        let identity = if rel.ctid_readable() {
+            RowIdentity::Ctid
+        } else {
+            RowIdentity::RowNumber
+        };
+        if rel.column(identity.property()).is_some() {
+            tracing::warn!(
+                stream = id,
+                column = identity.property(),
+                "the table has a column of the row identity's name: the stream is sent without a key"
+            );
+        } else {
+            key_properties = vec![identity.property().to_owned()];
+            row_identity = Some(identity);
+        }
+    }
     let widening = Widening::new(
         &columns,
         settings.special_values == SpecialValues::StringColumns,
@@ -174,6 +197,7 @@ pub fn prepare(
             .stream_options
             .get(id)
             .and_then(|o| crate::row_filter::combine(&o.where_clauses)),
+        row_identity,
     })
 }
 
@@ -197,6 +221,9 @@ pub fn write_schema_of<W: Write>(
         .collect();
     if p.method == Method::LogBased {
         properties.extend(record::log_properties());
+    }
+    if let Some(identity) = p.row_identity {
+        properties.insert(identity.property().to_owned(), identity.schema());
     }
     let schema_json = json!({"type": "object", "properties": properties});
     // xmin is no property of the records: nothing for a target to bookmark on.

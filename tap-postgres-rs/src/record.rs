@@ -23,6 +23,44 @@ const SDC_LSN: &str = "_sdc_lsn";
 /// When a DELETE committed.
 const SDC_DELETED_AT: &str = "_sdc_deleted_at";
 
+/// What identifies a row of a key-less FULL_TABLE stream (a table without a
+/// primary key, a view): sent as the stream's key, so that rows sent again
+/// after a resume or a re-copy replace the rows at the same identity in any
+/// target instead of landing twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowIdentity {
+    /// `_sdc_source_ctid`: the row's `ctid`, stable while the heap file is
+    /// (a rewrite restarts the copy as a new version).
+    Ctid,
+    /// `_sdc_row_number`: the row's position in the copy, for relations
+    /// without `ctid` (views, partitioned parents, foreign tables), whose
+    /// interrupted copy always starts over.
+    RowNumber,
+}
+
+impl RowIdentity {
+    pub const CTID: &'static str = "_sdc_source_ctid";
+    pub const ROW_NUMBER: &'static str = "_sdc_row_number";
+
+    /// The property's name.
+    pub fn property(self) -> &'static str {
+        match self {
+            RowIdentity::Ctid => Self::CTID,
+            RowIdentity::RowNumber => Self::ROW_NUMBER,
+        }
+    }
+
+    /// The property's schema.
+    pub fn schema(self) -> Value {
+        match self {
+            RowIdentity::Ctid => json!({"type": "string",
+                "description": "The source row's ctid (page,item): the row's identity within this table version"}),
+            RowIdentity::RowNumber => json!({"type": "integer", "minimum": 1, "maximum": i64::MAX,
+                "description": "The row's position in the copy: the row's identity within this table version"}),
+        }
+    }
+}
+
 /// A time as the tap writes it (`time_extracted`, `_sdc_deleted_at`).
 pub fn format_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
@@ -196,6 +234,17 @@ impl<'c> RecordBuilder<'c> {
         match deleted_at {
             Some(t) => push_json_string(&mut self.record, t),
             None => self.record.push_str("null"),
+        }
+    }
+
+    /// Adds the row's identity: its `ctid`, or its 1-based `row` in the copy.
+    pub fn identity(&mut self, identity: RowIdentity, ctid: &str, row: u64) {
+        self.separate();
+        push_json_string(&mut self.record, identity.property());
+        self.record.push(':');
+        match identity {
+            RowIdentity::Ctid => push_json_string(&mut self.record, ctid),
+            RowIdentity::RowNumber => self.record.push_str(&row.to_string()),
         }
     }
 

@@ -101,6 +101,12 @@ const MAX_PARALLEL_STREAMS: Setting = Setting::new(
     "FULL_TABLE and INCREMENTAL streams read at once, each on its own connection, all from one snapshot (pg_export_snapshot); their messages interleave, whole. Memory grows with this number (a few MB per stream). 1: one stream after another, each in its own snapshot.",
 )
 .default_integer(1);
+const KEYLESS_ROW_IDENTITY: Setting = Setting::new(
+    "keyless_row_identity",
+    SettingKind::Boolean,
+    "FULL_TABLE streams without a key (tables without a primary key, views): send each row's identity as the stream's key, `_sdc_source_ctid` (the row's ctid) or, for relations without ctid, `_sdc_row_number` (its position in the copy), so that rows sent again after an interrupted run or a re-copy replace themselves in any target instead of landing twice. Off: such streams have no key and are appended.",
+)
+.default_boolean(true);
 
 pub const TAP_SETTINGS: &[Setting] = &[
     FILTER_SCHEMAS,
@@ -118,6 +124,7 @@ pub const TAP_SETTINGS: &[Setting] = &[
     SECONDARY_HOST,
     SECONDARY_PORT,
     MAX_PARALLEL_STREAMS,
+    KEYLESS_ROW_IDENTITY,
 ];
 
 /// Every setting, for `--about`, `--help` and the environment.
@@ -258,6 +265,8 @@ pub struct TapSettings {
     pub secondary: Option<ConnectionSettings>,
     /// FULL_TABLE and INCREMENTAL streams read at once (1: one after another).
     pub max_parallel_streams: usize,
+    /// See [`crate::record::RowIdentity`].
+    pub keyless_row_identity: bool,
 }
 
 impl TapSettings {
@@ -373,6 +382,7 @@ impl TapSettings {
             secondary,
             max_parallel_streams: max_parallel_streams as usize,
             on_lost_changes,
+            keyless_row_identity: config.boolean_or_default(&KEYLESS_ROW_IDENTITY)?,
             publication: object(&PUBLICATION_NAME)?,
             replication_slot,
             max_run_seconds,

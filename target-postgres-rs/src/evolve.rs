@@ -26,6 +26,8 @@ pub enum Step {
     CreateSchema,
     CreateTable,
     AlterTable,
+    /// Widening a column views depend on (see [`DependentViews`]).
+    WidenUnderViews,
 }
 
 impl Step {
@@ -35,6 +37,7 @@ impl Step {
             Step::CreateSchema => "creating the schema",
             Step::CreateTable => "creating the table",
             Step::AlterTable => "altering the table",
+            Step::WidenUnderViews => "widening a column that views depend on",
         }
     }
 }
@@ -46,31 +49,83 @@ impl Step {
 pub struct EvolveError {
     pub step: Step,
     pub owner: Option<String>,
+    /// The views on the column being widened ([`Step::WidenUnderViews`]).
+    pub views: Option<Box<DependentViews>>,
     #[source]
     pub source: postgres::Error,
 }
 
-/// Creates the schema and table when missing, adds and widens columns.
+/// Views that depend on a column being widened (Postgres refuses `ALTER
+/// COLUMN … TYPE` under a view): plain views are dropped and recreated
+/// around the change, in one transaction, with their options, owner, grants
+/// and comments; others make the widening fail before any row loads.
+#[derive(Debug, Clone)]
+pub struct DependentViews {
+    pub column: String,
+    pub new_type: String,
+    /// Qualified names, views on views after the views they read.
+    pub names: Vec<String>,
+    /// Those the target cannot recreate (materialized views, views with
+    /// triggers, rules or column defaults); empty: all were recreated.
+    pub kept: Vec<String>,
+}
+
+/// Creates the schema and table when missing (granting `select_roles`
+/// USAGE on a schema and SELECT on a table it creates), adds and widens columns.
 pub fn ensure_table(
     client: &mut Client,
     shape: &StreamShape,
     primary_key: bool,
+    select_roles: &[String],
 ) -> Result<TableInfo, EvolveError> {
-    let mut step = Step::Inspect;
-    let mut owner = None;
-    evolve(client, shape, primary_key, &mut step, &mut owner).map_err(|source| EvolveError {
-        step,
-        owner,
+    let mut ctx = Context {
+        step: Step::Inspect,
+        owner: None,
+        views: None,
+    };
+    let grant = Grant {
+        roles: select_roles,
+    };
+    evolve(client, shape, primary_key, &grant, &mut ctx).map_err(|source| EvolveError {
+        step: ctx.step,
+        owner: ctx.owner,
+        views: ctx.views,
         source,
     })
+}
+
+/// What [`EvolveError`] tells beyond the database's error.
+struct Context {
+    step: Step,
+    owner: Option<String>,
+    views: Option<Box<DependentViews>>,
+}
+
+/// Read access for some roles on what the target creates.
+struct Grant<'r> {
+    roles: &'r [String],
+}
+
+impl Grant<'_> {
+    /// `; GRANT <privilege> ON <object> TO <roles>` to append to the
+    /// statement that creates the object: one query string is one
+    /// transaction, so the object never exists without its grants.
+    fn on(&self, privilege: &str, object: &str) -> String {
+        if self.roles.is_empty() {
+            return String::new();
+        }
+        let roles: Vec<String> = self.roles.iter().map(|r| quote_ident(r)).collect();
+        tracing::info!(object, roles = %roles.join(", "), privilege, "granting");
+        format!("; GRANT {privilege} ON {object} TO {}", roles.join(", "))
+    }
 }
 
 fn evolve(
     client: &mut Client,
     shape: &StreamShape,
     primary_key: bool,
-    step: &mut Step,
-    owner: &mut Option<String>,
+    grant: &Grant<'_>,
+    ctx: &mut Context,
 ) -> Result<TableInfo, postgres::Error> {
     let table = &shape.table;
     let qualified = table.qualified();
@@ -83,10 +138,14 @@ fn evolve(
     if !schema_exists {
         // Only when missing: CREATE SCHEMA IF NOT EXISTS still needs CREATE on
         // the database, which a role confined to its own schema lacks.
-        *step = Step::CreateSchema;
-        create_schema(client, &table.schema)?;
+        ctx.step = Step::CreateSchema;
+        create_schema(
+            client,
+            &table.schema,
+            &grant.on("USAGE", &format!("SCHEMA {}", quote_ident(&table.schema))),
+        )?;
     }
-    *step = Step::Inspect;
+    ctx.step = Step::Inspect;
     let existing: Vec<(String, String)> = client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
@@ -106,10 +165,11 @@ fn evolve(
         if primary_key && !shape.keys.is_empty() {
             defs.push(format!("PRIMARY KEY ({})", key_list(shape)));
         }
-        *step = Step::CreateTable;
+        ctx.step = Step::CreateTable;
         client.batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {qualified} ({})",
-            defs.join(", ")
+            "CREATE TABLE IF NOT EXISTS {qualified} ({}){}",
+            defs.join(", "),
+            grant.on("SELECT", &format!("TABLE {qualified}"))
         ))?;
         tracing::info!(table = %qualified, "created table");
         let types = (shape.columns.iter())
@@ -121,13 +181,13 @@ fn evolve(
             unique_on_keys: primary_key && !shape.keys.is_empty(),
         });
     }
-    *owner = client
+    ctx.owner = client
         .query_opt(
             "SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE oid = to_regclass($1)",
             &[&qualified],
         )?
         .map(|r| r.get(0));
-    *step = Step::AlterTable;
+    ctx.step = Step::AlterTable;
     let mut types = Vec::with_capacity(shape.columns.len());
     for c in &shape.columns {
         let col = quote_ident(&c.name);
@@ -145,11 +205,12 @@ fn evolve(
                 match widen(&have, &column_type(client, &c.wanted_type)?) {
                     None => types.push(have),
                     Some(w) => {
-                        client.batch_execute(&format!(
+                        let alter = format!(
                             "ALTER TABLE {qualified} ALTER COLUMN {col} TYPE {} USING {}",
                             w.new_type,
                             w.using.replace("{}", &col)
-                        ))?;
+                        );
+                        widen_under_views(client, &qualified, &c.name, &w.new_type, &alter, ctx)?;
                         tracing::info!(table = %qualified, column = %c.name, from = %have.sql(), to = %w.new_type, "widened column");
                         types.push(ColumnType::parse(&w.new_type));
                     }
@@ -157,7 +218,7 @@ fn evolve(
             }
         }
     }
-    *step = Step::Inspect;
+    ctx.step = Step::Inspect;
     let empty: bool = client
         .query_one(
             &format!("SELECT NOT EXISTS (SELECT 1 FROM {qualified})"),
@@ -201,8 +262,10 @@ const SCHEMA_LOCK_SPACE: i32 = 0x0073_6463;
 /// it finds the schema and creates nothing. One statement (a DO block), so
 /// that the lock lasts until the creation commits whether or not a
 /// transaction is open; still no `IF NOT EXISTS`, which needs CREATE on the
-/// database even when the schema exists.
-fn create_schema(client: &mut Client, schema: &str) -> Result<(), postgres::Error> {
+/// database even when the schema exists. `grants` (statements, each after a
+/// `;`) run in the same implicit transaction, so the schema never exists
+/// without them.
+fn create_schema(client: &mut Client, schema: &str, grants: &str) -> Result<(), postgres::Error> {
     let name = quote_literal(schema);
     let body = format!(
         "BEGIN PERFORM pg_advisory_xact_lock({SCHEMA_LOCK_SPACE}, hashtext({name})); \
@@ -214,7 +277,100 @@ fn create_schema(client: &mut Client, schema: &str) -> Result<(), postgres::Erro
     while body.contains(&tag) {
         tag.insert(1, 'x');
     }
-    client.batch_execute(&format!("DO {tag}{body}{tag}"))
+    client.batch_execute(&format!("DO {tag}{body}{tag}{grants}"))
+}
+
+/// Every view that depends on `column` of `table`, directly or through other
+/// views, ordered so that each comes after the views it reads: its name,
+/// whether the target can recreate it, and the statements that do
+/// (definition with options, owner, grants on the view and its columns,
+/// comments), built by the server so that quoting is the server's own.
+const DEPENDENT_VIEWS: &str = "\
+WITH RECURSIVE deps(oid, depth) AS ( \
+  SELECT r.ev_class, 1 FROM pg_depend d \
+    JOIN pg_rewrite r ON r.oid = d.objid \
+    JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+   WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass \
+     AND d.refobjid = to_regclass($1) AND a.attname::text = $2 AND r.ev_class <> d.refobjid \
+  UNION ALL \
+  SELECT r.ev_class, deps.depth + 1 FROM deps \
+    JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = deps.oid \
+     AND d.classid = 'pg_rewrite'::regclass \
+    JOIN pg_rewrite r ON r.oid = d.objid AND r.ev_class <> deps.oid), \
+ordered AS (SELECT oid, max(depth) AS depth FROM deps GROUP BY oid) \
+SELECT q.name, \
+  c.relkind = 'v' \
+   AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid) \
+   AND NOT EXISTS (SELECT 1 FROM pg_rewrite w WHERE w.ev_class = c.oid AND w.rulename <> '_RETURN') \
+   AND NOT EXISTS (SELECT 1 FROM pg_attrdef ad WHERE ad.adrelid = c.oid), \
+  format('CREATE VIEW %s%s AS %s', q.name, \
+         ' WITH (' || array_to_string(c.reloptions, ', ') || ')', \
+         rtrim(pg_get_viewdef(c.oid), '; ')) \
+  || format('; ALTER VIEW %s OWNER TO %I', q.name, pg_get_userbyid(c.relowner)) \
+  || coalesce((SELECT string_agg(format('; GRANT %s ON %s TO %s%s', g.privilege_type, q.name, \
+         CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END, \
+         CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END), '') \
+       FROM aclexplode(c.relacl) g WHERE g.grantee <> c.relowner), '') \
+  || coalesce((SELECT string_agg(format('; GRANT %s (%I) ON %s TO %s%s', g.privilege_type, a.attname, q.name, \
+         CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END, \
+         CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END), '') \
+       FROM pg_attribute a, aclexplode(a.attacl) g WHERE a.attrelid = c.oid AND a.attnum > 0), '') \
+  || coalesce(format('; COMMENT ON VIEW %s IS %L', q.name, obj_description(c.oid, 'pg_class')), '') \
+  || coalesce((SELECT string_agg(format('; COMMENT ON COLUMN %s.%I IS %L', q.name, a.attname, \
+         col_description(c.oid, a.attnum)), '') \
+       FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 \
+        AND col_description(c.oid, a.attnum) IS NOT NULL), '') \
+FROM ordered o JOIN pg_class c ON c.oid = o.oid \
+  JOIN pg_namespace n ON n.oid = c.relnamespace \
+  CROSS JOIN LATERAL (SELECT format('%I.%I', n.nspname, c.relname) AS name) q \
+ORDER BY o.depth, q.name";
+
+/// Runs `alter` (widening `column` to `new_type`); views on the column are
+/// dropped before and recreated after it, in the same query string (one
+/// transaction even outside the load's), so a failure changes nothing. A
+/// view the target can't recreate is never dropped: Postgres then refuses
+/// the widening, and the error names the views and the fix.
+fn widen_under_views(
+    client: &mut Client,
+    table: &str,
+    column: &str,
+    new_type: &str,
+    alter: &str,
+    ctx: &mut Context,
+) -> Result<(), postgres::Error> {
+    let views: Vec<(String, bool, String)> = client
+        .query(DEPENDENT_VIEWS, &[&table, &column])?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    if views.is_empty() {
+        return client.batch_execute(alter);
+    }
+    let kept: Vec<String> = (views.iter())
+        .filter(|(_, recreatable, _)| !recreatable)
+        .map(|(name, _, _)| name.clone())
+        .collect();
+    ctx.step = Step::WidenUnderViews;
+    ctx.views = Some(Box::new(DependentViews {
+        column: column.to_owned(),
+        new_type: new_type.to_owned(),
+        names: views.iter().map(|(name, _, _)| name.clone()).collect(),
+        kept: kept.clone(),
+    }));
+    if !kept.is_empty() {
+        return client.batch_execute(alter);
+    }
+    let mut script: Vec<String> = (views.iter().rev())
+        .map(|(name, _, _)| format!("DROP VIEW {name}"))
+        .collect();
+    script.push(alter.to_owned());
+    script.extend(views.iter().map(|(_, _, restore)| restore.clone()));
+    client.batch_execute(&script.join("; "))?;
+    let names: Vec<&str> = views.iter().map(|(name, _, _)| name.as_str()).collect();
+    tracing::info!(table, column, views = %names.join(", "), "recreated the views on the widened column");
+    ctx.step = Step::AlterTable;
+    ctx.views = None;
+    Ok(())
 }
 
 /// The quoted key columns, comma-separated.

@@ -23,10 +23,7 @@ impl TableName {
 /// source schema, `default_target_schema` overrides the rest; no `-` and no
 /// default: `public`.
 pub fn table_for_stream(stream: &str, settings: &TargetSettings) -> TableName {
-    let (source_schema, table) = match stream.split_once('-') {
-        Some((s, t)) if !s.is_empty() && !t.is_empty() => (Some(s), t),
-        _ => (None, stream),
-    };
+    let (source_schema, table) = split_stream(stream);
     let schema = source_schema
         .and_then(|s| settings.schema_mapping.get(s).cloned())
         .or_else(|| settings.default_target_schema.clone())
@@ -36,6 +33,24 @@ pub fn table_for_stream(stream: &str, settings: &TargetSettings) -> TableName {
         schema: identifier(&schema),
         table: identifier(table),
     }
+}
+
+/// `<schema>-<table>` → (source schema, table); no prefix → (None, stream).
+fn split_stream(stream: &str) -> (Option<&str>, &str) {
+    match stream.split_once('-') {
+        Some((s, t)) if !s.is_empty() && !t.is_empty() => (Some(s), t),
+        _ => (None, stream),
+    }
+}
+
+/// The roles granted USAGE and SELECT on what the target creates for a
+/// stream: its source schema's `target_schema_select_permissions` in
+/// `schema_mapping`, else `default_target_schema_select_permission`.
+pub fn select_roles<'s>(stream: &str, settings: &'s TargetSettings) -> &'s [String] {
+    split_stream(stream)
+        .0
+        .and_then(|s| settings.schema_select_roles.get(s))
+        .unwrap_or(&settings.select_roles)
 }
 
 /// The name as sent when it fits; otherwise a prefix plus a hash of the whole
@@ -91,6 +106,17 @@ mod tests {
         );
         assert_eq!(t("public-users", &mapped), "app.users");
         assert_eq!(t("other-users", &mapped), "raw.users");
+    }
+
+    #[test]
+    fn select_roles_follow_the_schema_mapping() {
+        let s = settings(
+            serde_json::json!({"default_target_schema_select_permission": ["all"],
+            "schema_mapping": {"public": {"target_schema": "app", "target_schema_select_permissions": ["app_readers"]}}}),
+        );
+        assert_eq!(select_roles("public-users", &s), ["app_readers"]);
+        assert_eq!(select_roles("other-users", &s), ["all"]);
+        assert_eq!(select_roles("users", &s), ["all"]);
     }
 
     #[test]

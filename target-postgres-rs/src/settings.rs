@@ -94,6 +94,12 @@ const FLATTENING_MAX_DEPTH: Setting = Setting::new(
 )
 .aliases(&[PIPELINEWISE_MAX_LEVEL]);
 
+const SELECT_PERMISSION: Setting = Setting::new(
+    "default_target_schema_select_permission",
+    SettingKind::Array,
+    "Roles (a name or a list) granted USAGE on every schema and SELECT on every table the target creates, so they can read new tables without a DBA (pipelinewise's name). A `schema_mapping` entry's `target_schema_select_permissions` replaces it for that source schema. Unset: no grants.",
+);
+
 /// The target's own settings (connection settings come from pg-connect).
 pub const TARGET_SETTINGS: &[Setting] = &[
     DEFAULT_TARGET_SCHEMA,
@@ -110,6 +116,7 @@ pub const TARGET_SETTINGS: &[Setting] = &[
     VALIDATE_RECORDS,
     FLATTENING_ENABLED,
     FLATTENING_MAX_DEPTH,
+    SELECT_PERMISSION,
 ];
 
 /// How records land.
@@ -140,6 +147,10 @@ pub struct TargetSettings {
     pub validate_records: bool,
     /// Nesting levels spread into `parent__child` columns; `None`: off.
     pub flattening_max_depth: Option<usize>,
+    /// Roles granted USAGE/SELECT on what the target creates.
+    pub select_roles: Vec<String>,
+    /// Source schema → its `target_schema_select_permissions`, replacing `select_roles`.
+    pub schema_select_roles: HashMap<String, Vec<String>>,
 }
 
 impl TargetSettings {
@@ -149,20 +160,32 @@ impl TargetSettings {
             problem: problem.to_owned(),
         };
         let mut schema_mapping = HashMap::new();
+        let mut schema_select_roles = HashMap::new();
         for (source, target) in config.object(&SCHEMA_MAPPING)?.unwrap_or_default() {
             let target = match &target {
                 serde_json::Value::String(s) => s.clone(),
-                // pipelinewise's shape: {"src": {"target_schema": "dst"}}
-                serde_json::Value::Object(o) => o
-                    .get("target_schema")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned)
-                    .ok_or_else(|| {
-                        invalid(
-                            SCHEMA_MAPPING.name,
-                            "values must be schema names or {\"target_schema\": name}",
-                        )
-                    })?,
+                // pipelinewise's shape: {"src": {"target_schema": "dst",
+                // "target_schema_select_permissions": ["role"]}}
+                serde_json::Value::Object(o) => {
+                    if let Some(roles) = o.get("target_schema_select_permissions") {
+                        let roles = role_list(roles).ok_or_else(|| {
+                            invalid(
+                                SCHEMA_MAPPING.name,
+                                "`target_schema_select_permissions` must be a role name or a list of role names",
+                            )
+                        })?;
+                        schema_select_roles.insert(source.clone(), roles);
+                    }
+                    o.get("target_schema")
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned)
+                        .ok_or_else(|| {
+                            invalid(
+                                SCHEMA_MAPPING.name,
+                                "values must be schema names or {\"target_schema\": name}",
+                            )
+                        })?
+                }
                 _ => {
                     return Err(invalid(
                         SCHEMA_MAPPING.name,
@@ -198,6 +221,8 @@ impl TargetSettings {
             process_activate_version: config.boolean_or_default(&PROCESS_ACTIVATE_VERSION)?,
             validate_records: config.boolean_or_default(&VALIDATE_RECORDS)?,
             flattening_max_depth,
+            select_roles: config.string_list(&SELECT_PERMISSION)?.unwrap_or_default(),
+            schema_select_roles,
         })
     }
 }
@@ -230,6 +255,18 @@ fn flattening(config: &Config) -> Result<Option<usize>, ConfigError> {
         }),
         Some(0) => Ok(None),
         Some(d) => Ok(Some(d as usize)),
+    }
+}
+
+/// A role name or a list of them; `None` for anything else.
+fn role_list(v: &serde_json::Value) -> Option<Vec<String>> {
+    match v {
+        serde_json::Value::String(s) => Some(vec![s.clone()]),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_owned))
+            .collect(),
+        _ => None,
     }
 }
 
@@ -328,6 +365,26 @@ mod tests {
         assert_eq!(s.schema_mapping["a"], "b");
         assert_eq!(s.schema_mapping["c"], "d");
         assert_eq!(s.default_target_schema, None);
+        assert!(s.select_roles.is_empty());
+    }
+
+    #[test]
+    fn select_permissions_in_pipelinewise_shapes() {
+        let s = parse(json!({"default_target_schema_select_permission": "analysts",
+            "schema_mapping": {"a": {"target_schema": "b", "target_schema_select_permissions": ["x", "Y z"]},
+                               "c": {"target_schema": "d", "target_schema_select_permissions": "solo"}}}))
+        .unwrap();
+        assert_eq!(s.select_roles, ["analysts"]);
+        assert_eq!(s.schema_select_roles["a"], ["x", "Y z"]);
+        assert_eq!(s.schema_select_roles["c"], ["solo"]);
+        let s = parse(json!({"default_target_schema_select_permission": ["r1", "r2"]})).unwrap();
+        assert_eq!(s.select_roles, ["r1", "r2"]);
+        assert_eq!(
+            parse(json!({"schema_mapping": {"a": {"target_schema": "b", "target_schema_select_permissions": 3}}}))
+                .unwrap_err()
+                .to_string(),
+            "config: `schema_mapping` `target_schema_select_permissions` must be a role name or a list of role names"
+        );
     }
 
     #[test]

@@ -423,7 +423,12 @@ fn read_only_user_can_discover_and_sync() {
         &config,
         &select_only(&everything, &["app-some_columns"], "FULL_TABLE", None),
     );
-    assert_eq!(partial.records("app-some_columns"), vec![&json!({"id": 1})]);
+    // Without SELECT on the whole table there is no ctid: a key-less
+    // stream's rows are keyed by their position in the copy.
+    assert_eq!(
+        partial.records("app-some_columns"),
+        vec![&json!({"id": 1, "_sdc_row_number": 1})]
+    );
 
     config["filter_schemas"] = json!(["app"]);
     let setup = Setup::new(&config);

@@ -120,7 +120,7 @@ impl Who {
 /// change) that fixes a missing privilege.
 pub(super) fn evolve_err(stream: &str, table: &TableName, e: &EvolveError, who: &Who) -> LoadError {
     let mut message = describe(&e.source);
-    if let Some(fix) = privilege_fix(e, table, who) {
+    if let Some(fix) = privilege_fix(e, table, who).or_else(|| views_fix(e, table)) {
         message.push_str("; ");
         message.push_str(&fix);
     }
@@ -134,6 +134,14 @@ pub(super) fn evolve_err(stream: &str, table: &TableName, e: &EvolveError, who: 
 
 fn privilege_fix(e: &EvolveError, table: &TableName, who: &Who) -> Option<String> {
     let db = e.source.as_db_error()?;
+    if db.code() == &SqlState::UNDEFINED_OBJECT && db.message().starts_with("role ") {
+        return Some(
+            "fix: create the role (CREATE ROLE <name>; NOLOGIN will do), or remove it from \
+             default_target_schema_select_permission or the schema_mapping entry's \
+             target_schema_select_permissions"
+                .into(),
+        );
+    }
     if db.code() != &SqlState::INSUFFICIENT_PRIVILEGE {
         return None;
     }
@@ -160,6 +168,33 @@ fn privilege_fix(e: &EvolveError, table: &TableName, who: &Who) -> Option<String
         format!("fix: GRANT SELECT, INSERT, UPDATE, DELETE ON {qualified} TO {role}")
     } else {
         return None;
+    })
+}
+
+/// A widening under views failed: which views, and how to widen by hand.
+fn views_fix(e: &EvolveError, table: &TableName) -> Option<String> {
+    let v = e.views.as_ref()?;
+    let qualified = table.qualified();
+    let col = quote_ident(&v.column);
+    let by_hand = format!(
+        "ALTER TABLE {qualified} ALTER COLUMN {col} TYPE {}",
+        v.new_type
+    );
+    Some(if v.kept.is_empty() {
+        format!(
+            "the views {} depend on column {col}; they were dropped and recreated around the \
+             widening in one transaction, which was rolled back (nothing changed); fix: drop \
+             them, {by_hand}, and recreate them adjusted to the new type, then run again",
+            v.names.join(", ")
+        )
+    } else {
+        format!(
+            "the views {} depend on column {col}, and {} cannot be recreated by the target (a \
+             materialized view, or a view with triggers, rules or column defaults), so none was \
+             touched; fix: drop them, {by_hand}, recreate them, then run again",
+            v.names.join(", "),
+            v.kept.join(", ")
+        )
     })
 }
 

@@ -26,7 +26,7 @@ use crate::binary::BinKind;
 use crate::encode::TextKind;
 use crate::evolve::{ensure_table, resolve_type, TableInfo};
 use crate::flatten;
-use crate::naming::{table_for_stream, TableName};
+use crate::naming::{select_roles, table_for_stream, TableName};
 use crate::settings::{LoadMethod, TargetSettings};
 use crate::state::StateOut;
 use crate::stream::{Source, StreamShape, Wanted, DELETED_AT};
@@ -261,7 +261,8 @@ impl<W: Write> Loader<W> {
             &mut type_for,
         )
         .map_err(bad)?;
-        let info = ensure_table(&mut self.client, &shape, use_keys)
+        let roles = select_roles(&stream, &self.settings);
+        let info = ensure_table(&mut self.client, &shape, use_keys, roles)
             .map_err(|e| evolve_err(&stream, &table, &e, &self.who))?;
         let text = info.types.iter().map(ColumnType::text_kind).collect();
         let grows = (shape.columns.iter().zip(&info.types).enumerate())

@@ -5,6 +5,8 @@ mod behaviour;
 mod common;
 mod direct_keys;
 mod fidelity;
+mod grants;
 mod peers;
 mod privileges;
 mod vectors;
+mod view_widening;

@@ -215,8 +215,7 @@ fn xmin_incremental_with_a_row_filter_and_a_limit() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mut config = db.config();
-    config["stream_options"] =
-        json!({"public-notes": {"custom_where_clauses": ["id % 2 = 0"]}});
+    config["stream_options"] = json!({"public-notes": {"custom_where_clauses": ["id % 2 = 0"]}});
     config["max_record_count"] = json!(2);
     let config = write_json(dir.path(), "config.json", &config);
     let discovered = discover(&config);
