@@ -52,7 +52,8 @@ const MAX_RUN_SECONDS: Setting = Setting::new(
     "max_run_seconds",
     SettingKind::Integer,
     "LOG_BASED: stop reading the log after this many seconds, at a transaction boundary (the next run goes on from there). Default: no limit; a run always ends at the WAL position it saw at start.",
-);
+)
+.aliases(&["replication_max_run_seconds"]);
 const SLOT_LAG_WARNING: Setting = Setting::new(
     "slot_lag_warning_bytes",
     SettingKind::Integer,

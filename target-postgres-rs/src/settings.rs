@@ -23,6 +23,7 @@ const ADD_RECORD_METADATA: Setting = Setting::new(
     SettingKind::Boolean,
     "Add the `_sdc_*` metadata columns (extracted/received/batched/deleted at, sequence, table version).",
 )
+.aliases(&["add_metadata_columns"])
 .default_boolean(true);
 const HARD_DELETE: Setting = Setting::new(
     "hard_delete",
@@ -69,7 +70,7 @@ const TEXT_COPY: Setting = Setting::new(
 const PROCESS_ACTIVATE_VERSION: Setting = Setting::new(
     "process_activate_version_messages",
     SettingKind::Boolean,
-    "Act on ACTIVATE_VERSION: rows of older table versions are deleted (`hard_delete`) or marked deleted. Off: ACTIVATE_VERSION is ignored and those rows are kept. Alias: `activate_version` (meltanolabs-target-postgres).",
+    "Act on ACTIVATE_VERSION: rows of older table versions are deleted (`hard_delete`) or marked deleted. Off: ACTIVATE_VERSION is ignored and those rows are kept.",
 )
 .aliases(&["activate_version"])
 .default_boolean(true);

@@ -173,3 +173,93 @@ fn help_names_rust_log_and_every_kind_of_stream() {
         "{help}"
     );
 }
+
+/// Every name `--about` accepts: the settings (nested ones by their parent
+/// too) and each one's first alias, which the description spells
+/// "(also accepted as `x`)".
+fn accepted(binary: &str) -> (BTreeMap<String, ()>, BTreeMap<String, ()>) {
+    let out = Command::new(bin(binary))
+        .args(["--about", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let about: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut declared = BTreeMap::new();
+    let mut names = BTreeMap::new();
+    for (name, schema) in about["settings"]["properties"].as_object().unwrap() {
+        declared.insert(name.clone(), ());
+        names.insert(name.clone(), ());
+        let description = schema["description"].as_str().unwrap_or("");
+        if let Some(rest) = description.split("(also accepted as `").nth(1) {
+            names.insert(rest.split('`').next().unwrap().to_owned(), ());
+        }
+    }
+    (declared, names)
+}
+
+/// The README's "Settings from other connectors" table is true: a peer's
+/// setting marked *same* or *alias of `x`* is accepted under the peer's
+/// name (and `x` is ours), one marked *no* is not a setting here.
+#[test]
+fn peer_settings_table_matches_what_the_binaries_accept() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = readme
+        .split("\n### Settings from other connectors\n")
+        .nth(1)
+        .expect("README has the peer settings table");
+    let rows: Vec<Vec<&str>> = section
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|l| l.trim_matches('|').split(" | ").map(str::trim).collect())
+        .collect();
+    assert!(rows.len() >= 10, "{rows:?}");
+    let tap = accepted("tap-postgres-rs");
+    let target = accepted("target-postgres-rs");
+    let backticked = |cell: &str| -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut checked = 0;
+    for row in &rows {
+        let (declared, names) = if row[0].contains("target") {
+            &target
+        } else {
+            &tap
+        };
+        let theirs = backticked(row[1]);
+        let here = row[2];
+        if here == "same" || here.starts_with("alias of") {
+            for name in &theirs {
+                assert!(
+                    names.contains_key(name),
+                    "{} `{name}` is not accepted: {row:?}",
+                    row[0]
+                );
+                checked += 1;
+            }
+            if here.starts_with("alias of") {
+                let ours = &backticked(here)[0];
+                assert!(
+                    declared.contains_key(ours),
+                    "`{ours}` is not a setting: {row:?}"
+                );
+            }
+        } else if here == "no" {
+            for name in &theirs {
+                assert!(
+                    !names.contains_key(name),
+                    "{} `{name}` is accepted, but the table says no: {row:?}",
+                    row[0]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 60, "only {checked} names checked");
+}
