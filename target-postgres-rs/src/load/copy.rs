@@ -51,6 +51,17 @@ impl<W: Write> Loader<W> {
         if !self.streams.contains_key(&stream) {
             return Err(LoadError::NoSchema { line, stream });
         }
+        self.settle_if_done()?;
+        let st = &self.streams[&stream];
+        let reads_table = !st.batch.pending()
+            && (matches!(st.keying, Keying::Integer(RunKeys::Unknown))
+                || (self.settings.load_method == LoadMethod::Overwrite
+                    && !self.overwritten.contains(&st.shape.table)));
+        if reads_table {
+            // The table as the flush behind leaves it (its largest key, or
+            // emptied for overwrite): wait for it to commit.
+            self.settle()?;
+        }
         self.begin()?;
         let run = Run {
             batch_size: self.settings.batch_size_rows,

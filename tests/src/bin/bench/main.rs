@@ -334,7 +334,11 @@ impl Bench {
     }
 
     fn target(&self) -> Command {
-        let mut c = Command::new(bin("target-postgres-rs"));
+        self.target_at(&bin("target-postgres-rs"))
+    }
+
+    fn target_at(&self, program: &std::path::Path) -> Command {
+        let mut c = Command::new(program);
         c.arg("--config").arg(self.dir.path().join("target.json"));
         c
     }
@@ -437,6 +441,16 @@ fn main() {
         left.args(["-c", &format!("\\copy {qt} TO STDOUT")]);
         left
     };
+    // BENCH_TARGET_BASE=<a target binary>: its full load and re-load too, in
+    // every pass (an A/B comparison of two builds in the same run).
+    let base = std::env::var_os("BENCH_TARGET_BASE").map(std::path::PathBuf::from);
+    let mut names = names.to_vec();
+    if base.is_some() {
+        names.extend([
+            "BENCH_TARGET_BASE full load",
+            "BENCH_TARGET_BASE upsert re-load",
+        ]);
+    }
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); names.len()];
     for pass in 1..=args.repeat {
         eprintln!("bench: pass {pass}/{}", args.repeat);
@@ -473,6 +487,15 @@ fn main() {
             Stdio::null(),
         ));
         assert_eq!(b.count_dst(), args.rows, "target-alone row count");
+
+        if let Some(base) = &base {
+            b.fresh_dst(false);
+            samples[6].push(b.pipe(b.tap(), b.target_at(base)));
+            assert_eq!(b.count_dst(), args.rows, "base full load row count");
+            b.sql("postgres", "CHECKPOINT");
+            samples[7].push(b.pipe(b.tap(), b.target_at(base)));
+            assert_eq!(b.count_dst(), args.rows, "base re-load row count");
+        }
     }
 
     let wall = |i: usize| median(samples[i].iter().map(|s| s.wall).collect());
@@ -522,6 +545,16 @@ fn main() {
     println!("\nfull load / raw COPY text pipe: {}", ratio(2, 0));
     println!("upsert re-load / raw SQL upsert pipe: {}", ratio(3, 1));
     println!("upsert re-load / raw COPY text pipe: {}", ratio(3, 0));
+    if base.is_some() {
+        println!(
+            "BENCH_TARGET_BASE full load / raw COPY text pipe: {}",
+            ratio(6, 0)
+        );
+        println!(
+            "BENCH_TARGET_BASE upsert re-load / raw SQL upsert pipe: {}",
+            ratio(7, 1)
+        );
+    }
     if let Some(changes) = args.cdc {
         cdc(&b, &args, changes);
     }
