@@ -32,6 +32,9 @@ enum RunEnd {
     Widen(usize, RecordMessage, usize),
 }
 
+/// Bytes of rows sent to the server at a time.
+const SEND_AT: usize = 256 * 1024;
+
 /// What every COPY of a flush shares.
 struct Run {
     batch_size: usize,
@@ -241,18 +244,16 @@ fn copy_run<F: RowFormat, I: Iterator<Item = Item>>(
         message: e.to_string(),
     };
     let mut failed: Option<LoadError> = None;
-    if !F::HEADER.is_empty() {
-        if let Err(e) = writer.write_all(F::HEADER) {
-            failed = Some(copy_failed(e));
-        }
-    }
+    // Rows gather here and go to the server SEND_AT bytes at a time: one
+    // CopyData message and one socket write each, not one per 4 kB.
+    let mut rows = Vec::with_capacity(SEND_AT + 64 * 1024);
+    rows.extend_from_slice(F::HEADER);
     let mut lines: Vec<usize> = Vec::new();
-    let mut row = Vec::with_capacity(4096);
     let mut key = Vec::new();
-    let mut next = failed.is_none().then_some(first);
+    let mut next = Some(first);
     let mut end = RunEnd::Done;
     while let Some((line, rec)) = next.take() {
-        row.clear();
+        let row_start = rows.len();
         ctx.sequence = run.sequence_base + line as i64;
         let want_key = st.keying.wants_key(&st.batch.policy);
         match append_row::<F>(
@@ -260,7 +261,7 @@ fn copy_run<F: RowFormat, I: Iterator<Item = Item>>(
             kinds,
             &rec,
             &ctx,
-            &mut row,
+            &mut rows,
             want_key.then_some(&mut key),
         ) {
             Ok(deleted) => st.batch.deletes |= deleted,
@@ -284,12 +285,16 @@ fn copy_run<F: RowFormat, I: Iterator<Item = Item>>(
             }
         }
         if let Verdict::Stage(keys) = st.keying.admit(&mut st.batch.policy, &key) {
+            rows.truncate(row_start);
             end = RunEnd::Stage(line, rec, keys);
             break;
         }
-        if let Err(e) = writer.write_all(&row) {
-            failed = Some(copy_failed(e));
-            break;
+        if rows.len() >= SEND_AT {
+            if let Err(e) = writer.write_all(&rows) {
+                failed = Some(copy_failed(e));
+                break;
+            }
+            rows.clear();
         }
         lines.push(line);
         st.batch.rows += 1;
@@ -308,8 +313,9 @@ fn copy_run<F: RowFormat, I: Iterator<Item = Item>>(
             None => break,
         }
     }
-    if failed.is_none() && !F::TRAILER.is_empty() {
-        if let Err(e) = writer.write_all(F::TRAILER) {
+    if failed.is_none() {
+        rows.extend_from_slice(F::TRAILER);
+        if let Err(e) = writer.write_all(&rows) {
             failed = Some(copy_failed(e));
         }
     }
