@@ -344,6 +344,19 @@ impl Bench {
     }
 }
 
+/// `cmd` run under the command in environment variable `var`, when set
+/// (e.g. `RELOAD_WRAP="perf record -g -o /tmp/reload.perf --"`).
+fn wrapped(cmd: Command, var: &str) -> Command {
+    let wrap = std::env::var(var).unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let Some(program) = words.next() else {
+        return cmd;
+    };
+    let mut w = Command::new(program);
+    w.args(words).arg(cmd.get_program()).args(cmd.get_args());
+    w
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     if v.is_empty() {
@@ -474,7 +487,7 @@ fn main() {
         samples[2].push(b.pipe(b.tap(), b.target()));
         assert_eq!(b.count_dst(), args.rows, "full load row count");
         b.sql("postgres", "CHECKPOINT");
-        samples[3].push(b.pipe(b.tap(), b.target()));
+        samples[3].push(b.pipe(b.tap(), wrapped(b.target(), "RELOAD_WRAP")));
         assert_eq!(b.count_dst(), args.rows, "re-load row count");
 
         b.sql("postgres", "CHECKPOINT");
