@@ -164,6 +164,9 @@ pub struct RowContext<'a> {
     pub grows: &'a [bool],
 }
 
+/// Columns whose slots [`append_row`] keeps on the stack.
+const STACK_SLOTS: usize = 64;
+
 /// Appends the record as one COPY row in format `F` (`kinds`: one per
 /// column). Returns whether it is a delete (`_sdc_deleted_at` set); with
 /// `key_out`, the key's text (for duplicate detection). On failure nothing
@@ -176,8 +179,16 @@ pub fn append_row<F: RowFormat>(
     out: &mut Vec<u8>,
     key_out: Option<&mut Vec<u8>>,
 ) -> Result<bool, RowFailure> {
-    let mut slots: Vec<Option<&RawValue>> = vec![None; shape.columns.len()];
-    fill_slots(shape, record, &mut slots).map_err(RowFailure::Row)?;
+    // On the stack for all but the widest tables: no allocation per row.
+    let mut on_stack = [None; STACK_SLOTS];
+    let mut on_heap = Vec::new();
+    let slots: &mut [Option<&RawValue>] = if shape.columns.len() <= STACK_SLOTS {
+        &mut on_stack[..shape.columns.len()]
+    } else {
+        on_heap.resize(shape.columns.len(), None);
+        &mut on_heap
+    };
+    fill_slots(shape, record, slots).map_err(RowFailure::Row)?;
     let row_start = out.len();
     F::row_start(out, shape.columns.len());
     let mut deleted = false;
@@ -234,7 +245,7 @@ pub fn append_row<F: RowFormat>(
         }
     }
     F::row_end(out);
-    write_key(shape, &slots, key_out);
+    write_key(shape, slots, key_out);
     Ok(deleted)
 }
 

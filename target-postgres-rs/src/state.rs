@@ -48,8 +48,7 @@ impl<W: Write> StateOut<W> {
     /// Everything received before `newest` (from [`StateOut::newest`]) is
     /// committed: emit it, once.
     pub fn committed_up_to(&mut self, newest: Option<Value>) -> Result<(), WriteError> {
-        if newest.is_some() && newest != self.emitted {
-            let v = newest.expect("checked");
+        if let Some(v) = newest.filter(|v| self.emitted.as_ref() != Some(v)) {
             serde_json::to_writer(&mut self.out, &v).map_err(std::io::Error::from)?;
             self.out.write_all(b"\n")?;
             // Orchestrators store each line as it comes.

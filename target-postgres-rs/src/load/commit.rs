@@ -81,14 +81,27 @@ impl Behind {
         self.handle.is_finished()
     }
 
-    /// Waits for the commit: the connection (free again), the streams'
-    /// committed rows, and the STATE value it made safe to emit.
-    pub(super) fn finish(self) -> Result<(Client, Vec<(String, u64)>, Option<Value>), LoadError> {
+    /// Waits for the commit.
+    pub(super) fn finish(self) -> Result<Committed, LoadError> {
         let (client, r) = self.handle.join().map_err(|_| LoadError::Session {
             what: "COMMIT",
             message: "the committing thread panicked".into(),
         })?;
         r?;
-        Ok((client, self.committed, self.state))
+        Ok(Committed {
+            client,
+            streams: self.committed,
+            state: self.state,
+        })
     }
+}
+
+/// A flush behind that has committed.
+pub(super) struct Committed {
+    /// The connection, free again.
+    pub client: Client,
+    /// Streams and the rows they committed.
+    pub streams: Vec<(String, u64)>,
+    /// The STATE value now safe to emit.
+    pub state: Option<Value>,
 }

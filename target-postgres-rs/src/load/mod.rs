@@ -187,12 +187,12 @@ impl<W: Write> Loader<W> {
     /// Waits for the flush committing behind, then emits its STATE.
     fn settle(&mut self) -> Result<(), LoadError> {
         if let Some(behind) = self.behind.take() {
-            let (client, committed, state) = behind.finish()?;
-            self.spare = Some(client);
-            for (name, rows) in committed {
+            let done = behind.finish()?;
+            self.spare = Some(done.client);
+            for (name, rows) in done.streams {
                 singer_core::progress::stream(&name).batch(rows);
             }
-            self.state.committed_up_to(state)?;
+            self.state.committed_up_to(done.state)?;
         }
         Ok(())
     }
