@@ -12,7 +12,7 @@ use singer_core::{Message, RecordMessage};
 use super::error::{copy_error, db_err};
 use super::policy::{Batch, BatchKeys, BatchPolicy, Decision, Keying, RunKeys, Verdict};
 use super::{Input, Item, LoadError, Loader, StreamLoad};
-use crate::row::{append_row, Binary, RowContext, RowFailure, RowFormat, Text};
+use crate::row::{append_row, Binary, RowContext, RowFailure, RowFormat, SentStamp, Text};
 use crate::settings::LoadMethod;
 use crate::stream::StreamShape;
 use crate::types::ColumnType;
@@ -225,9 +225,14 @@ fn copy_run<F: RowFormat, I: Iterator<Item = Item>>(
         table.qualified()
     };
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let mut stamp = Vec::new();
+    let stamp = F::own_timestamp(&mut stamp, &now)
+        .is_ok()
+        .then_some(&stamp[..]);
     let mut ctx = RowContext {
-        received_at: &now,
-        batched_at: &now,
+        received_at: stamp,
+        batched_at: stamp,
+        extracted: SentStamp::default(),
         sequence: 0,
         strip_nul: run.strip_nul,
         grows: st.grows,
@@ -260,7 +265,7 @@ fn copy_run<F: RowFormat, I: Iterator<Item = Item>>(
             shape,
             kinds,
             &rec,
-            &ctx,
+            &mut ctx,
             &mut rows,
             want_key.then_some(&mut key),
         ) {
