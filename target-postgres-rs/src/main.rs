@@ -110,7 +110,10 @@ fn load(target: &Connector, args: &Args, rx: mpsc::Receiver<Vec<Item>>) -> anyho
     let connector = pg_connect::Connector::new(connection, NAME)?;
     let client = connector.connect()?;
     let stdout = io::stdout().lock();
-    let mut loader = Loader::new(client, settings, io::BufWriter::new(stdout));
+    let mut loader = Loader::new(client, settings, io::BufWriter::new(stdout))
+        .with_second_connection(Box::new(move || {
+            connector.connect().map_err(|e| e.to_string())
+        }));
     let mut input = Input::new(rx.into_iter().flatten());
     loader.run(&mut input)?;
     Ok(())

@@ -156,13 +156,41 @@ impl RowFormat for Binary {
 
 /// Per-batch values the metadata columns take.
 pub struct RowContext<'a> {
-    pub received_at: &'a str,
-    pub batched_at: &'a str,
+    /// `_sdc_received_at` and `_sdc_batched_at` as written in this COPY's
+    /// format (encoded once per COPY); `None` when the format can't.
+    pub received_at: Option<&'a [u8]>,
+    pub batched_at: Option<&'a [u8]>,
+    /// The last `time_extracted` and its field: a tap sends the same one
+    /// for a whole table copy.
+    pub extracted: SentStamp,
     pub sequence: i64,
     pub strip_nul: bool,
     /// Per column: a number beyond bigint makes the row a [`RowFailure::Widen`].
     pub grows: &'a [bool],
 }
+
+/// A timestamp the tap sent, with its field as last written.
+#[derive(Default)]
+pub struct SentStamp {
+    text: String,
+    field: Vec<u8>,
+}
+
+impl SentStamp {
+    fn write<F: RowFormat>(&mut self, out: &mut Vec<u8>, text: &str) -> Result<(), Fallback> {
+        if self.text != text {
+            self.text.clear();
+            self.field.clear();
+            F::sent_timestamp(&mut self.field, text)?;
+            self.text.push_str(text);
+        }
+        out.extend_from_slice(&self.field);
+        Ok(())
+    }
+}
+
+/// Columns whose slots [`append_row`] keeps on the stack.
+const STACK_SLOTS: usize = 64;
 
 /// Appends the record as one COPY row in format `F` (`kinds`: one per
 /// column). Returns whether it is a delete (`_sdc_deleted_at` set); with
@@ -172,12 +200,20 @@ pub fn append_row<F: RowFormat>(
     shape: &StreamShape,
     kinds: &[F::Kind],
     record: &RecordMessage,
-    ctx: &RowContext<'_>,
+    ctx: &mut RowContext<'_>,
     out: &mut Vec<u8>,
     key_out: Option<&mut Vec<u8>>,
 ) -> Result<bool, RowFailure> {
-    let mut slots: Vec<Option<&RawValue>> = vec![None; shape.columns.len()];
-    fill_slots(shape, record, &mut slots).map_err(RowFailure::Row)?;
+    // On the stack for all but the widest tables: no allocation per row.
+    let mut on_stack = [None; STACK_SLOTS];
+    let mut on_heap = Vec::new();
+    let slots: &mut [Option<&RawValue>] = if shape.columns.len() <= STACK_SLOTS {
+        &mut on_stack[..shape.columns.len()]
+    } else {
+        on_heap.resize(shape.columns.len(), None);
+        &mut on_heap
+    };
+    fill_slots(shape, record, slots).map_err(RowFailure::Row)?;
     let row_start = out.len();
     F::row_start(out, shape.columns.len());
     let mut deleted = false;
@@ -204,18 +240,17 @@ pub fn append_row<F: RowFormat>(
                 }
             },
             Source::ExtractedAt => match &record.time_extracted {
-                Some(t) => F::sent_timestamp(out, t).map_err(|_| RowFailure::Fallback),
+                Some(t) => ctx
+                    .extracted
+                    .write::<F>(out, t)
+                    .map_err(|_| RowFailure::Fallback),
                 None => {
                     F::null(out);
                     Ok(())
                 }
             },
-            Source::ReceivedAt => {
-                F::own_timestamp(out, ctx.received_at).map_err(|_| RowFailure::Fallback)
-            }
-            Source::BatchedAt => {
-                F::own_timestamp(out, ctx.batched_at).map_err(|_| RowFailure::Fallback)
-            }
+            Source::ReceivedAt => own_stamp(out, ctx.received_at),
+            Source::BatchedAt => own_stamp(out, ctx.batched_at),
             Source::Sequence => {
                 F::int8(out, ctx.sequence);
                 Ok(())
@@ -234,8 +269,13 @@ pub fn append_row<F: RowFormat>(
         }
     }
     F::row_end(out);
-    write_key(shape, &slots, key_out);
+    write_key(shape, slots, key_out);
     Ok(deleted)
+}
+
+fn own_stamp(out: &mut Vec<u8>, field: Option<&[u8]>) -> Result<(), RowFailure> {
+    out.extend_from_slice(field.ok_or(RowFailure::Fallback)?);
+    Ok(())
 }
 
 /// A JSON number bigint can't hold (beyond its range, or not an integer's text).

@@ -36,8 +36,19 @@ impl<W: Write> StateOut<W> {
 
     /// Everything received so far is committed: emit the newest value, once.
     pub fn committed(&mut self) -> Result<(), WriteError> {
-        if self.latest.is_some() && self.latest != self.emitted {
-            let v = self.latest.clone().expect("checked");
+        self.committed_up_to(self.latest.clone())
+    }
+
+    /// The newest value received so far, for [`StateOut::committed_up_to`]
+    /// once what came before it is committed.
+    pub fn newest(&self) -> Option<Value> {
+        self.latest.clone()
+    }
+
+    /// Everything received before `newest` (from [`StateOut::newest`]) is
+    /// committed: emit it, once.
+    pub fn committed_up_to(&mut self, newest: Option<Value>) -> Result<(), WriteError> {
+        if let Some(v) = newest.filter(|v| self.emitted.as_ref() != Some(v)) {
             serde_json::to_writer(&mut self.out, &v).map_err(std::io::Error::from)?;
             self.out.write_all(b"\n")?;
             // Orchestrators store each line as it comes.

@@ -13,7 +13,7 @@ use super::error::{copy_error, db_err};
 use super::policy::{Batch, BatchKeys, BatchPolicy, Decision, Keying, RunKeys, Verdict};
 use super::prepare::Prepare;
 use super::{Input, Item, LoadError, Loader, StreamLoad};
-use crate::row::{append_row, Binary, RowContext, RowFailure, RowFormat, Text};
+use crate::row::{append_row, Binary, RowContext, RowFailure, RowFormat, SentStamp, Text};
 use crate::settings::LoadMethod;
 use crate::stream::StreamShape;
 use crate::types::ColumnType;
@@ -33,6 +33,9 @@ enum RunEnd {
     Widen(usize, RecordMessage, usize),
 }
 
+/// Bytes of rows sent to the server at a time.
+const SEND_AT: usize = 256 * 1024;
+
 /// What every COPY of a flush shares.
 struct Run {
     batch_size: usize,
@@ -51,6 +54,17 @@ impl<W: Write> Loader<W> {
         let stream = first.stream.clone();
         if !self.streams.contains_key(&stream) {
             return Err(LoadError::NoSchema { line, stream });
+        }
+        self.settle_if_done()?;
+        let st = &self.streams[&stream];
+        let reads_table = !st.batch.pending()
+            && (matches!(st.keying, Keying::Integer(RunKeys::Unknown))
+                || (self.settings.load_method == LoadMethod::Overwrite
+                    && !self.overwritten.contains(&st.shape.table)));
+        if reads_table {
+            // The table as the flush behind leaves it (its largest key, or
+            // emptied for overwrite): wait for it to commit.
+            self.settle()?;
         }
         self.begin()?;
         let run = Run {
@@ -215,9 +229,14 @@ fn copy_run<F: RowFormat, I: Iterator<Item = Item>>(
         table.qualified()
     };
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let mut stamp = Vec::new();
+    let stamp = F::own_timestamp(&mut stamp, &now)
+        .is_ok()
+        .then_some(&stamp[..]);
     let mut ctx = RowContext {
-        received_at: &now,
-        batched_at: &now,
+        received_at: stamp,
+        batched_at: stamp,
+        extracted: SentStamp::default(),
         sequence: 0,
         strip_nul: run.strip_nul,
         grows: st.grows,
@@ -234,26 +253,24 @@ fn copy_run<F: RowFormat, I: Iterator<Item = Item>>(
         message: e.to_string(),
     };
     let mut failed: Option<LoadError> = None;
-    if !F::HEADER.is_empty() {
-        if let Err(e) = writer.write_all(F::HEADER) {
-            failed = Some(copy_failed(e));
-        }
-    }
+    // Rows gather here and go to the server SEND_AT bytes at a time: one
+    // CopyData message and one socket write each, not one per 4 kB.
+    let mut rows = Vec::with_capacity(SEND_AT + 64 * 1024);
+    rows.extend_from_slice(F::HEADER);
     let mut lines: Vec<usize> = Vec::new();
-    let mut row = Vec::with_capacity(4096);
     let mut key = Vec::new();
-    let mut next = failed.is_none().then_some(first);
+    let mut next = Some(first);
     let mut end = RunEnd::Done;
     while let Some((line, rec)) = next.take() {
-        row.clear();
+        let row_start = rows.len();
         ctx.sequence = run.sequence_base + line as i64;
         let want_key = st.keying.wants_key(&st.batch.policy);
         match append_row::<F>(
             shape,
             kinds,
             &rec,
-            &ctx,
-            &mut row,
+            &mut ctx,
+            &mut rows,
             want_key.then_some(&mut key),
         ) {
             Ok(deleted) => st.batch.deletes |= deleted,
@@ -277,12 +294,16 @@ fn copy_run<F: RowFormat, I: Iterator<Item = Item>>(
             }
         }
         if let Verdict::Stage(keys) = st.keying.admit(&mut st.batch.policy, &key) {
+            rows.truncate(row_start);
             end = RunEnd::Stage(line, rec, keys);
             break;
         }
-        if let Err(e) = writer.write_all(&row) {
-            failed = Some(copy_failed(e));
-            break;
+        if rows.len() >= SEND_AT {
+            if let Err(e) = writer.write_all(&rows) {
+                failed = Some(copy_failed(e));
+                break;
+            }
+            rows.clear();
         }
         lines.push(line);
         st.batch.rows += 1;
@@ -309,8 +330,9 @@ fn copy_run<F: RowFormat, I: Iterator<Item = Item>>(
             None => break,
         }
     }
-    if failed.is_none() && !F::TRAILER.is_empty() {
-        if let Err(e) = writer.write_all(F::TRAILER) {
+    if failed.is_none() {
+        rows.extend_from_slice(F::TRAILER);
+        if let Err(e) = writer.write_all(&rows) {
             failed = Some(copy_failed(e));
         }
     }

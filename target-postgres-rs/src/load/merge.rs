@@ -2,15 +2,14 @@
 //! (the last record per key wins), then hard deletes.
 
 use pg_connect::quote_ident;
-use postgres::Client;
 
 use super::StreamLoad;
 use crate::evolve::key_list;
 use crate::naming::TableName;
 use crate::stream::DELETED_AT;
 
-/// Staging → table: the last record per key wins.
-pub(super) fn merge(client: &mut Client, st: &StreamLoad) -> Result<(), postgres::Error> {
+/// Staging → table: the last record per key wins (the statements, run at flush).
+pub(super) fn merge_sql(st: &StreamLoad) -> String {
     let table = st.shape.table.qualified();
     let stage = quote_ident(&st.stage);
     let cols = &st.shape.column_list;
@@ -38,9 +37,7 @@ pub(super) fn merge(client: &mut Client, st: &StreamLoad) -> Result<(), postgres
         } else {
             format!("DO UPDATE SET {}", updates.join(", "))
         };
-        client.batch_execute(&format!(
-            "INSERT INTO {table} {cols} {select} ON CONFLICT ({keys}) {action}"
-        ))
+        format!("INSERT INTO {table} {cols} {select} ON CONFLICT ({keys}) {action}")
     } else {
         // No unique index on the keys (a table made by hand): replace rows by key.
         let cond: Vec<String> = st
@@ -52,21 +49,18 @@ pub(super) fn merge(client: &mut Client, st: &StreamLoad) -> Result<(), postgres
                 format!("t.{q} = s.{q}")
             })
             .collect();
-        client.batch_execute(&format!(
+        format!(
             "DELETE FROM {table} t USING {stage} s WHERE {}; INSERT INTO {table} {cols} {select}",
             cond.join(" AND ")
-        ))
+        )
     }
 }
 
 /// `hard_delete`: rows whose record had `_sdc_deleted_at` set are removed.
-pub(super) fn delete_deleted(
-    client: &mut Client,
-    table: &TableName,
-) -> Result<(), postgres::Error> {
-    client.batch_execute(&format!(
+pub(super) fn delete_deleted_sql(table: &TableName) -> String {
+    format!(
         "DELETE FROM {} WHERE {} IS NOT NULL",
         table.qualified(),
         quote_ident(DELETED_AT)
-    ))
+    )
 }

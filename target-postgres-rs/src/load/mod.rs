@@ -8,6 +8,7 @@
 //! (ACTIVATE_VERSION), [`error`] (what a failure says).
 
 mod activate;
+mod commit;
 mod copy;
 mod error;
 mod merge;
@@ -33,8 +34,9 @@ use crate::stream::{Source, StreamShape, Wanted, DELETED_AT};
 use crate::types::{declared_sql_type, json_schema_type, unbounded_integer, ColumnType};
 use crate::validate::RecordValidator;
 
+use commit::{Behind, Job, Step};
 pub use error::LoadError;
-use error::{db_err, evolve_err, session, Who};
+use error::{evolve_err, session, Who};
 use policy::{Batch, Keying};
 use prepare::Prepare;
 
@@ -99,15 +101,27 @@ pub struct Loader<W: Write> {
     /// A batch is full but a key-less stream is pending: flush at the next
     /// STATE (see [`Loader::flush_when_full`]).
     flush_at_state: bool,
+    /// Opens a second connection, for flushes that commit behind the loader
+    /// (see [`commit`]); `None` once that failed (flushes then wait).
+    connect_more: Option<Box<dyn FnMut() -> Result<Client, String>>>,
+    /// The second connection, when no flush is running on it.
+    spare: Option<Client>,
+    /// The flush committing behind the loader.
+    behind: Option<Behind>,
+}
+
+/// Session settings every connection of the loader gets.
+fn set_up_session(client: &mut Client) {
+    // Staging tables live in temp buffers: room for a batch of wide rows
+    // (server memory, allocated only as used; must be set before the first).
+    if let Err(e) = client.batch_execute("SET temp_buffers = '256MB'") {
+        tracing::warn!("cannot raise temp_buffers: {}", describe(&e));
+    }
 }
 
 impl<W: Write> Loader<W> {
     pub fn new(mut client: Client, settings: TargetSettings, out: W) -> Self {
-        // Staging tables live in temp buffers: room for a batch of wide rows
-        // (server memory, allocated only as used; must be set before the first).
-        if let Err(e) = client.batch_execute("SET temp_buffers = '256MB'") {
-            tracing::warn!("cannot raise temp_buffers: {}", describe(&e));
-        }
+        set_up_session(&mut client);
         let now = chrono::Utc::now();
         let who = Who::of(&mut client);
         Loader {
@@ -123,12 +137,40 @@ impl<W: Write> Loader<W> {
             overwritten: HashSet::new(),
             next_stage: 0,
             flush_at_state: false,
+            connect_more: None,
+            spare: None,
+            behind: None,
         }
+    }
+
+    /// Lets full batches that merge commit behind the loader, on a second
+    /// connection `connect` opens when first needed.
+    pub fn with_second_connection(
+        mut self,
+        connect: Box<dyn FnMut() -> Result<Client, String>>,
+    ) -> Self {
+        self.connect_more = Some(connect);
+        self
     }
 
     /// Loads every message, then commits what is pending.
     pub fn run<I: Iterator<Item = Item>>(&mut self, input: &mut Input<I>) -> Result<(), LoadError> {
         singer_core::progress::start(singer_core::progress::Role::Target);
+        let loaded = self.load_all(input);
+        if loaded.is_err() {
+            // A flush committing behind still ends as it would have before
+            // the failure: committed, then its STATE.
+            let _ = self.settle();
+        }
+        loaded?;
+        singer_core::progress::finish();
+        Ok(())
+    }
+
+    fn load_all<I: Iterator<Item = Item>>(
+        &mut self,
+        input: &mut Input<I>,
+    ) -> Result<(), LoadError> {
         while let Some(item) = input.next() {
             let (line, message) = item?;
             match message {
@@ -138,14 +180,56 @@ impl<W: Write> Loader<W> {
                     self.state.received(s.value);
                     if self.flush_at_state {
                         self.flush()?;
+                    } else {
+                        self.settle_if_done()?;
                     }
                 }
                 Message::ActivateVersion(a) => self.activate_version(a)?,
             }
         }
-        self.flush()?;
-        singer_core::progress::finish();
+        self.flush()
+    }
+
+    /// Waits for the flush committing behind, then emits its STATE.
+    fn settle(&mut self) -> Result<(), LoadError> {
+        if let Some(behind) = self.behind.take() {
+            let done = behind.finish()?;
+            self.spare = Some(done.client);
+            for (name, rows) in done.streams {
+                singer_core::progress::stream(&name).batch(rows);
+            }
+            self.state.committed_up_to(done.state)?;
+        }
         Ok(())
+    }
+
+    /// [`Loader::settle`] when the flush behind has finished: its STATE goes out at once.
+    fn settle_if_done(&mut self) -> Result<(), LoadError> {
+        if self.behind.as_ref().is_some_and(Behind::is_finished) {
+            self.settle()?;
+        }
+        Ok(())
+    }
+
+    /// The second connection, opened when first needed.
+    fn take_spare(&mut self) -> Option<Client> {
+        if let Some(c) = self.spare.take() {
+            return Some(c);
+        }
+        let connect = self.connect_more.as_mut()?;
+        match connect() {
+            Ok(mut c) => {
+                set_up_session(&mut c);
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot open a second connection ({e}); each flush waits for its merge"
+                );
+                self.connect_more = None;
+                None
+            }
+        }
     }
 
     fn begin(&mut self) -> Result<(), LoadError> {
@@ -159,6 +243,7 @@ impl<W: Write> Loader<W> {
     }
 
     fn schema(&mut self, line: usize, message: SchemaMessage) -> Result<(), LoadError> {
+        self.settle()?;
         let stream = message.stream.clone();
         let bad = |problem: String| LoadError::Schema {
             line,
@@ -330,15 +415,53 @@ impl<W: Write> Loader<W> {
             self.flush_at_state = true;
             Ok(())
         } else {
-            self.flush()
+            self.flush_behind()
         }
     }
 
     /// Merges every pending stream, commits, notifies, then emits STATE.
     pub fn flush(&mut self) -> Result<(), LoadError> {
+        self.settle()?;
+        let job = self.take_batches();
+        self.commit_now(job)
+    }
+
+    /// Runs a flush's job on the loader's connection, then emits STATE.
+    fn commit_now(&mut self, job: Job) -> Result<(), LoadError> {
+        job.run(&mut self.client, self.in_tx)?;
+        self.in_tx = false;
+        for (name, rows) in job.committed {
+            singer_core::progress::stream(&name).batch(rows);
+        }
+        self.state.committed()?;
+        Ok(())
+    }
+
+    /// [`Loader::flush`], but a flush that merges commits behind: the next
+    /// batch streams meanwhile into the second connection (and merges only
+    /// after this flush has committed).
+    fn flush_behind(&mut self) -> Result<(), LoadError> {
+        self.settle()?;
+        let job = self.take_batches();
+        if let (true, true, Some(next)) = (job.merges, self.in_tx, self.take_spare()) {
+            let client = std::mem::replace(&mut self.client, next);
+            self.in_tx = false;
+            self.behind = Some(Behind::start(client, job, self.state.newest()));
+            return Ok(());
+        }
+        self.commit_now(job)
+    }
+
+    /// What a flush sends for every pending stream (whose batches start anew).
+    fn take_batches(&mut self) -> Job {
         self.flush_at_state = false;
+        let mut job = Job {
+            steps: Vec::new(),
+            notify: None,
+            committed: Vec::new(),
+            merges: false,
+        };
         let mut written = Vec::new();
-        let mut committed = Vec::new();
         let hard_delete = self.settings.hard_delete;
         let mut names: Vec<&String> = self.streams.keys().collect();
         names.sort();
@@ -349,43 +472,37 @@ impl<W: Write> Loader<W> {
                 continue;
             }
             let table = st.shape.table.clone();
-            let started = std::time::Instant::now();
             let staged = st.batch.staged();
+            let step = |what, sql| Step {
+                stream: name.clone(),
+                table: table.clone(),
+                what,
+                sql,
+            };
             if staged {
-                merge::merge(&mut self.client, st)
-                    .map_err(|e| db_err(&name, &table, "merging the batch", &e))?;
+                job.steps
+                    .push(step("merging the batch", merge::merge_sql(st)));
+                job.merges = true;
             }
-            let merge_ms = started.elapsed().as_millis() as u64;
             if hard_delete && st.batch.deletes && st.shape.has_column(DELETED_AT) {
-                merge::delete_deleted(&mut self.client, &table)
-                    .map_err(|e| db_err(&name, &table, "deleting deleted records", &e))?;
+                job.steps.push(step(
+                    "deleting deleted records",
+                    merge::delete_deleted_sql(&table),
+                ));
             }
             let rows = st.batch.rows;
             if rows > 0 {
                 written.push(json!({"schema": table.schema, "table": table.table, "rows": rows}));
                 st.info.empty = false;
             }
-            tracing::debug!(stream = %name, table = %table.qualified(), rows, staged, merge_ms, "batch loaded");
-            committed.push((name.clone(), rows as u64));
+            tracing::debug!(stream = %name, table = %table.qualified(), rows, staged, "batch loaded");
+            job.committed.push((name.clone(), rows as u64));
             st.batch = Batch::new();
         }
         if let (Some(channel), false) = (&self.settings.notify_channel, written.is_empty()) {
-            let payload = json!({"tables": written}).to_string();
-            self.client
-                .execute("SELECT pg_notify($1, $2)", &[channel, &payload])
-                .map_err(session("NOTIFY"))?;
+            job.notify = Some((channel.clone(), json!({"tables": written}).to_string()));
         }
-        if self.in_tx {
-            self.client
-                .batch_execute("COMMIT")
-                .map_err(session("COMMIT"))?;
-            self.in_tx = false;
-        }
-        for (name, rows) in committed {
-            singer_core::progress::stream(&name).batch(rows);
-        }
-        self.state.committed()?;
-        Ok(())
+        job
     }
 }
 

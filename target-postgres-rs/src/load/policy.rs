@@ -266,7 +266,16 @@ impl Keying {
         }
         if let (Some(k), Keying::Integer(RunKeys::Tracked { loaded, .. })) = (int_key, self) {
             // Staged keys count too: a later batch must not copy them directly.
-            loaded.insert(k);
+            let new_to_run = loaded.insert(k);
+            if let BatchPolicy::Staged(keys) = policy {
+                // A key new to this run is new to the batch: no set of keys
+                // needed. One seen before may repeat in the batch (or came in
+                // an earlier one): the merge then picks the last per key.
+                if !new_to_run {
+                    *keys = BatchKeys::Repeated;
+                }
+                return Verdict::Copy;
+            }
         }
         match policy {
             BatchPolicy::UntilRepeat(seen) => {

@@ -2,15 +2,20 @@
 //! `bench/dataset.sql`), measures
 //! - raw `COPY ... TO STDOUT | COPY ... FROM STDIN` between the same two databases (the practical limit),
 //! - `tap | target` full load into an empty database,
+//! - raw SQL upsert: the same `\copy` into a temporary table, then
+//!   `INSERT … SELECT … ON CONFLICT (id) DO UPDATE` of every column, in one
+//!   transaction, into the table the raw COPY pipe just populated,
 //! - `tap | target` re-load (upsert) into the populated database,
 //! - the tap alone to /dev/null, and the target alone from a saved file,
 //!
 //! and prints rows/s, MB/s (logical: rows x text-COPY bytes per row / wall),
-//! peak RSS of each process, and each figure's ratio to the raw COPY pipe.
-//! Medians over `--repeat` passes. Not a test: timings on shared machines are noisy.
-//! Other modes: `--cdc N` (LOG_BASED replay of N changes, against
-//! `pg_recvlogical` reading the same range; `--backlog-mb N` adds N MB of WAL
-//! of unpublished changes after them), `--scan` (the tap's
+//! peak RSS and CPU seconds of each process and of the server, and each
+//! figure's ratio to the raw COPY pipe (the upsert re-load's also to the raw
+//! SQL upsert pipe). Passes alternate the runs; medians over `--repeat`
+//! passes. Not a test: timings on shared machines are noisy, CPU seconds less so.
+//! With `--cdc N` the same run then replays N LOG_BASED changes, against
+//! `pg_recvlogical` reading the same range (`--backlog-mb N` adds N MB of WAL
+//! of unpublished changes after them). Other modes: `--scan` (the tap's
 //! read against the server's own COPY variants, see scan.rs), `--synthetic`
 //! (the target alone on a generated stream, see synthetic.rs), `--scaling`
 //! (8 tables with 1, 2 and 4 parallel streams, see scaling.rs).
@@ -92,11 +97,21 @@ fn vm_hwm_mb(pid: u32) -> Option<f64> {
     pg_testkit::process::peak_rss_kb(pid).map(|kb| kb as f64 / 1024.0)
 }
 
-/// Waits for children, sampling each one's peak RSS until it exits (VmHWM
-/// is gone once a process has exited, so all are sampled together).
-fn wait_all(children: &mut [&mut Child]) -> Vec<(std::process::ExitStatus, f64)> {
-    let mut done: Vec<Option<(std::process::ExitStatus, f64)>> = vec![None; children.len()];
+/// How a child ended: its status, peak RSS (MB) and CPU seconds.
+#[derive(Clone, Copy)]
+struct Ended {
+    status: std::process::ExitStatus,
+    rss: f64,
+    cpu: f64,
+}
+
+/// Waits for children, sampling each one's peak RSS and CPU time until it
+/// exits (/proc forgets both once a process has exited, so all are sampled
+/// together; the CPU time misses at most the last 10 ms).
+fn wait_all(children: &mut [&mut Child]) -> Vec<Ended> {
+    let mut done: Vec<Option<Ended>> = vec![None; children.len()];
     let mut peaks = vec![0.0f64; children.len()];
+    let mut cpus = vec![0.0f64; children.len()];
     while done.iter().any(Option::is_none) {
         for (i, child) in children.iter_mut().enumerate() {
             if done[i].is_some() {
@@ -105,8 +120,15 @@ fn wait_all(children: &mut [&mut Child]) -> Vec<(std::process::ExitStatus, f64)>
             if let Some(mb) = vm_hwm_mb(child.id()) {
                 peaks[i] = peaks[i].max(mb);
             }
+            if let Some(cpu) = cpu_s(child.id()) {
+                cpus[i] = cpus[i].max(cpu);
+            }
             if let Some(status) = child.try_wait().unwrap() {
-                done[i] = Some((status, peaks[i]));
+                done[i] = Some(Ended {
+                    status,
+                    rss: peaks[i],
+                    cpu: cpus[i],
+                });
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -114,16 +136,64 @@ fn wait_all(children: &mut [&mut Child]) -> Vec<(std::process::ExitStatus, f64)>
     done.into_iter().map(Option::unwrap).collect()
 }
 
-/// One measured run: wall seconds and the peak RSS of each side.
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): utime is the 14th field.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / CLOCK_TICKS)
+}
+
+/// `USER_HZ`: the unit of /proc times (100 on every Linux build that matters).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// The server's CPU seconds so far: the postmaster and its live children,
+/// plus every child it has reaped (the backends of finished sessions).
+fn server_cpu_s(postmaster: u32) -> f64 {
+    let stat = |pid: &str| -> Option<(u32, [f64; 4])> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let n = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        Some((f.get(1)?.parse().ok()?, [n(11), n(12), n(13), n(14)]))
+    };
+    let mut ticks = 0.0;
+    if let Some((_, t)) = stat(&postmaster.to_string()) {
+        ticks += t.iter().sum::<f64>();
+    }
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if let Some((ppid, t)) = stat(pid) {
+            if ppid == postmaster {
+                ticks += t[0] + t[1];
+            }
+        }
+    }
+    ticks / CLOCK_TICKS
+}
+
+/// One measured run: wall seconds, and the peak RSS and CPU seconds of each
+/// side and of the server.
 #[derive(Clone, Copy, Default)]
 struct Sample {
     wall: f64,
     left_rss: f64,
     right_rss: f64,
+    left_cpu: f64,
+    right_cpu: f64,
+    server_cpu: f64,
 }
 
 struct Bench {
     port: u16,
+    postmaster: u32,
     bindir: std::path::PathBuf,
     table: String,
     dir: tempfile::TempDir,
@@ -199,8 +269,16 @@ impl Bench {
         self.count("bench_dst", "true")
     }
 
+    /// The server's CPU seconds since `before`, once the backends of
+    /// finished sessions have been reaped.
+    fn server_cpu_since(&self, before: f64) -> f64 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        server_cpu_s(self.postmaster) - before
+    }
+
     /// `left | right`, both measured.
     fn pipe(&self, mut left: Command, mut right: Command) -> Sample {
+        let server = server_cpu_s(self.postmaster);
         let start = Instant::now();
         let mut l = left
             .stdout(Stdio::piped())
@@ -214,17 +292,26 @@ impl Bench {
             .spawn()
             .unwrap();
         let waited = wait_all(&mut [&mut l, &mut r]);
-        let ((ls, left_rss), (rs, right_rss)) = (waited[0], waited[1]);
+        let (left, right) = (waited[0], waited[1]);
         let wall = start.elapsed().as_secs_f64();
-        assert!(ls.success() && rs.success(), "pipe failed: {ls} | {rs}");
+        assert!(
+            left.status.success() && right.status.success(),
+            "pipe failed: {} | {}",
+            left.status,
+            right.status
+        );
         Sample {
             wall,
-            left_rss,
-            right_rss,
+            left_rss: left.rss,
+            right_rss: right.rss,
+            left_cpu: left.cpu,
+            right_cpu: right.cpu,
+            server_cpu: self.server_cpu_since(server),
         }
     }
 
     fn single(&self, mut cmd: Command, stdin: Stdio, stdout: Stdio) -> Sample {
+        let server = server_cpu_s(self.postmaster);
         let start = Instant::now();
         let mut c = cmd
             .stdin(stdin)
@@ -232,13 +319,16 @@ impl Bench {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let (s, rss) = wait_all(&mut [&mut c])[0];
+        let ended = wait_all(&mut [&mut c])[0];
         let wall = start.elapsed().as_secs_f64();
-        assert!(s.success(), "{s}");
+        assert!(ended.status.success(), "{}", ended.status);
         Sample {
             wall,
-            left_rss: rss,
-            right_rss: rss,
+            left_rss: ended.rss,
+            right_rss: ended.rss,
+            left_cpu: ended.cpu,
+            right_cpu: 0.0,
+            server_cpu: self.server_cpu_since(server),
         }
     }
 
@@ -251,10 +341,27 @@ impl Bench {
     }
 
     fn target(&self) -> Command {
-        let mut c = Command::new(bin("target-postgres-rs"));
+        self.target_at(&bin("target-postgres-rs"))
+    }
+
+    fn target_at(&self, program: &std::path::Path) -> Command {
+        let mut c = Command::new(program);
         c.arg("--config").arg(self.dir.path().join("target.json"));
         c
     }
+}
+
+/// `cmd` run under the command in environment variable `var`, when set
+/// (e.g. `RELOAD_WRAP="perf record -g -o /tmp/reload.perf --"`).
+fn wrapped(cmd: Command, var: &str) -> Command {
+    let wrap = std::env::var(var).unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let Some(program) = words.next() else {
+        return cmd;
+    };
+    let mut w = Command::new(program);
+    w.args(words).arg(cmd.get_program()).args(cmd.get_args());
+    w
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -273,6 +380,7 @@ fn main() {
     let cluster = pg_testkit::cluster();
     let b = Bench {
         port: cluster.port(),
+        postmaster: cluster.postmaster_pid(),
         bindir: cluster.bindir().to_path_buf(),
         table: args.table.clone(),
         dir: tempfile::tempdir().unwrap(),
@@ -316,9 +424,6 @@ fn main() {
     };
     let bytes_per_row = copy_bytes / args.rows as f64;
 
-    if let Some(changes) = args.cdc {
-        return cdc(&b, &args, changes);
-    }
     let conn = |db: &str| json!({"host": "127.0.0.1", "port": b.port, "user": "postgres", "password": "", "database": db, "ssl_mode": "disable"});
     let tap_config = write_json(b.dir.path(), "tap.json", &conn("bench_src"));
     write_json(b.dir.path(), "target.json", &conn("bench_dst"));
@@ -346,54 +451,78 @@ fn main() {
 
     let names = [
         "raw COPY text pipe",
+        "raw SQL upsert pipe (\\copy to temp, INSERT ... ON CONFLICT)",
         "tap | target, full load",
         "tap | target, upsert re-load",
         "tap alone > /dev/null",
         "target alone < saved file",
     ];
+    let qt = pg_connect::quote_qualified("public", &args.table);
+    let raw_upsert = raw_upsert_sql(&b, &args.table);
+    let copy_out = || {
+        let mut left = b.psql("bench_src");
+        left.args(["-c", &format!("\\copy {qt} TO STDOUT")]);
+        left
+    };
+    // BENCH_TARGET_BASE=<a target binary>: its full load and re-load too, in
+    // every pass (an A/B comparison of two builds in the same run).
+    let base = std::env::var_os("BENCH_TARGET_BASE").map(std::path::PathBuf::from);
+    let mut names = names.to_vec();
+    if base.is_some() {
+        names.extend([
+            "BENCH_TARGET_BASE full load",
+            "BENCH_TARGET_BASE upsert re-load",
+        ]);
+    }
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); names.len()];
     for pass in 1..=args.repeat {
         eprintln!("bench: pass {pass}/{}", args.repeat);
         b.fresh_dst(true);
-        let mut left = b.psql("bench_src");
-        left.args([
-            "-c",
-            &format!(
-                "\\copy {} TO STDOUT",
-                pg_connect::quote_qualified("public", &args.table)
-            ),
-        ]);
         let mut right = b.psql("bench_dst");
-        right.args([
-            "-c",
-            &format!(
-                "\\copy {} FROM STDIN",
-                pg_connect::quote_qualified("public", &args.table)
-            ),
-        ]);
-        samples[0].push(b.pipe(left, right));
+        right.args(["-c", &format!("\\copy {qt} FROM STDIN")]);
+        samples[0].push(b.pipe(copy_out(), right));
         assert_eq!(b.count_dst(), args.rows);
 
+        // Into the table the raw pipe just populated: every row conflicts.
+        b.sql("postgres", "CHECKPOINT");
+        let mut right = b.psql("bench_dst");
+        right.arg("-1");
+        for sql in &raw_upsert {
+            right.args(["-c", sql]);
+        }
+        samples[1].push(b.pipe(copy_out(), right));
+        assert_eq!(b.count_dst(), args.rows, "raw upsert row count");
+
         b.fresh_dst(false);
-        samples[1].push(b.pipe(b.tap(), b.target()));
+        samples[2].push(b.pipe(b.tap(), b.target()));
         assert_eq!(b.count_dst(), args.rows, "full load row count");
         b.sql("postgres", "CHECKPOINT");
-        samples[2].push(b.pipe(b.tap(), b.target()));
+        samples[3].push(b.pipe(b.tap(), wrapped(b.target(), "RELOAD_WRAP")));
         assert_eq!(b.count_dst(), args.rows, "re-load row count");
 
         b.sql("postgres", "CHECKPOINT");
-        samples[3].push(b.single(b.tap(), Stdio::null(), Stdio::null()));
+        samples[4].push(b.single(b.tap(), Stdio::null(), Stdio::null()));
 
         b.fresh_dst(false);
-        samples[4].push(b.single(
+        samples[5].push(b.single(
             b.target(),
             Stdio::from(File::open(&saved).unwrap()),
             Stdio::null(),
         ));
         assert_eq!(b.count_dst(), args.rows, "target-alone row count");
+
+        if let Some(base) = &base {
+            b.fresh_dst(false);
+            samples[6].push(b.pipe(b.tap(), b.target_at(base)));
+            assert_eq!(b.count_dst(), args.rows, "base full load row count");
+            b.sql("postgres", "CHECKPOINT");
+            samples[7].push(b.pipe(b.tap(), b.target_at(base)));
+            assert_eq!(b.count_dst(), args.rows, "base re-load row count");
+        }
     }
 
-    let raw_rate = args.rows as f64 / median(samples[0].iter().map(|s| s.wall).collect());
+    let wall = |i: usize| median(samples[i].iter().map(|s| s.wall).collect());
+    let raw_rate = args.rows as f64 / wall(0);
     println!(
         "\n{} rows of {} ({:.1} bytes/row in text COPY; Singer stream {:.1} bytes/row); medians of {} passes on {} cores",
         args.rows,
@@ -404,21 +533,80 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "\n| run | wall s | rows/s | MB/s | x raw COPY | left RSS MB | right RSS MB |\n|---|---:|---:|---:|---:|---:|---:|"
+        "\n| run | wall s | rows/s | MB/s | x raw COPY | left RSS MB | right RSS MB | left CPU s | right CPU s | server CPU s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
-    for (name, s) in names.iter().zip(&samples) {
-        let wall = median(s.iter().map(|x| x.wall).collect());
-        let rate = args.rows as f64 / wall;
+    for (i, (name, s)) in names.iter().zip(&samples).enumerate() {
+        let rate = args.rows as f64 / wall(i);
         let rss_l = s.iter().map(|x| x.left_rss).fold(0.0, f64::max);
         let rss_r = s.iter().map(|x| x.right_rss).fold(0.0, f64::max);
+        let cpu = |f: fn(&Sample) -> f64| median(s.iter().map(f).collect());
         println!(
-            "| {name} | {wall:.2} | {:.0} | {:.1} | {:.2} | {rss_l:.1} | {rss_r:.1} |",
+            "| {} | {:.2} | {:.0} | {:.1} | {:.2} | {rss_l:.1} | {rss_r:.1} | {:.2} | {:.2} | {:.2} |",
+            name.replace('|', "\\|"),
+            wall(i),
             rate,
             rate * bytes_per_row / 1e6,
-            rate / raw_rate
+            rate / raw_rate,
+            cpu(|x| x.left_cpu),
+            cpu(|x| x.right_cpu),
+            cpu(|x| x.server_cpu),
         );
     }
-    println!("\n(single-process rows show the same process in both RSS columns; raw COPY sides are psql)");
+    println!("\n(single-process rows show the same process in both RSS columns and its CPU as left; raw sides are psql; server CPU: every backend and background process)");
+    // Ratios of medians, and the median of each pass's own ratio (the runs
+    // of one pass are measured minutes apart, not hours).
+    let ratio = |a: usize, b: usize| {
+        let per_pass = median(
+            samples[a]
+                .iter()
+                .zip(&samples[b])
+                .map(|(x, y)| y.wall / x.wall)
+                .collect(),
+        );
+        format!("{:.2}x (per pass median {per_pass:.2}x)", wall(b) / wall(a))
+    };
+    println!("\nfull load / raw COPY text pipe: {}", ratio(2, 0));
+    println!("upsert re-load / raw SQL upsert pipe: {}", ratio(3, 1));
+    println!("upsert re-load / raw COPY text pipe: {}", ratio(3, 0));
+    if base.is_some() {
+        println!(
+            "BENCH_TARGET_BASE full load / raw COPY text pipe: {}",
+            ratio(6, 0)
+        );
+        println!(
+            "BENCH_TARGET_BASE upsert re-load / raw SQL upsert pipe: {}",
+            ratio(7, 1)
+        );
+    }
+    if let Some(changes) = args.cdc {
+        cdc(&b, &args, changes);
+    }
+}
+
+/// The raw SQL upsert, as psql `-c` commands (run with `-1`): the rows
+/// through `\\copy` into a temporary table without indexes, then one
+/// `INSERT … SELECT … ON CONFLICT (id) DO UPDATE` of every other column.
+fn raw_upsert_sql(b: &Bench, table: &str) -> Vec<String> {
+    let qt = pg_connect::quote_qualified("public", table);
+    let columns = b.query(
+        "bench_src",
+        &format!(
+            "SELECT string_agg(quote_ident(attname), ',' ORDER BY attnum) FROM pg_attribute \
+             WHERE attrelid = '{qt}'::regclass AND attnum > 0 AND NOT attisdropped AND attname <> 'id'"
+        ),
+    );
+    let set: Vec<String> = columns
+        .split(',')
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect();
+    vec![
+        format!("CREATE TEMPORARY TABLE bench_stage (LIKE {qt}) ON COMMIT DROP"),
+        "\\copy bench_stage FROM pstdin".to_owned(),
+        format!(
+            "INSERT INTO {qt} SELECT * FROM bench_stage ON CONFLICT (id) DO UPDATE SET {}",
+            set.join(", ")
+        ),
+    ]
 }
 
 /// LOG_BASED: initial copy of `rows`, then `changes` mixed changes (half
@@ -467,7 +655,7 @@ fn cdc(b: &Bench, args: &Args, changes: u64) {
         let waited = wait_all(&mut [&mut l, &mut r]);
         let wall = start.elapsed().as_secs_f64();
         assert!(
-            waited[0].0.success() && waited[1].0.success(),
+            waited[0].status.success() && waited[1].status.success(),
             "cdc pipe failed"
         );
         let last = std::fs::read_to_string(&states)
@@ -479,8 +667,11 @@ fn cdc(b: &Bench, args: &Args, changes: u64) {
         (
             Sample {
                 wall,
-                left_rss: waited[0].1,
-                right_rss: waited[1].1,
+                left_rss: waited[0].rss,
+                right_rss: waited[1].rss,
+                left_cpu: waited[0].cpu,
+                right_cpu: waited[1].cpu,
+                ..Sample::default()
             },
             serde_json::from_str(&last).unwrap(),
         )
@@ -626,8 +817,9 @@ fn cdc(b: &Bench, args: &Args, changes: u64) {
         recv.left_rss,
     );
     println!(
-        "\ntap alone / pg_recvlogical changes/s: {:.2}",
-        recv.wall / alone.sample.wall
+        "\ntap alone / pg_recvlogical changes/s: {:.2}x; tap | target replay / pg_recvlogical: {:.2}x",
+        recv.wall / alone.sample.wall,
+        recv.wall / replay.wall
     );
 }
 
@@ -703,15 +895,17 @@ fn tap_alone(b: &Bench, state: &std::path::Path) -> Alone {
         }
         (first.unwrap_or(f64::NAN), last, records)
     });
-    let (status, rss) = wait_all(&mut [&mut child])[0];
+    let ended = wait_all(&mut [&mut child])[0];
     let wall = start.elapsed().as_secs_f64();
-    assert!(status.success(), "tap alone: {status}");
+    assert!(ended.status.success(), "tap alone: {}", ended.status);
     let (first_record, last_record, records) = reader.join().unwrap();
     Alone {
         sample: Sample {
             wall,
-            left_rss: rss,
-            right_rss: rss,
+            left_rss: ended.rss,
+            right_rss: ended.rss,
+            left_cpu: ended.cpu,
+            ..Sample::default()
         },
         first_record,
         last_record,

@@ -192,7 +192,10 @@ fn timed_target(db: &pg_testkit::TestDb, input: &std::path::Path) -> (f64, u64, 
     let secs = start.elapsed().as_secs_f64();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    for l in stderr.lines().filter(|l| l.contains("batch loaded")) {
+    for l in stderr
+        .lines()
+        .filter(|l| l.contains("batch loaded") || l.contains("flush step"))
+    {
         println!("  {l}");
     }
     let last: Vec<&str> = stderr.lines().last().unwrap().split_whitespace().collect();
