@@ -93,6 +93,30 @@ impl<W: Write> Loader<W> {
             st.batch = Batch::new();
         }
         if !st.batch.pending() {
+            if st
+                .keying
+                .judges_table(st.info.empty, st.info.unique_on_keys)
+            {
+                // "Empty" and "largest key" are only true once no other writer
+                // is in flight: a killed predecessor's backend may still be
+                // committing its last batch, and a direct COPY would then fail
+                // on the unique index. Wait for such writers, then look again.
+                client
+                    .batch_execute(&format!(
+                        "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+                        table.qualified()
+                    ))
+                    .map_err(|e| db_err(&stream, &table, "locking the table", &e))?;
+                if st.info.empty {
+                    st.info.empty = client
+                        .query_one(
+                            &format!("SELECT NOT EXISTS (SELECT 1 FROM {})", table.qualified()),
+                            &[],
+                        )
+                        .map_err(|e| db_err(&stream, &table, "checking the table is empty", &e))?
+                        .get(0);
+                }
+            }
             let decision = st
                 .keying
                 .decide(client, &st.shape, st.info.empty, st.info.unique_on_keys)

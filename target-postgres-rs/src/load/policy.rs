@@ -181,6 +181,17 @@ impl Keying {
         }
     }
 
+    /// Whether [`Keying::decide`] reads the table to judge that rows can go
+    /// straight in (its emptiness or its largest key).
+    pub(super) fn judges_table(&self, empty: bool, unique_on_keys: bool) -> bool {
+        match self {
+            Keying::Append => false,
+            Keying::Keys => empty && unique_on_keys,
+            Keying::Integer(RunKeys::Unknown) => true,
+            Keying::Integer(_) => empty && unique_on_keys,
+        }
+    }
+
     /// Decides, at a batch's first record, whether its rows go straight into
     /// the table (`empty` and `unique_on_keys` describe the table now).
     pub(super) fn decide(

@@ -78,3 +78,79 @@ fn nearly_ordered_keys_with_repeats_converge() {
     let want: Vec<(i64, String)> = want.into_iter().map(|(k, v)| (k, v.to_string())).collect();
     assert_eq!(rows, want);
 }
+
+/// A writer still in flight when a run starts (a killed predecessor's
+/// backend finishing its COMMIT, as an orchestrator's quick retry meets it)
+/// must not make the table's largest key look smaller, or the table empty:
+/// the run waits for it, then merges by key instead of a direct COPY that
+/// would fail on the unique index. For an integer key and a text key.
+#[test]
+fn a_writer_in_flight_at_start_is_waited_for_and_merged() {
+    for (name, ty, sql, start) in [
+        ("inflight_int", "integer", "bigint", 3),
+        ("inflight_text", "string", "text", 1),
+    ] {
+        let db = pg_testkit::cluster().create_database(name);
+        let id = |i: i64| {
+            if ty == "integer" {
+                i.to_string()
+            } else {
+                format!("\"{i}\"")
+            }
+        };
+        let input = |ids: std::ops::RangeInclusive<i64>, v: &str| {
+            let mut s = format!(
+                r#"{{"type":"SCHEMA","stream":"public-t","schema":{{"type":"object","properties":{{"id":{{"type":"{ty}","x-sql-datatype":"{sql}"}},"v":{{"type":["null","string"]}}}}}},"key_properties":["id"]}}"#
+            );
+            s.push('\n');
+            for i in ids {
+                s.push_str(&format!(
+                    r#"{{"type":"RECORD","stream":"public-t","record":{{"id":{},"v":"{v}"}}}}"#,
+                    id(i)
+                ));
+                s.push('\n');
+            }
+            s
+        };
+        // What earlier runs committed: keys below `start` (none for text,
+        // whose table is then empty).
+        let (ok, stderr) = run_target(&db, &input(1..=start - 1, "old"));
+        assert!(ok, "{stderr}");
+        let mut other = db.client();
+        let mut tx = other.transaction().unwrap();
+        let literal = if ty == "integer" {
+            start.to_string()
+        } else {
+            format!("'{start}'")
+        };
+        tx.batch_execute(&format!(
+            "INSERT INTO public.t (id, v) VALUES ({literal}, 'in flight')"
+        ))
+        .unwrap();
+        let run = {
+            let db = db.clone();
+            let input = input(start..=start + 1, "new");
+            std::thread::spawn(move || run_target(&db, &input))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        tx.commit().unwrap();
+        let (ok, stderr) = run.join().unwrap();
+        assert!(ok, "{name}: {stderr}");
+        let rows: Vec<(String, String)> = db
+            .client()
+            .query("SELECT id::text, v FROM public.t ORDER BY id", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let expected: Vec<(String, String)> = (1..=start + 1)
+            .map(|i| {
+                (
+                    i.to_string(),
+                    if i < start { "old" } else { "new" }.to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(rows, expected, "{name}");
+    }
+}
