@@ -18,6 +18,11 @@
 //! count now (with one worker, one range after another, still in one
 //! snapshot: a row an UPDATE moves into a range read earlier would otherwise
 //! be missed).
+//!
+//! Each range reads with its own copy of the stream's [`Prepared`], so it
+//! widens its own SCHEMA: a later SCHEMA from another range may declare
+//! fewer columns widened (targets that only ever widen, like ours, keep the
+//! widest).
 
 use std::io::Write;
 

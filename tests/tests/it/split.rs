@@ -403,3 +403,37 @@ fn ranges_with_a_gap_start_over() {
     assert_eq!(by_ctid.len(), ctids.len());
     assert!(by_ctid.values().all(|&n| n == 1));
 }
+
+/// A table rewritten (VACUUM FULL) since the bookmark: its ranges' ctids
+/// mean nothing now, so the copy starts over as a new version.
+#[test]
+fn a_rewritten_table_starts_over() {
+    let setup = Setup::new("split_rewrite");
+    let full = setup.output(3, None);
+    let state = full
+        .iter()
+        .filter(|m| {
+            m["type"] == "STATE" && m["value"]["bookmarks"]["public-heap"]["ranges"].is_array()
+        })
+        .nth(3)
+        .unwrap()["value"]
+        .clone();
+    setup
+        .src
+        .client()
+        .batch_execute("VACUUM FULL heap")
+        .unwrap();
+    let (_, ctids) = setup.source_rows();
+    let rest = setup.output(2, Some(&state));
+    let mut sent: Vec<String> = records(&rest, "public-heap")
+        .map(|r| r["_sdc_source_ctid"].as_str().unwrap().to_owned())
+        .collect();
+    sent.sort_unstable();
+    assert_eq!(sent, ctids.iter().cloned().collect::<Vec<_>>());
+    let old = &state["bookmarks"]["public-heap"]["version"];
+    assert!(records(&rest, "public-heap").count() > 0);
+    assert!(rest
+        .iter()
+        .filter(|m| m["type"] == "RECORD" && m["stream"] == "public-heap")
+        .all(|m| &m["version"] != old));
+}
