@@ -78,21 +78,19 @@ pub fn decide(
     let unsplit_resume =
         bookmarks::full_table_resume(state, id).is_some_and(|r| r.relfilenode == p.rel.relfilenode);
     let workers = settings.max_parallel_streams as u64;
-    // A limited copy stops as if interrupted, by its one ctid bookmark.
-    let (Some(min_pages), false, true, None) = (
-        settings.split_table_min_pages,
-        unsplit_resume,
-        workers > 1,
-        settings.max_record_count,
-    ) else {
+    let Some(min_pages) = settings.split_table_min_pages else {
         return Ok(None);
     };
+    // A limited copy stops as if interrupted, by its one ctid bookmark.
+    if workers < 2 || unsplit_resume || settings.max_record_count.is_some() {
+        return Ok(None);
+    }
     let pages: i64 = client
         .query_one(
             "SELECT pg_relation_size($1::text::regclass) / current_setting('block_size')::bigint",
             &[&quote_qualified(&p.rel.schema, &p.rel.name)],
         )
-        .map_err(query_failed(id, StreamError::Copy))?
+        .map_err(query_failed(id, StreamError::TableSize))?
         .get(0);
     let pages = pages.max(0) as u64;
     if pages < min_pages.max(2) {
@@ -261,6 +259,54 @@ pub fn copy_range<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_last_range_done_closes_the_stream() {
+        let mut state = State::default();
+        let copy = SplitResume {
+            version: 5,
+            relfilenode: 1,
+            snapshot_xmax: 9,
+            snapshot_xip: vec![],
+            ranges: bounds(8, 2),
+        };
+        bookmarks::set_split(&mut state, "s", &copy);
+        let mut worker = state.clone();
+        let mut buf = Vec::new();
+        let mut out = MessageWriter::new(&mut buf);
+        // A range's progress, from a worker whose other range is stale.
+        let first = CtidRange {
+            ctid: "(2,7)".into(),
+            ..copy.ranges[0].clone()
+        };
+        bookmarks::set_range(&mut worker, "s", 0, &first);
+        merge_range(&mut state, "s", "s", 0, &worker.to_value(), &mut out).unwrap();
+        assert_eq!(
+            bookmarks::split_resume(&state, "s").unwrap().ranges[0],
+            first
+        );
+        for i in [0, 1] {
+            let done = CtidRange {
+                done: true,
+                ..copy.ranges[i].clone()
+            };
+            let mut worker = State::default();
+            bookmarks::set_split(&mut worker, "s", &copy);
+            bookmarks::set_range(&mut worker, "s", i, &done);
+            merge_range(&mut state, "s", "s", i, &worker.to_value(), &mut out).unwrap();
+        }
+        out.flush().unwrap();
+        drop(out);
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "{\"type\":\"ACTIVATE_VERSION\",\"stream\":\"s\",\"version\":5}\n"
+        );
+        assert_eq!(
+            state.to_value()["bookmarks"]["s"],
+            json!({"version": 5, "last_replication_method": "FULL_TABLE"})
+        );
+    }
 
     #[test]
     fn ranges_cover_every_page_once() {
