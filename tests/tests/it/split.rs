@@ -49,10 +49,17 @@ impl Setup {
 
     /// Ranges from 4 pages on, a STATE every 50 records.
     fn tap_config(&self, workers: usize) -> PathBuf {
+        self.tap_config_with(workers, json!({}))
+    }
+
+    fn tap_config_with(&self, workers: usize, extra: Value) -> PathBuf {
         let mut c = self.src.config();
         c["state_interval_records"] = json!(50);
         c["max_parallel_streams"] = json!(workers);
         c["split_table_min_pages"] = json!(4);
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
         write_json(self.dir.path(), &format!("tap{workers}.json"), &c)
     }
 
@@ -436,4 +443,45 @@ fn a_rewritten_table_starts_over() {
         .iter()
         .filter(|m| m["type"] == "RECORD" && m["stream"] == "public-heap")
         .all(|m| &m["version"] != old));
+}
+
+/// Row filters apply in every range; `split_table_min_pages: 0` never splits.
+#[test]
+fn ranges_keep_the_row_filter_and_zero_never_splits() {
+    let setup = Setup::new("split_filter");
+    let filter =
+        json!({"stream_options": {"public-big": {"custom_where_clauses": ["id % 3 = 0"]}}});
+    let tap = setup.tap_config_with(3, filter);
+    let out = tap_sync(&tap, &setup.catalog, None).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut ids: Vec<i64> = records(&out, "public-big")
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=ROWS).filter(|i| i % 3 == 0).collect::<Vec<_>>());
+    assert!(out.iter().any(
+        |m| m["type"] == "STATE" && m["value"]["bookmarks"]["public-big"]["ranges"].is_array()
+    ));
+
+    let never = setup.tap_config_with(3, json!({"split_table_min_pages": 0}));
+    let out = tap_sync(&never, &setup.catalog, None).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !text.contains("\"ranges\""),
+        "split with split_table_min_pages 0"
+    );
+    assert_eq!(
+        text.matches("\"stream\":\"public-big\",\"record\"").count(),
+        ROWS as usize
+    );
 }
