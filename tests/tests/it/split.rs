@@ -473,3 +473,47 @@ fn ranges_keep_the_row_filter_and_zero_never_splits() {
     assert!(!split(&never, "public-big"));
     assert_eq!(records(&never, "public-big").count(), ROWS as usize);
 }
+
+/// Each range widens its own SCHEMA for special values: one range's SCHEMA
+/// may declare a column plain that another range already widened. The
+/// target never narrows, so every value still lands.
+#[test]
+fn special_values_in_different_ranges_land() {
+    let setup = Setup::new("split_special");
+    setup
+        .src
+        .client()
+        .batch_execute(
+            "CREATE TABLE special (id int PRIMARY KEY, a numeric, b float8, pad text); \
+             INSERT INTO special SELECT g, \
+                 CASE WHEN g IN (2, 1500) THEN 'NaN' ELSE g::numeric END, \
+                 CASE WHEN g IN (3, 1900) THEN 'Infinity' ELSE g::float8 END, \
+                 repeat('s', 200) FROM generate_series(1, 2000) g",
+        )
+        .unwrap();
+    let tap = setup.tap_config(3);
+    let mut catalog = discover(&tap);
+    select(&mut catalog, &["public-special"], "FULL_TABLE", None);
+    let catalog = write_json(setup.dir.path(), "special.json", &catalog);
+    let out = tap_sync(&tap, &catalog, None).output().unwrap();
+    assert!(out.status.success());
+    let messages: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(split(&messages, "public-special"));
+    // Widened: the property admits a string.
+    let widened = |m: &Value, c: &str| m["schema"]["properties"][c].to_string().contains("string");
+    let schemas: Vec<(bool, bool)> = messages
+        .iter()
+        .filter(|m| m["type"] == "SCHEMA")
+        .map(|m| (widened(m, "a"), widened(m, "b")))
+        .collect();
+    assert!(schemas.len() >= 3, "{schemas:?}");
+
+    let dst = cluster().create_database("split_special_dst");
+    let target = write_json(setup.dir.path(), "special-target.json", &dst.config());
+    pipe(&tap, &catalog, None, &target).assert_success();
+    assert_exact(&setup.src, &dst, "special", "special values in ranges");
+}
