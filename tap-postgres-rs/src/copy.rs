@@ -42,7 +42,13 @@ impl<'a> StreamCtx<'a> {
         state.set_currently_syncing(Some(&p.id));
         out.write_state(&state.to_value())?;
         tracing::info!(stream = %p.id, method = p.method.as_str(), "sync started");
-        Ok(StreamCtx {
+        Ok(StreamCtx::new(p, settings))
+    }
+
+    /// A stream's copy without the opening STATE: one range of a split
+    /// table, whose stream the writer of stdout opens and ends.
+    pub fn new(p: &'a Prepared, settings: &TapSettings) -> StreamCtx<'a> {
+        StreamCtx {
             p,
             interval: settings.state_interval,
             time_extracted: record::format_time(chrono::Utc::now()),
@@ -50,7 +56,7 @@ impl<'a> StreamCtx<'a> {
             limit: settings
                 .max_record_count
                 .filter(|_| p.method != crate::settings::Method::LogBased),
-        })
+        }
     }
 
     /// Ends a stream of `count` records: a STATE without `currently_syncing`.

@@ -176,6 +176,9 @@ pub enum StreamError {
     /// Importing the shared snapshot into a parallel stream's connection.
     #[error("importing the shared snapshot failed: {0}")]
     ImportSnapshot(QueryError),
+    /// Measuring a table to decide whether to split it (`split_table_min_pages`).
+    #[error("reading the table's size (split_table_min_pages) failed: {0}")]
+    TableSize(QueryError),
     /// Reading unchanged TOASTed values and generated columns by key.
     #[error(transparent)]
     ByKeyQuery(QueryError),

@@ -61,21 +61,13 @@ fn full_table<W: Write>(
         None => {
             // Taken before the COPY's own snapshot: anything that snapshot
             // cannot see was in progress here or started later.
-            let row = client
-                .query_one(
-                    "SELECT (txid_snapshot_xmax(s) % 4294967296)::bigint, \
-                            ARRAY(SELECT (x % 4294967296)::bigint FROM txid_snapshot_xip(s) x) \
-                       FROM txid_current_snapshot() s",
-                    &[],
-                )
-                .map_err(query_failed(id, StreamError::Snapshot))?;
-            let xip: Vec<i64> = row.get(1);
+            let (snapshot_xmax, snapshot_xip) = current_snapshot(client, id)?;
             FullTableResume {
                 version: chrono::Utc::now().timestamp_millis(),
                 ctid: "(0,0)".into(),
                 relfilenode: rel.relfilenode,
-                snapshot_xmax: row.get::<_, i64>(0) as u32,
-                snapshot_xip: xip.into_iter().map(|x| x as u32).collect(),
+                snapshot_xmax,
+                snapshot_xip,
             }
         }
     };
@@ -92,12 +84,10 @@ fn full_table<W: Write>(
     let mut conditions: Vec<String> = ctx.p.row_filter.iter().cloned().collect();
     if let Some(r) = &resume {
         tracing::info!(stream = id, ctid = %r.ctid, "resuming after the bookmark");
-        let xip: Vec<String> = r.snapshot_xip.iter().map(u32::to_string).collect();
         conditions.push(format!(
-            "(ctid > {}::tid OR age(xmin) <= age({}::xid) OR xmin = ANY({}::xid[]))",
+            "(ctid > {}::tid OR {})",
             quote_literal(&r.ctid),
-            quote_literal(&r.snapshot_xmax.to_string()),
-            quote_literal(&format!("{{{}}}", xip.join(",")))
+            unseen_by(r.snapshot_xmax, &r.snapshot_xip)
         ));
     } else {
         // Only a stream's first copy opens with ACTIVATE_VERSION, so that its
@@ -117,14 +107,7 @@ fn full_table<W: Write>(
     // it stops as if interrupted.
     let limit = ctx.limit();
     query.push_str(&ctx.limit_clause());
-    // Resuming needs the rows in ctid order: a filter must not make the
-    // planner read them in an index's order.
     let ordered_scan = with_ctid && ctx.p.row_filter.is_some();
-    if ordered_scan {
-        client
-            .batch_execute("SET enable_indexscan = off; SET enable_indexonlyscan = off")
-            .map_err(query_failed(id, StreamError::Copy))?;
-    }
 
     let version = progress.version;
     let copy = CopyQuery {
@@ -136,22 +119,19 @@ fn full_table<W: Write>(
         // unless a limit may stop it first.
         final_checkpoint: with_ctid && limit.is_some(),
     };
-    let count = emit_rows(client, ctx, &copy, out, |tracker, out| {
-        // Without ctids (views, partitioned parents, foreign tables) an
-        // interrupted sync starts over; the STATE still lets targets flush.
-        if with_ctid {
-            progress.ctid.clear();
-            progress.ctid.push_str(&tracker.position);
-            bookmarks::set_full_table_progress(state, id, &progress);
-        }
-        out.write_state(&state.to_value())?;
-        Ok(())
+    let count = in_ctid_order(client, id, ordered_scan, |client| {
+        emit_rows(client, ctx, &copy, out, |tracker, out| {
+            // Without ctids (views, partitioned parents, foreign tables) an
+            // interrupted sync starts over; the STATE still lets targets flush.
+            if with_ctid {
+                progress.ctid.clear();
+                progress.ctid.push_str(&tracker.position);
+                bookmarks::set_full_table_progress(state, id, &progress);
+            }
+            out.write_state(&state.to_value())?;
+            Ok(())
+        })
     })?;
-    if ordered_scan {
-        client
-            .batch_execute("RESET enable_indexscan; RESET enable_indexonlyscan")
-            .map_err(query_failed(id, StreamError::Copy))?;
-    }
     if with_ctid && limit == Some(count) {
         // Stopped as if interrupted: the next run goes on after the bookmark.
         tracing::info!(
@@ -164,4 +144,59 @@ fn full_table<W: Write>(
     bookmarks::finish_full_table(state, id, version);
     out.write_activate_version(&ctx.p.name, version)?;
     Ok(count)
+}
+
+/// The snapshot in force on `client` (32-bit xids): its xmax and the xids
+/// in progress in it.
+pub(crate) fn current_snapshot(
+    client: &mut Client,
+    id: &str,
+) -> Result<(u32, Vec<u32>), SyncError> {
+    let row = client
+        .query_one(
+            "SELECT (txid_snapshot_xmax(s) % 4294967296)::bigint, \
+                    ARRAY(SELECT (x % 4294967296)::bigint FROM txid_snapshot_xip(s) x) \
+               FROM txid_current_snapshot() s",
+            &[],
+        )
+        .map_err(query_failed(id, StreamError::Snapshot))?;
+    let xip: Vec<i64> = row.get(1);
+    Ok((
+        row.get::<_, i64>(0) as u32,
+        xip.into_iter().map(|x| x as u32).collect(),
+    ))
+}
+
+/// The condition matching row versions a first run's snapshot could not
+/// see (written from `xmax` on, or by a transaction in `xip`).
+pub(crate) fn unseen_by(xmax: u32, xip: &[u32]) -> String {
+    let xip: Vec<String> = xip.iter().map(u32::to_string).collect();
+    format!(
+        "age(xmin) <= age({}::xid) OR xmin = ANY({}::xid[])",
+        quote_literal(&xmax.to_string()),
+        quote_literal(&format!("{{{}}}", xip.join(",")))
+    )
+}
+
+/// Runs `read` with index scans off when `needed`: resuming needs rows in
+/// ctid order, and a filter must not make the planner read them in an
+/// index's order.
+pub(crate) fn in_ctid_order<T>(
+    client: &mut Client,
+    id: &str,
+    needed: bool,
+    read: impl FnOnce(&mut Client) -> Result<T, SyncError>,
+) -> Result<T, SyncError> {
+    if needed {
+        client
+            .batch_execute("SET enable_indexscan = off; SET enable_indexonlyscan = off")
+            .map_err(query_failed(id, StreamError::Copy))?;
+    }
+    let result = read(client)?;
+    if needed {
+        client
+            .batch_execute("RESET enable_indexscan; RESET enable_indexonlyscan")
+            .map_err(query_failed(id, StreamError::Copy))?;
+    }
+    Ok(result)
 }

@@ -18,6 +18,7 @@ mod plan;
 mod record;
 mod row_filter;
 mod settings;
+mod split;
 mod state;
 mod sync;
 

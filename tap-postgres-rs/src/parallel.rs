@@ -15,6 +15,10 @@
 //! writer merges that stream's bookmark into the run's state and writes the
 //! whole state then. A stream's bookmark arrives after its rows, so every
 //! STATE claims only rows already written before it.
+//!
+//! A big table can be split into ctid ranges ([`crate::split`]): each range
+//! is a job a worker takes like a stream, and its STATE carries only its
+//! range's bookmark, which the writer merges range by range.
 
 use std::io::{self, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -28,6 +32,7 @@ use singer_core::{MessageWriter, State};
 use crate::error::{QueryError, StreamError, SyncError};
 use crate::plan::{self, Prepared};
 use crate::settings::TapSettings;
+use crate::split::{self, Split};
 use crate::{full_table, incremental};
 
 /// How every reading session is set up: synchronized scans and parallel
@@ -53,22 +58,38 @@ pub fn sync_stream<W: Write>(
     }
 }
 
-/// The streams no worker has taken yet, with their index.
-type Streams = std::iter::Enumerate<std::vec::IntoIter<Prepared>>;
+/// What a worker takes: a whole stream, or one range of a split one.
+enum Job {
+    Stream(Prepared),
+    Range {
+        p: Prepared,
+        split: Split,
+        index: usize,
+    },
+}
+
+/// The jobs no worker has taken yet, with their stream's index.
+type Jobs = std::vec::IntoIter<(usize, Job)>;
 
 /// What a worker sends the writer.
 enum Piece {
     /// Whole messages, as encoded.
     Lines(Vec<u8>),
     /// The STATE a worker wrote after the lines before it (its view of the
-    /// state: only the bookmark of `stream`, an index into the streams, is news).
-    State { stream: usize, value: Value },
+    /// state: only the bookmark of `stream`, an index into the streams, is
+    /// news; of a split stream, only that of its range `range`).
+    State {
+        stream: usize,
+        range: Option<usize>,
+        value: Value,
+    },
     /// A worker failed (its error is in `first_error`): stop.
     Failed,
 }
 
 /// Syncs `streams` on up to `settings.max_parallel_streams` connections at
-/// once, in the snapshot `client` exports; the run's state follows each.
+/// once, in the snapshot `client` exports, big tables split into ranges;
+/// the run's state follows each. One stream not split is synced on `client`.
 pub fn sync_parallel<W: Write>(
     client: &mut Client,
     connector: &pg_connect::Connector,
@@ -77,19 +98,36 @@ pub fn sync_parallel<W: Write>(
     settings: &TapSettings,
     out: &mut MessageWriter<W>,
 ) -> Result<(), SyncError> {
+    let mut decisions = Vec::with_capacity(streams.len());
+    for p in &streams {
+        decisions.push(split::decide(client, p, state, settings)?);
+    }
+    if let ([p], [None]) = (streams.as_slice(), decisions.as_slice()) {
+        return sync_stream(client, p, state, settings, out);
+    }
     let snapshot: String = client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .and_then(|()| client.query_one("SELECT pg_export_snapshot()", &[]))
         .map(|row| row.get(0))
         .map_err(|e| SyncError::ExportSnapshot(QueryError(e)))?;
-    let workers = settings.max_parallel_streams.min(streams.len());
     tracing::info!(
         streams = streams.len(),
-        workers,
         snapshot = %snapshot,
         "reading streams in parallel, in one snapshot"
     );
-    let result = run_workers(connector, streams, &snapshot, workers, state, settings, out);
+    let mut splits = Vec::with_capacity(streams.len());
+    let mut started = Ok(());
+    for (p, d) in streams.iter().zip(decisions) {
+        match d.map(|d| d.start(client, p)).transpose() {
+            Ok(s) => splits.push(s),
+            Err(e) => {
+                started = Err(e);
+                break;
+            }
+        }
+    }
+    let result = started
+        .and_then(|()| run_workers(connector, streams, splits, &snapshot, state, settings, out));
     // The snapshot is no longer needed (nothing was written in it).
     let ended = client.batch_execute("COMMIT");
     result?;
@@ -99,19 +137,37 @@ pub fn sync_parallel<W: Write>(
 fn run_workers<W: Write>(
     connector: &pg_connect::Connector,
     streams: Vec<Prepared>,
+    splits: Vec<Option<Split>>,
     snapshot: &str,
-    workers: usize,
     state: &mut State,
     settings: &TapSettings,
     out: &mut MessageWriter<W>,
 ) -> Result<(), SyncError> {
-    // A stream's bookmark changes only in its own worker, so each worker
-    // starts from the state as it is now.
-    let start = state.clone();
     let ids: Vec<String> = streams.iter().map(|p| p.id.clone()).collect();
-    // Each stream goes to one worker (a Prepared is not shared: its widening
-    // changes as rows are read).
-    let next = Mutex::new(streams.into_iter().enumerate());
+    let names: Vec<String> = streams.iter().map(|p| p.name.clone()).collect();
+    // Each job goes to one worker (a Prepared is not shared: its widening
+    // changes as rows are read). Ranges first: they are the big ones.
+    let mut jobs = Vec::new();
+    let mut whole = Vec::new();
+    for (i, (p, split)) in streams.into_iter().zip(splits).enumerate() {
+        match split {
+            Some(split) => {
+                split::open(&p, &split, state, out)?;
+                for index in 0..split.copy.ranges.len() {
+                    let (p, split) = (p.clone(), split.clone());
+                    jobs.push((i, Job::Range { p, split, index }));
+                }
+            }
+            None => whole.push((i, Job::Stream(p))),
+        }
+    }
+    jobs.extend(whole);
+    let workers = settings.max_parallel_streams.min(jobs.len()).max(1);
+    tracing::info!(jobs = jobs.len(), workers, "workers started");
+    // A stream's (or range's) bookmark changes only in its own worker, so
+    // each worker starts from the state as it is now.
+    let start = state.clone();
+    let next = Mutex::new(jobs.into_iter());
     let first_error: Mutex<Option<SyncError>> = Mutex::new(None);
     let (tx, rx) = sync_channel::<Piece>(workers * 2);
     std::thread::scope(|scope| {
@@ -127,7 +183,7 @@ fn run_workers<W: Write>(
             });
         }
         drop(tx);
-        if let Err(e) = write_pieces(&rx, &ids, state, out) {
+        if let Err(e) = write_pieces(&rx, &ids, &names, state, out) {
             // Recorded before the channel closes: the workers' failures to
             // send are its consequence, not the cause.
             first_error.lock().expect("not poisoned").get_or_insert(e);
@@ -146,14 +202,27 @@ fn run_workers<W: Write>(
 fn write_pieces<W: Write>(
     rx: &Receiver<Piece>,
     ids: &[String],
+    names: &[String],
     state: &mut State,
     out: &mut MessageWriter<W>,
 ) -> Result<(), SyncError> {
     for piece in rx {
         match piece {
             Piece::Lines(lines) => out.write_encoded(&lines)?,
-            Piece::State { stream, value } => {
+            Piece::State {
+                stream,
+                range: None,
+                value,
+            } => {
                 merge_bookmark(state, &ids[stream], &value);
+                out.write_state(&state.to_value())?;
+            }
+            Piece::State {
+                stream,
+                range: Some(range),
+                value,
+            } => {
+                split::merge_range(state, &ids[stream], &names[stream], range, &value, out)?;
                 out.write_state(&state.to_value())?;
             }
             Piece::Failed => break,
@@ -185,10 +254,10 @@ fn merge_bookmark(state: &mut State, id: &str, worker: &Value) {
     }
 }
 
-/// One worker: its own connection; takes the next stream until none is left.
+/// One worker: its own connection; takes the next job until none is left.
 fn worker(
     connector: &pg_connect::Connector,
-    next: &Mutex<Streams>,
+    next: &Mutex<Jobs>,
     snapshot: &str,
     start: &State,
     settings: &TapSettings,
@@ -196,8 +265,12 @@ fn worker(
 ) -> Result<(), SyncError> {
     let mut client: Option<Client> = None;
     loop {
-        let Some((i, p)) = next.lock().expect("not poisoned").next() else {
+        let Some((i, job)) = next.lock().expect("not poisoned").next() else {
             return Ok(());
+        };
+        let (p, range) = match &job {
+            Job::Stream(p) => (p, None),
+            Job::Range { p, index, .. } => (p, Some(*index)),
         };
         let id = p.id.as_str();
         let client = match &mut client {
@@ -218,8 +291,14 @@ fn worker(
             ))
             .map_err(|e| StreamError::ImportSnapshot(QueryError(e)).at(id))?;
         let mut state = start.clone();
-        let mut out = MessageWriter::new(StreamSink::new(tx.clone(), i));
-        sync_stream(client, &p, &mut state, settings, &mut out)?;
+        let mut out = MessageWriter::new(StreamSink::new(tx.clone(), i, range));
+        match &job {
+            Job::Stream(p) => sync_stream(client, p, &mut state, settings, &mut out)?,
+            Job::Range { p, split, index } => {
+                split::copy_range(client, p, split, *index, &mut state, settings, &mut out)
+                    .map(drop)?
+            }
+        }
         out.flush()?;
         client
             .batch_execute("COMMIT")
@@ -232,6 +311,7 @@ fn worker(
 struct StreamSink {
     tx: SyncSender<Piece>,
     stream: usize,
+    range: Option<usize>,
     buf: Vec<u8>,
     /// Where the first incomplete line in `buf` starts (every line before it
     /// is complete and not a STATE).
@@ -242,10 +322,11 @@ struct StreamSink {
 const STATE_PREFIX: &[u8] = b"{\"type\":\"STATE\",";
 
 impl StreamSink {
-    fn new(tx: SyncSender<Piece>, stream: usize) -> StreamSink {
+    fn new(tx: SyncSender<Piece>, stream: usize, range: Option<usize>) -> StreamSink {
         StreamSink {
             tx,
             stream,
+            range,
             buf: Vec::with_capacity(CHUNK + 4096),
             line_start: 0,
         }
@@ -284,6 +365,7 @@ impl Write for StreamSink {
                 let value = message.get("value").cloned().unwrap_or_default();
                 self.send(Piece::State {
                     stream: self.stream,
+                    range: self.range,
                     value,
                 })?;
                 from = self.line_start;
@@ -311,7 +393,7 @@ mod tests {
     #[test]
     fn a_sink_sends_whole_lines_and_states_in_order() {
         let (tx, rx) = sync_channel(64);
-        let mut out = MessageWriter::new(StreamSink::new(tx, 3));
+        let mut out = MessageWriter::new(StreamSink::new(tx, 3, None));
         out.write_record_raw("s", "{\"id\":1}", None, None).unwrap();
         out.write_state(&json!({"bookmarks": {"s": {"ctid": "(0,1)"}}}))
             .unwrap();
@@ -322,7 +404,7 @@ mod tests {
             .iter()
             .map(|p| match p {
                 Piece::Lines(l) => String::from_utf8(l).unwrap(),
-                Piece::State { stream, value } => format!("state {stream} {value}"),
+                Piece::State { stream, value, .. } => format!("state {stream} {value}"),
                 Piece::Failed => "failed".into(),
             })
             .collect();

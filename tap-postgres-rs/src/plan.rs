@@ -21,6 +21,8 @@ use crate::settings::{Method, SpecialValues, TapSettings};
 pub const XMIN_KEY: &str = "xmin";
 
 /// A selected stream, resolved against the database: what to read and how.
+/// (Cloned for each range of a split table: each reader widens its own.)
+#[derive(Clone)]
 pub struct Prepared {
     /// `tap_stream_id`: the state's key.
     pub id: String,

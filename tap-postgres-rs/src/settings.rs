@@ -109,6 +109,13 @@ const KEYLESS_ROW_IDENTITY: Setting = Setting::new(
 )
 .default_boolean(true);
 
+const SPLIT_TABLE_MIN_PAGES: Setting = Setting::new(
+    "split_table_min_pages",
+    SettingKind::Integer,
+    "With max_parallel_streams > 1: a FULL_TABLE stream of a table with at least this many pages (of block_size, 8 kB by default: 10000 pages is about 80 MB) is read as up to max_parallel_streams ctid ranges at once, all from one snapshot, each range resumable on its own. PostgreSQL 14+ reads each range with a TID range scan; on 12 and 13 every range scans the whole table (correct, but costing one full scan per range). 0: never split.",
+)
+.default_integer(10_000);
+
 pub const TAP_SETTINGS: &[Setting] = &[
     FILTER_SCHEMAS,
     DEFAULT_METHOD,
@@ -126,6 +133,7 @@ pub const TAP_SETTINGS: &[Setting] = &[
     SECONDARY_PORT,
     MAX_PARALLEL_STREAMS,
     KEYLESS_ROW_IDENTITY,
+    SPLIT_TABLE_MIN_PAGES,
 ];
 
 /// Every setting, for `--about`, `--help` and the environment.
@@ -268,6 +276,8 @@ pub struct TapSettings {
     pub max_parallel_streams: usize,
     /// See [`crate::record::RowIdentity`].
     pub keyless_row_identity: bool,
+    /// Tables of at least this many pages are read in ctid ranges (None: never).
+    pub split_table_min_pages: Option<u64>,
 }
 
 impl TapSettings {
@@ -377,7 +387,18 @@ impl TapSettings {
                 problem: format!("must be from 1 to 1024, not {max_parallel_streams}"),
             });
         }
+        let split_table_min_pages = match config.integer_or_default(&SPLIT_TABLE_MIN_PAGES)? {
+            0 => None,
+            n if n > 0 => Some(n as u64),
+            n => {
+                return Err(ConfigError::Invalid {
+                    key: SPLIT_TABLE_MIN_PAGES.name.into(),
+                    problem: format!("must be a number of pages (0: never split), not {n}"),
+                })
+            }
+        };
         Ok(TapSettings {
+            split_table_min_pages,
             stream_options: stream_options(config)?,
             max_record_count,
             secondary,

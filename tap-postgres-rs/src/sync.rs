@@ -1,6 +1,7 @@
 //! The sync dispatcher, above every sync method: plans each selected stream
 //! and hands it to FULL_TABLE or INCREMENTAL ([`crate::parallel`]: one after
-//! another, or with `max_parallel_streams` several at once) or, last and
+//! another, or with `max_parallel_streams` several at once, big tables split
+//! into ctid ranges) or, last and
 //! together, LOG_BASED ([`crate::log_based`]); then writes the run's final
 //! STATE, and fails if a stream had to be skipped. With `use_secondary`,
 //! FULL_TABLE and INCREMENTAL streams are planned and read on the standby
@@ -16,6 +17,7 @@ pub use crate::error::SyncError;
 use crate::pg_type::TypeMap;
 use crate::plan;
 use crate::settings::{Method, TapSettings};
+use crate::state as bookmarks;
 use crate::{log_based, parallel};
 
 /// Syncs every selected stream of the catalog, the one the state says was
@@ -47,6 +49,7 @@ pub fn run<W: Write>(
     crate::row_filter::check_all(client, catalog, settings)?;
     // Types are loaded once per run, not once per stream.
     let types = TypeMap::load(client).map_err(SyncError::Types)?;
+    let split_connector = standby.as_ref().map_or(connector, |(_, c)| *c);
     let mut log_based = Vec::new();
     // FULL_TABLE and INCREMENTAL streams for `max_parallel_streams` > 1.
     let mut copies = Vec::new();
@@ -66,15 +69,19 @@ pub fn run<W: Write>(
             copies.push(p);
             continue;
         }
+        if bookmarks::split_resume(&state, &p.id).is_some() {
+            // An interrupted split copy resumes by its ranges, whatever the
+            // worker count now.
+            parallel::sync_parallel(reader, split_connector, vec![p], &mut state, settings, out)?;
+            continue;
+        }
         parallel::sync_stream(reader, &p, &mut state, settings, out)?;
     }
     let (reader, reader_connector) = match standby {
         Some((s, c)) => (s, c),
         None => (&mut *client, connector),
     };
-    if let [p] = copies.as_slice() {
-        parallel::sync_stream(reader, p, &mut state, settings, out)?;
-    } else if !copies.is_empty() {
+    if !copies.is_empty() {
         parallel::sync_parallel(reader, reader_connector, copies, &mut state, settings, out)?;
     }
     if !log_based.is_empty() {

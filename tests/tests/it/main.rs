@@ -21,4 +21,5 @@ mod reference;
 mod roundtrip;
 mod secure;
 mod sources;
+mod split;
 mod target_settings;

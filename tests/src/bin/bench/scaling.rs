@@ -1,7 +1,9 @@
-//! `bench --scaling`: the benchmark rows split over 8 tables, read by the tap
-//! with `max_parallel_streams` 1, 2 and 4, alone (to /dev/null) and into the
-//! target: rows/s, and CPU microseconds per row of the tap (and target) and of
-//! the server backends serving them. Medians over `--repeat` passes.
+//! `bench --scaling`: the benchmark rows split over 8 tables, and then the
+//! benchmark table alone split into ctid ranges (`split_table_min_pages`),
+//! read by the tap with `max_parallel_streams` 1, 2 and 4, alone (to
+//! /dev/null) and into the target: rows/s, and CPU microseconds per row of the
+//! tap (and target) and of the server backends serving them. Medians over
+//! `--repeat` passes.
 //!
 //! CPU: the binaries' from this process's reaped-children times
 //! (`/proc/self/stat` cutime + cstime, exact); the server's by sampling its
@@ -121,14 +123,73 @@ pub fn run(b: &Bench, rows: u64, repeat: usize) {
         let config = e2e_tests::write_json(dir, &format!("scaling-tap-{workers}.json"), &config);
         e2e_tests::tap_sync(&config, &catalog, None)
     };
-    let target = || b.target();
+    let loaded = || -> u64 {
+        (0..TABLES)
+            .map(|k| {
+                b.query(
+                    "bench_dst",
+                    &format!("SELECT count(*) FROM public.scale_{k}"),
+                )
+                .parse::<u64>()
+                .unwrap()
+            })
+            .sum()
+    };
+    let tables = passes(b, rows, repeat, "8 tables", &tap, &loaded);
 
-    // (workers, alone runs, piped runs)
-    let mut results: Vec<(usize, Vec<Run>, Vec<Run>)> = Vec::new();
+    // One large table: the benchmark table itself, in up to `workers` ranges.
+    let mut one = e2e_tests::discover(&dir.join("tap.json"));
+    let id = format!("public-{}", b.table);
+    e2e_tests::select(&mut one, &[&id], "FULL_TABLE", None);
+    let one = e2e_tests::write_json(dir, "scaling-one-catalog.json", &one);
+    let tap_one = |workers: usize| -> Command {
+        let mut config = conn("bench_src");
+        config["max_parallel_streams"] = json!(workers);
+        config["split_table_min_pages"] = json!(1);
+        let config = e2e_tests::write_json(dir, &format!("scaling-one-{workers}.json"), &config);
+        e2e_tests::tap_sync(&config, &one, None)
+    };
+    let loaded_one = || -> u64 {
+        b.query("bench_dst", &format!("SELECT count(*) FROM {table}"))
+            .parse::<u64>()
+            .unwrap()
+    };
+    let single = passes(b, rows, repeat, "one table", &tap_one, &loaded_one);
+
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "\n{rows} rows of {} in {TABLES} tables; max_parallel_streams 1, 2, 4; medians of {repeat} passes on {cores} cores",
+        b.table
+    );
+    print_table(rows, &tables);
+    println!(
+        "\nOne large table ({rows} rows of {}) split into ctid ranges (split_table_min_pages 1): max_parallel_streams 1 (unsplit), 2, 4",
+        b.table
+    );
+    print_table(rows, &single);
+    println!(
+        "\n(the target loads on one connection whatever the tap does; server CPU is sampled every 10 ms)"
+    );
+}
+
+/// (workers, alone runs, piped runs)
+type Results = Vec<(usize, Vec<Run>, Vec<Run>)>;
+
+/// `repeat` passes of each worker count: the tap alone, then into the target
+/// (a fresh destination, checked to hold `rows` by `loaded`).
+fn passes(
+    b: &Bench,
+    rows: u64,
+    repeat: usize,
+    what: &str,
+    tap: &dyn Fn(usize) -> Command,
+    loaded: &dyn Fn() -> u64,
+) -> Results {
+    let mut results = Vec::new();
     for workers in WORKERS {
         let (mut alone, mut piped) = (Vec::new(), Vec::new());
         for pass in 1..=repeat {
-            eprintln!("bench --scaling: {workers} worker(s), pass {pass}/{repeat}");
+            eprintln!("bench --scaling: {what}, {workers} worker(s), pass {pass}/{repeat}");
             b.sql("postgres", "CHECKPOINT");
             let (started, cpu0) = (Instant::now(), children_cpu());
             let t = tap(workers)
@@ -145,7 +206,8 @@ pub fn run(b: &Bench, rows: u64, repeat: usize) {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            let g = target()
+            let g = b
+                .target()
                 .stdin(Stdio::from(t.stdout.take().unwrap()))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -157,26 +219,18 @@ pub fn run(b: &Bench, rows: u64, repeat: usize) {
                 started,
                 cpu0,
             ));
-            let loaded: u64 = (0..TABLES)
-                .map(|k| {
-                    b.query(
-                        "bench_dst",
-                        &format!("SELECT count(*) FROM public.scale_{k}"),
-                    )
-                    .parse::<u64>()
-                    .unwrap()
-                })
-                .sum();
-            assert_eq!(loaded, rows, "rows loaded with {workers} worker(s)");
+            assert_eq!(
+                loaded(),
+                rows,
+                "{what}: rows loaded with {workers} worker(s)"
+            );
         }
         results.push((workers, alone, piped));
     }
+    results
+}
 
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!(
-        "\n{rows} rows of {} in {TABLES} tables; max_parallel_streams 1, 2, 4; medians of {repeat} passes on {cores} cores",
-        b.table
-    );
+fn print_table(rows: u64, results: &Results) {
     println!(
         "\n| workers | tap alone rows/s | x 1 worker | tap µs CPU/row | server µs CPU/row | tap \\| target rows/s | x 1 worker | tap+target µs CPU/row | server µs CPU/row |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
@@ -189,7 +243,7 @@ pub fn run(b: &Bench, rows: u64, repeat: usize) {
     };
     let (base_alone, _, _) = summary(&results[0].1);
     let (base_piped, _, _) = summary(&results[0].2);
-    for (workers, alone, piped) in &results {
+    for (workers, alone, piped) in results {
         let (ra, ca, sa) = summary(alone);
         let (rp, cp, sp) = summary(piped);
         println!(
@@ -198,7 +252,4 @@ pub fn run(b: &Bench, rows: u64, repeat: usize) {
             rp / base_piped
         );
     }
-    println!(
-        "\n(the target loads on one connection whatever the tap does; server CPU is sampled every 10 ms)"
-    );
 }
