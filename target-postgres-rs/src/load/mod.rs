@@ -12,6 +12,7 @@ mod commit;
 mod copy;
 mod error;
 mod merge;
+pub mod parallel;
 mod policy;
 mod prepare;
 
@@ -108,6 +109,9 @@ pub struct Loader<W: Write> {
     spare: Option<Client>,
     /// The flush committing behind the loader.
     behind: Option<Behind>,
+    /// One of several loaders (`parallelism` > 1): STATE messages are
+    /// numbered barriers (see [`parallel`]).
+    worker: Option<parallel::Worker>,
 }
 
 /// Session settings every connection of the loader gets.
@@ -140,6 +144,7 @@ impl<W: Write> Loader<W> {
             connect_more: None,
             spare: None,
             behind: None,
+            worker: None,
         }
     }
 
@@ -155,7 +160,11 @@ impl<W: Write> Loader<W> {
 
     /// Loads every message, then commits what is pending.
     pub fn run<I: Iterator<Item = Item>>(&mut self, input: &mut Input<I>) -> Result<(), LoadError> {
-        singer_core::progress::start(singer_core::progress::Role::Target);
+        // Workers share the progress report their dispatcher starts.
+        let alone = self.worker.is_none();
+        if alone {
+            singer_core::progress::start(singer_core::progress::Role::Target);
+        }
         let loaded = self.load_all(input);
         if loaded.is_err() {
             // A flush committing behind still ends as it would have before
@@ -163,7 +172,9 @@ impl<W: Write> Loader<W> {
             let _ = self.settle();
         }
         loaded?;
-        singer_core::progress::finish();
+        if alone {
+            singer_core::progress::finish();
+        }
         Ok(())
     }
 
@@ -176,6 +187,7 @@ impl<W: Write> Loader<W> {
             match message {
                 Message::Record(r) => self.records(line, r, input)?,
                 Message::Schema(s) => self.schema(line, s)?,
+                Message::State(s) if self.worker.is_some() => self.barrier(s.value)?,
                 Message::State(s) => {
                     self.state.received(s.value);
                     if self.flush_at_state {
@@ -186,6 +198,11 @@ impl<W: Write> Loader<W> {
                 }
                 Message::ActivateVersion(a) => self.activate_version(a)?,
             }
+        }
+        if let Some(worker) = &self.worker {
+            // Another worker failed: commit nothing more (the open
+            // transaction rolls back with the connection).
+            worker.check_running()?;
         }
         self.flush()
     }
