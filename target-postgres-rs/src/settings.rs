@@ -219,7 +219,12 @@ impl TargetSettings {
         let flattening_max_depth = flattening(config)?;
         let parallelism = match config.integer_or_default(&PARALLELISM)? {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n if n < 0 => return Err(invalid(PARALLELISM.name, "must be 0 (one per core) or more")),
+            n if n < 0 => {
+                return Err(invalid(
+                    PARALLELISM.name,
+                    "must be 0 (one per core) or more",
+                ))
+            }
             n => n as usize,
         };
         let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());

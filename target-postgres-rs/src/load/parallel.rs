@@ -302,7 +302,8 @@ pub fn run<W: Write + Send>(
                 parts[w].push(Ok((line, message)));
             }
             for (w, part) in parts.into_iter().enumerate() {
-                let sent = part.is_empty() || senders[w].as_ref().is_some_and(|s| s.send(part).is_ok());
+                let sent =
+                    part.is_empty() || senders[w].as_ref().is_some_and(|s| s.send(part).is_ok());
                 if !sent {
                     break 'input;
                 }

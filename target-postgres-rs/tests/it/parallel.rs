@@ -66,7 +66,10 @@ fn bytes(lines: &[String]) -> Vec<u8> {
 
 fn rows(db: &TestDb, table: &str) -> Vec<(i64, String)> {
     db.client()
-        .query(&format!("SELECT id, v FROM public.{table} ORDER BY id, v"), &[])
+        .query(
+            &format!("SELECT id, v FROM public.{table} ORDER BY id, v"),
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
@@ -88,8 +91,15 @@ fn assert_landed_exactly(db: &TestDb, n: i64) {
     }
     let expected: Vec<(i64, String)> = (0..n).map(|i| (i, format!("{KEYLESS} {i}"))).collect();
     let got = rows(db, KEYLESS);
-    assert_eq!(got.len(), expected.len(), "rows of key-less stream {KEYLESS}");
-    assert!(got == expected, "key-less stream {KEYLESS}: the rows differ");
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "rows of key-less stream {KEYLESS}"
+    );
+    assert!(
+        got == expected,
+        "key-less stream {KEYLESS}: the rows differ"
+    );
 }
 
 fn settings(extra: Value) -> Value {
@@ -165,7 +175,11 @@ fn parallel_states_are_printed_only_after_every_streams_rows_are_committed() {
                         )
                         .unwrap()
                         .get(0);
-                    assert_eq!(n, upto + 1, "state {state} printed before {s} had ids 0..={upto}");
+                    assert_eq!(
+                        n,
+                        upto + 1,
+                        "state {state} printed before {s} had ids 0..={upto}"
+                    );
                 }
                 checked += 1;
                 let _ = tx.send(state);
@@ -233,14 +247,17 @@ fn parallel_killed_at_random_moments_then_rerun_from_the_last_state_converges() 
         feeder.join().unwrap();
         let last = reader.join().unwrap();
         let final_pos = lines.len() as u64 - 1;
-        if last.as_ref().is_some_and(|s| s["pos"].as_u64() != Some(final_pos)) {
+        if last
+            .as_ref()
+            .is_some_and(|s| s["pos"].as_u64() != Some(final_pos))
+        {
             mid_run += 1;
         }
         // A rerun sends the SCHEMAs, then everything after the last printed STATE.
         let mut rerun = schemas();
-        let from = last.as_ref().map_or(schemas().len(), |s| {
-            s["pos"].as_u64().unwrap() as usize + 1
-        });
+        let from = last
+            .as_ref()
+            .map_or(schemas().len(), |s| s["pos"].as_u64().unwrap() as usize + 1);
         rerun.extend_from_slice(&lines[from..]);
         let r = run(&db, settings(json!({})), &bytes(&rerun));
         assert_eq!(r.code, Some(0), "trial {trial}: {}", r.stderr);
