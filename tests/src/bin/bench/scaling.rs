@@ -122,11 +122,33 @@ pub fn run(b: &Bench, rows: u64, repeat: usize) {
         e2e_tests::tap_sync(&config, &catalog, None)
     };
     let target = || b.target();
+    // The target with `parallelism` workers of its own.
+    let target_par = |workers: usize| -> Command {
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("target.json")).unwrap()).unwrap();
+        config["parallelism"] = json!(workers);
+        let path = e2e_tests::write_json(dir, &format!("scaling-target-{workers}.json"), &config);
+        let mut c = Command::new(e2e_tests::bin("target-postgres-rs"));
+        c.arg("--config").arg(path);
+        c
+    };
+    let loaded = || -> u64 {
+        (0..TABLES)
+            .map(|k| {
+                b.query(
+                    "bench_dst",
+                    &format!("SELECT count(*) FROM public.scale_{k}"),
+                )
+                .parse::<u64>()
+                .unwrap()
+            })
+            .sum()
+    };
 
-    // (workers, alone runs, piped runs)
-    let mut results: Vec<(usize, Vec<Run>, Vec<Run>)> = Vec::new();
+    // (workers, alone runs, piped runs, piped into a parallel target)
+    let mut results: Vec<(usize, Vec<Run>, Vec<Run>, Vec<Run>)> = Vec::new();
     for workers in WORKERS {
-        let (mut alone, mut piped) = (Vec::new(), Vec::new());
+        let (mut alone, mut piped, mut par) = (Vec::new(), Vec::new(), Vec::new());
         for pass in 1..=repeat {
             eprintln!("bench --scaling: {workers} worker(s), pass {pass}/{repeat}");
             b.sql("postgres", "CHECKPOINT");
@@ -145,31 +167,31 @@ pub fn run(b: &Bench, rows: u64, repeat: usize) {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            let g = target()
-                .stdin(Stdio::from(t.stdout.take().unwrap()))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            piped.push(measure(
-                vec![t, g],
-                &["bench_src", "bench_dst"],
-                started,
-                cpu0,
-            ));
-            let loaded: u64 = (0..TABLES)
-                .map(|k| {
-                    b.query(
-                        "bench_dst",
-                        &format!("SELECT count(*) FROM public.scale_{k}"),
-                    )
-                    .parse::<u64>()
-                    .unwrap()
-                })
-                .sum();
-            assert_eq!(loaded, rows, "rows loaded with {workers} worker(s)");
+            for (into, runs) in [(target(), &mut piped), (target_par(workers), &mut par)] {
+                b.fresh_dst(false);
+                let (started, cpu0) = (Instant::now(), children_cpu());
+                let mut t = tap(workers)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let mut into = into;
+                let g = into
+                    .stdin(Stdio::from(t.stdout.take().unwrap()))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                runs.push(measure(
+                    vec![t, g],
+                    &["bench_src", "bench_dst"],
+                    started,
+                    cpu0,
+                ));
+                assert_eq!(loaded(), rows, "rows loaded with {workers} worker(s)");
+            }
         }
-        results.push((workers, alone, piped));
+        results.push((workers, alone, piped, par));
     }
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -178,7 +200,7 @@ pub fn run(b: &Bench, rows: u64, repeat: usize) {
         b.table
     );
     println!(
-        "\n| workers | tap alone rows/s | x 1 worker | tap µs CPU/row | server µs CPU/row | tap \\| target rows/s | x 1 worker | tap+target µs CPU/row | server µs CPU/row |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "\n| workers | tap alone rows/s | x 1 worker | tap µs CPU/row | server µs CPU/row | tap \\| target rows/s | x 1 worker | tap+target µs CPU/row | server µs CPU/row | tap \\| target (`parallelism` = workers) rows/s | x 1 worker | tap+target µs CPU/row | server µs CPU/row |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let summary = |runs: &[Run]| {
         let wall = median(runs.iter().map(|r| r.wall).collect());
@@ -189,16 +211,18 @@ pub fn run(b: &Bench, rows: u64, repeat: usize) {
     };
     let (base_alone, _, _) = summary(&results[0].1);
     let (base_piped, _, _) = summary(&results[0].2);
-    for (workers, alone, piped) in &results {
+    for (workers, alone, piped, par) in &results {
         let (ra, ca, sa) = summary(alone);
         let (rp, cp, sp) = summary(piped);
+        let (rq, cq, sq) = summary(par);
         println!(
-            "| {workers} | {ra:.0} | {:.2} | {ca:.2} | {sa:.2} | {rp:.0} | {:.2} | {cp:.2} | {sp:.2} |",
+            "| {workers} | {ra:.0} | {:.2} | {ca:.2} | {sa:.2} | {rp:.0} | {:.2} | {cp:.2} | {sp:.2} | {rq:.0} | {:.2} | {cq:.2} | {sq:.2} |",
             ra / base_alone,
-            rp / base_piped
+            rp / base_piped,
+            rq / base_piped
         );
     }
     println!(
-        "\n(the target loads on one connection whatever the tap does; server CPU is sampled every 10 ms)"
+        "\n(`tap | target`: the target loads on one connection whatever the tap does; the last columns give it `parallelism` workers too; server CPU is sampled every 10 ms)"
     );
 }
