@@ -160,13 +160,6 @@ pub fn run(b: &Bench, rows: u64, repeat: usize) {
                 .unwrap();
             alone.push(measure(vec![t], &["bench_src"], started, cpu0));
 
-            b.fresh_dst(false);
-            let (started, cpu0) = (Instant::now(), children_cpu());
-            let mut t = tap(workers)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
             for (into, runs) in [(target(), &mut piped), (target_par(workers), &mut par)] {
                 b.fresh_dst(false);
                 let (started, cpu0) = (Instant::now(), children_cpu());
