@@ -91,6 +91,9 @@ fn measure(mut children: Vec<Child>, databases: &[&str], started: Instant, cpu0:
     }
 }
 
+/// (workers, alone runs, piped runs, piped into a target with `parallelism` = workers)
+type Passes = (usize, Vec<Run>, Vec<Run>, Vec<Run>);
+
 pub fn run(b: &Bench, rows: u64, repeat: usize) {
     let mut client = pg_testkit::cluster().client("bench_src");
     let table = pg_connect::quote_qualified("public", &b.table);
@@ -145,8 +148,7 @@ pub fn run(b: &Bench, rows: u64, repeat: usize) {
             .sum()
     };
 
-    // (workers, alone runs, piped runs, piped into a parallel target)
-    let mut results: Vec<(usize, Vec<Run>, Vec<Run>, Vec<Run>)> = Vec::new();
+    let mut results: Vec<Passes> = Vec::new();
     for workers in WORKERS {
         let (mut alone, mut piped, mut par) = (Vec::new(), Vec::new(), Vec::new());
         for pass in 1..=repeat {
