@@ -363,6 +363,11 @@ impl<W: Write> Loader<W> {
             &mut type_for,
         )
         .map_err(bad)?;
+        if self.worker.is_some() && self.in_tx {
+            let roles = select_roles(&stream, &self.settings).to_vec();
+            self.create_outside_transaction(&shape, use_keys, &roles)
+                .map_err(|e| evolve_err(&stream, &table, &e, &self.who))?;
+        }
         let roles = select_roles(&stream, &self.settings);
         let info = ensure_table(&mut self.client, &shape, use_keys, roles)
             .map_err(|e| evolve_err(&stream, &table, &e, &self.who))?;
@@ -392,6 +397,38 @@ impl<W: Write> Loader<W> {
         };
         self.streams.insert(stream, load);
         Ok(())
+    }
+
+    /// A worker creates a missing table (and its schema) on its second
+    /// connection, committed at once: created in the open transaction, the
+    /// schema's creation lock would stall another worker creating a table in
+    /// the same schema until this one commits, which may wait for input that
+    /// the stalled worker holds up.
+    fn create_outside_transaction(
+        &mut self,
+        shape: &StreamShape,
+        use_keys: bool,
+        roles: &[String],
+    ) -> Result<(), crate::evolve::EvolveError> {
+        let exists = self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid \
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[&shape.table.schema, &shape.table.table],
+            )
+            .is_ok_and(|r| r.is_some());
+        if exists {
+            return Ok(());
+        }
+        let Some(mut spare) = self.take_spare() else {
+            return Ok(());
+        };
+        let created = ensure_table(&mut spare, shape, use_keys, roles).map(|_| ());
+        if self.spare.is_none() {
+            self.spare = Some(spare);
+        }
+        created
     }
 
     /// Asks the destination about a declared type without disturbing an open

@@ -361,3 +361,56 @@ fn parallel_keyless_rows_are_never_committed_past_the_last_printed_state() {
     }
     assert!(mid_run >= 3, "only {mid_run} of 4 kills landed mid-run");
 }
+
+/// Two workers each create a table in one new schema while both have a
+/// batch open: the schema is created outside their transactions, so neither
+/// waits for the other's COMMIT (which would wait for input the stalled one
+/// holds up).
+#[test]
+fn parallel_workers_creating_tables_in_one_new_schema_do_not_wait_on_each_other() {
+    let db = pg_testkit::cluster().create_database("par_newschema");
+    let rec = |s: &str, id: i64| {
+        json!({"type": "RECORD", "stream": s, "record": {"id": id, "v": "x"}}).to_string()
+    };
+    // Routed in turn: public-a and sales-c to worker 1, public-b and sales-d to worker 0.
+    let mut lines = vec![schema("public-a", &["id"]), schema("public-b", &["id"])];
+    for i in 0..50 {
+        lines.push(rec("public-a", i));
+        lines.push(rec("public-b", i));
+    }
+    lines.push(schema("sales-c", &["id"]));
+    lines.push(schema("sales-d", &["id"]));
+    // Far more than the channels hold, for worker 0 only.
+    for i in 0..20_000 {
+        lines.push(rec("sales-d", i));
+    }
+    lines.push(json!({"type": "STATE", "value": {"done": true}}).to_string());
+    let cfg = config(&db, json!({"parallelism": 2, "batch_size_rows": 100_000}));
+    let mut child = target(cfg.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = bytes(&lines);
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let finished = pg_testkit::TestDb::wait_for(Duration::from_secs(60), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !finished {
+        child.kill().unwrap();
+    }
+    let status = child.wait().unwrap();
+    feeder.join().unwrap();
+    assert!(
+        finished,
+        "the target hung: two workers waited on each other"
+    );
+    assert!(status.success(), "{status}");
+    assert_eq!(pg_testkit::rows::count(&db, "sales", "d"), Some(20_000));
+    assert_eq!(pg_testkit::rows::count(&db, "sales", "c"), Some(0));
+    assert_eq!(pg_testkit::rows::count(&db, "public", "a"), Some(50));
+}
