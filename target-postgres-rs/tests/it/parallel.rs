@@ -206,6 +206,50 @@ fn parallel_states_are_printed_only_after_every_streams_rows_are_committed() {
     }
 }
 
+/// Feeds `data` (`chunk` bytes every `sleep_ms`) to the target with
+/// [`settings`], kills it (SIGKILL) after `delay_ms`: whether it had already
+/// ended, and the last STATE it printed.
+fn killed_run(
+    db: &TestDb,
+    data: &[u8],
+    chunk: usize,
+    sleep_ms: u64,
+    delay_ms: u64,
+) -> (bool, Option<Value>) {
+    let cfg = config(db, settings(json!({})));
+    let mut child = target(cfg.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut last = None;
+        for l in BufReader::new(stdout).lines() {
+            let Ok(l) = l else { break };
+            last = Some(serde_json::from_str::<Value>(&l).unwrap());
+        }
+        last
+    });
+    let data = data.to_vec();
+    let feeder = std::thread::spawn(move || {
+        for part in data.chunks(chunk) {
+            if stdin.write_all(part).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(sleep_ms));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(delay_ms));
+    let ended = child.try_wait().unwrap().is_some();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    feeder.join().unwrap();
+    (ended, reader.join().unwrap())
+}
+
 #[test]
 fn parallel_killed_at_random_moments_then_rerun_from_the_last_state_converges() {
     let n = 6000;
@@ -215,37 +259,7 @@ fn parallel_killed_at_random_moments_then_rerun_from_the_last_state_converges() 
     // Kill moments spread over the run (a fixed spread: reproducible).
     for (trial, delay_ms) in [150u64, 400, 700, 1100, 1600].into_iter().enumerate() {
         let db = pg_testkit::cluster().create_database(&format!("par_kill_{trial}"));
-        let cfg = config(&db, settings(json!({})));
-        let mut child = target(cfg.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut last = None;
-            for l in BufReader::new(stdout).lines() {
-                let Ok(l) = l else { break };
-                last = Some(serde_json::from_str::<Value>(&l).unwrap());
-            }
-            last
-        });
-        let data = all.clone();
-        let feeder = std::thread::spawn(move || {
-            for chunk in data.chunks(32 * 1024) {
-                if stdin.write_all(chunk).is_err() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(3));
-            }
-        });
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        feeder.join().unwrap();
-        let last = reader.join().unwrap();
+        let (_, last) = killed_run(&db, &all, 32 * 1024, 3, delay_ms);
         let final_pos = lines.len() as u64 - 1;
         if last
             .as_ref()
@@ -303,39 +317,7 @@ fn parallel_keyless_rows_are_never_committed_past_the_last_printed_state() {
     let mut mid_run = 0;
     for (trial, delay_ms) in [200u64, 400, 600, 800].into_iter().enumerate() {
         let db = pg_testkit::cluster().create_database(&format!("par_keyless_{trial}"));
-        let cfg = config(&db, settings(json!({})));
-        let mut child = target(cfg.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut last = None;
-            for l in BufReader::new(stdout).lines() {
-                let Ok(l) = l else { break };
-                last = Some(serde_json::from_str::<Value>(&l).unwrap());
-            }
-            last
-        });
-        let data = all.clone();
-        let feeder = std::thread::spawn(move || {
-            for chunk in data.chunks(16 * 1024) {
-                if stdin.write_all(chunk).is_err() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        // A run that already ended committed its tail at the end of input.
-        let ended = child.try_wait().unwrap().is_some();
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        feeder.join().unwrap();
-        let last = reader.join().unwrap();
+        let (ended, last) = killed_run(&db, &all, 16 * 1024, 5, delay_ms);
         if ended {
             continue;
         }
