@@ -396,3 +396,32 @@ fn parallel_workers_creating_tables_in_one_new_schema_do_not_wait_on_each_other(
     assert_eq!(pg_testkit::rows::count(&db, "sales", "c"), Some(0));
     assert_eq!(pg_testkit::rows::count(&db, "public", "a"), Some(50));
 }
+
+/// The first worker's error stops every worker: non-zero exit, the error
+/// names its stream, and no STATE after the failing record is printed.
+#[test]
+fn parallel_first_worker_error_stops_all_without_a_later_state() {
+    let db = pg_testkit::cluster().create_database("par_error");
+    let rec = |s: &str, id: Value| {
+        json!({"type": "RECORD", "stream": s, "record": {"id": id, "v": "x"}}).to_string()
+    };
+    let mut lines = vec![schema("a", &["id"]), schema("b", &["id"])];
+    for i in 0..10 {
+        lines.push(rec("a", json!(i)));
+        lines.push(rec("b", json!(i)));
+    }
+    lines.push(json!({"type": "STATE", "value": {"n": 1}}).to_string());
+    lines.push(rec("a", json!("not a number")));
+    for i in 10..5000 {
+        lines.push(rec("b", json!(i)));
+    }
+    lines.push(json!({"type": "STATE", "value": {"n": 2}}).to_string());
+    let r = run(&db, json!({"parallelism": 2}), &bytes(&lines));
+    assert_ne!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.last_error().contains("`a`"), "{}", r.stderr);
+    let states = r.stdout_json();
+    assert!(
+        states.iter().all(|s| s == &json!({"n": 1})),
+        "a STATE after the failure: {states:?}"
+    );
+}
