@@ -109,6 +109,17 @@ fn load(target: &Connector, args: &Args, rx: mpsc::Receiver<Vec<Item>>) -> anyho
     let settings = TargetSettings::from_config(&config)?;
     let connector = pg_connect::Connector::new(connection, NAME)?;
     let client = connector.connect()?;
+    if settings.parallelism > 1 {
+        let mut clients = vec![client];
+        for _ in 1..settings.parallelism {
+            clients.push(connector.connect()?);
+        }
+        let connect: load::parallel::Connect =
+            Arc::new(move || connector.connect().map_err(|e| e.to_string()));
+        let out = io::BufWriter::new(io::stdout());
+        load::parallel::run(clients, connect, &settings, rx.into_iter(), out)?;
+        return Ok(());
+    }
     let stdout = io::stdout().lock();
     let mut loader = Loader::new(client, settings, io::BufWriter::new(stdout))
         .with_second_connection(Box::new(move || {

@@ -101,6 +101,13 @@ const SELECT_PERMISSION: Setting = Setting::new(
     "Roles (a name or a list) granted USAGE on every schema and SELECT on every table the target creates, so they can read new tables without a DBA (pipelinewise's name). A `schema_mapping` entry's `target_schema_select_permissions` replaces it for that source schema. Unset: no grants.",
 );
 
+const PARALLELISM: Setting = Setting::new(
+    "parallelism",
+    SettingKind::Integer,
+    "Streams loaded at once, each table on one of this many workers with its own connections and transactions (pipelinewise's name); a STATE is still printed only after every stream's rows before it are committed. Key-less streams all load on one worker. `0`: one per CPU core. `1`: one loader, every flush one transaction.",
+)
+.default_integer(1);
+
 /// The target's own settings (connection settings come from pg-connect).
 pub const TARGET_SETTINGS: &[Setting] = &[
     DEFAULT_TARGET_SCHEMA,
@@ -118,6 +125,7 @@ pub const TARGET_SETTINGS: &[Setting] = &[
     FLATTENING_ENABLED,
     FLATTENING_MAX_DEPTH,
     SELECT_PERMISSION,
+    PARALLELISM,
 ];
 
 /// How records land.
@@ -152,6 +160,8 @@ pub struct TargetSettings {
     pub select_roles: Vec<String>,
     /// Source schema → its `target_schema_select_permissions`, replacing `select_roles`.
     pub schema_select_roles: HashMap<String, Vec<String>>,
+    /// Loader workers (1: the one loader, as without the setting).
+    pub parallelism: usize,
 }
 
 impl TargetSettings {
@@ -207,6 +217,16 @@ impl TargetSettings {
             _ => LoadMethod::Upsert,
         };
         let flattening_max_depth = flattening(config)?;
+        let parallelism = match config.integer_or_default(&PARALLELISM)? {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n if n < 0 => {
+                return Err(invalid(
+                    PARALLELISM.name,
+                    "must be 0 (one per core) or more",
+                ))
+            }
+            n => n as usize,
+        };
         let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
         Ok(TargetSettings {
             default_target_schema: non_empty(config.string(&DEFAULT_TARGET_SCHEMA)?),
@@ -224,6 +244,7 @@ impl TargetSettings {
             flattening_max_depth,
             select_roles: config.string_list(&SELECT_PERMISSION)?.unwrap_or_default(),
             schema_select_roles,
+            parallelism,
         })
     }
 }

@@ -12,6 +12,7 @@ mod commit;
 mod copy;
 mod error;
 mod merge;
+pub mod parallel;
 mod policy;
 mod prepare;
 
@@ -108,6 +109,9 @@ pub struct Loader<W: Write> {
     spare: Option<Client>,
     /// The flush committing behind the loader.
     behind: Option<Behind>,
+    /// One of several loaders (`parallelism` > 1): STATE messages are
+    /// numbered barriers (see [`parallel`]).
+    worker: Option<parallel::Worker>,
 }
 
 /// Session settings every connection of the loader gets.
@@ -140,6 +144,7 @@ impl<W: Write> Loader<W> {
             connect_more: None,
             spare: None,
             behind: None,
+            worker: None,
         }
     }
 
@@ -155,7 +160,11 @@ impl<W: Write> Loader<W> {
 
     /// Loads every message, then commits what is pending.
     pub fn run<I: Iterator<Item = Item>>(&mut self, input: &mut Input<I>) -> Result<(), LoadError> {
-        singer_core::progress::start(singer_core::progress::Role::Target);
+        // Workers share the progress report their dispatcher starts.
+        let alone = self.worker.is_none();
+        if alone {
+            singer_core::progress::start(singer_core::progress::Role::Target);
+        }
         let loaded = self.load_all(input);
         if loaded.is_err() {
             // A flush committing behind still ends as it would have before
@@ -163,7 +172,9 @@ impl<W: Write> Loader<W> {
             let _ = self.settle();
         }
         loaded?;
-        singer_core::progress::finish();
+        if alone {
+            singer_core::progress::finish();
+        }
         Ok(())
     }
 
@@ -176,6 +187,7 @@ impl<W: Write> Loader<W> {
             match message {
                 Message::Record(r) => self.records(line, r, input)?,
                 Message::Schema(s) => self.schema(line, s)?,
+                Message::State(s) if self.worker.is_some() => self.barrier(s.value)?,
                 Message::State(s) => {
                     self.state.received(s.value);
                     if self.flush_at_state {
@@ -186,6 +198,11 @@ impl<W: Write> Loader<W> {
                 }
                 Message::ActivateVersion(a) => self.activate_version(a)?,
             }
+        }
+        if let Some(worker) = &self.worker {
+            // Another worker failed: commit nothing more (the open
+            // transaction rolls back with the connection).
+            worker.check_running()?;
         }
         self.flush()
     }
@@ -346,6 +363,11 @@ impl<W: Write> Loader<W> {
             &mut type_for,
         )
         .map_err(bad)?;
+        if self.worker.is_some() && self.in_tx {
+            let roles = select_roles(&stream, &self.settings).to_vec();
+            self.create_outside_transaction(&shape, use_keys, &roles)
+                .map_err(|e| evolve_err(&stream, &table, &e, &self.who))?;
+        }
         let roles = select_roles(&stream, &self.settings);
         let info = ensure_table(&mut self.client, &shape, use_keys, roles)
             .map_err(|e| evolve_err(&stream, &table, &e, &self.who))?;
@@ -375,6 +397,38 @@ impl<W: Write> Loader<W> {
         };
         self.streams.insert(stream, load);
         Ok(())
+    }
+
+    /// A worker creates a missing table (and its schema) on its second
+    /// connection, committed at once: created in the open transaction, the
+    /// schema's creation lock would stall another worker creating a table in
+    /// the same schema until this one commits, which may wait for input that
+    /// the stalled worker holds up.
+    fn create_outside_transaction(
+        &mut self,
+        shape: &StreamShape,
+        use_keys: bool,
+        roles: &[String],
+    ) -> Result<(), crate::evolve::EvolveError> {
+        let exists = self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid \
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[&shape.table.schema, &shape.table.table],
+            )
+            .is_ok_and(|r| r.is_some());
+        if exists {
+            return Ok(());
+        }
+        let Some(mut spare) = self.take_spare() else {
+            return Ok(());
+        };
+        let created = ensure_table(&mut spare, shape, use_keys, roles).map(|_| ());
+        if self.spare.is_none() {
+            self.spare = Some(spare);
+        }
+        created
     }
 
     /// Asks the destination about a declared type without disturbing an open

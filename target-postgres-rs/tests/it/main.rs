@@ -6,6 +6,7 @@ mod common;
 mod direct_keys;
 mod fidelity;
 mod grants;
+mod parallel;
 mod peers;
 mod privileges;
 mod vectors;
