@@ -461,7 +461,7 @@ fn meltano_timeout_stops_both_cleanly_with_only_committed_state() {
     src.client()
         .batch_execute(
             "CREATE TABLE big (id bigint PRIMARY KEY, pad text NOT NULL);
-             INSERT INTO big SELECT i, md5(i::text) FROM generate_series(1, 1000000) i;",
+             INSERT INTO big SELECT i, md5(i::text) FROM generate_series(1, 3000000) i;",
         )
         .unwrap();
     let project = MeltanoProject::new(
@@ -491,7 +491,7 @@ fn meltano_timeout_stops_both_cleanly_with_only_committed_state() {
         0
     };
     assert!(
-        landed < 1_000_000,
+        landed < 3_000_000,
         "the run finished before the timeout ({took:?}); make the table bigger: {run:?}"
     );
     assert!(
