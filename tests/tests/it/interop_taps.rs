@@ -46,6 +46,29 @@ fn pg_rows(client: &mut postgres::Client, table: &str, exprs: &[&str], filter: &
 }
 
 /// Both processes exited 0 and our target logged no error or warning.
+/// Runs a peer tap (`--config`, then its catalog flag and file when given,
+/// then `--state` when given) into our target; both must succeed.
+fn peer_into_target(
+    tap: &Path,
+    config: &Path,
+    catalog: Option<(&str, &Path)>,
+    state: Option<&Path>,
+    target_config: &Path,
+    who: &str,
+) -> PipeRun {
+    let mut cmd = Command::new(tap);
+    cmd.arg("--config").arg(config);
+    if let Some((flag, file)) = catalog {
+        cmd.arg(flag).arg(file);
+    }
+    if let Some(s) = state {
+        cmd.arg("--state").arg(s);
+    }
+    let run = pipe_from(cmd, target_config);
+    assert_loaded(&run, who);
+    run
+}
+
 fn assert_loaded(run: &PipeRun, who: &str) {
     assert!(
         run.tap_status.success() && run.target_status.success(),
@@ -215,18 +238,15 @@ fn meltanolabs_tap_postgres_loads_exactly_and_resumes_from_our_state() {
     });
     let catalog = write_json(dir.path(), "catalog.json", &catalog);
     let target_config = write_json(dir.path(), "target.json", &dst.config());
-    let run = |state: Option<&Path>| -> PipeRun {
-        let mut cmd = Command::new(&tap);
-        cmd.arg("--config")
-            .arg(&config)
-            .arg("--catalog")
-            .arg(&catalog);
-        if let Some(s) = state {
-            cmd.arg("--state").arg(s);
-        }
-        let run = pipe_from(cmd, &target_config);
-        assert_loaded(&run, "meltanolabs-tap-postgres");
-        run
+    let run = |state: Option<&Path>| {
+        peer_into_target(
+            &tap,
+            &config,
+            Some(("--catalog", &catalog)),
+            state,
+            &target_config,
+            "meltanolabs-tap-postgres",
+        )
     };
 
     let first = run(None);
@@ -352,13 +372,15 @@ fn meltanolabs_tap_postgres_special_values_land_as_the_peer_sends_them() {
     let mut catalog = peer_discover(&tap, &config);
     select_all(&mut catalog, |_| ("FULL_TABLE", None));
     let catalog = write_json(dir.path(), "catalog.json", &catalog);
-    let mut cmd = Command::new(&tap);
-    cmd.arg("--config")
-        .arg(&config)
-        .arg("--catalog")
-        .arg(&catalog);
-    let run = pipe_from(cmd, &write_json(dir.path(), "target.json", &dst.config()));
-    assert_loaded(&run, "meltanolabs-tap-postgres");
+    let target_config = write_json(dir.path(), "target.json", &dst.config());
+    peer_into_target(
+        &tap,
+        &config,
+        Some(("--catalog", &catalog)),
+        None,
+        &target_config,
+        "meltanolabs-tap-postgres",
+    );
     let mut d = dst.client();
     d.batch_execute("SET TimeZone = 'UTC'").unwrap();
     let cols = [
@@ -585,18 +607,15 @@ fn pipelinewise_tap_mysql_loads_exactly_and_resumes_from_our_state() {
         .unwrap();
     let catalog = write_json(dir.path(), "catalog.json", &catalog);
     let target_config = write_json(dir.path(), "target.json", &dst.config());
-    let run = |state: Option<&Path>| -> PipeRun {
-        let mut cmd = Command::new(&tap);
-        cmd.arg("--config")
-            .arg(&config)
-            .arg("--properties")
-            .arg(&catalog);
-        if let Some(s) = state {
-            cmd.arg("--state").arg(s);
-        }
-        let run = pipe_from(cmd, &target_config);
-        assert_loaded(&run, "pipelinewise-tap-mysql");
-        run
+    let run = |state: Option<&Path>| {
+        peer_into_target(
+            &tap,
+            &config,
+            Some(("--properties", &catalog)),
+            state,
+            &target_config,
+            "pipelinewise-tap-mysql",
+        )
     };
     let first = run(None);
     assert_eq!(
@@ -773,15 +792,8 @@ fn tap_jsonl_loads_and_converges_on_rerun() {
                 "primary_keys": ["id"]}),
     );
     let target_config = write_json(dir.path(), "target.json", &dst.config());
-    let run = |state: Option<&Path>| -> PipeRun {
-        let mut cmd = Command::new(&tap);
-        cmd.arg("--config").arg(&config);
-        if let Some(s) = state {
-            cmd.arg("--state").arg(s);
-        }
-        let run = pipe_from(cmd, &target_config);
-        assert_loaded(&run, "tap-jsonl");
-        run
+    let run = |state: Option<&Path>| {
+        peer_into_target(&tap, &config, None, state, &target_config, "tap-jsonl")
     };
     let first = run(None);
     let mut d = dst.client();
