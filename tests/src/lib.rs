@@ -336,3 +336,42 @@ pub fn psql(port: u16, database: &str, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs `tap | target` (the tap with `tap_sync`), SIGKILLs both after `delay`; returns the last STATE
+/// the target printed, and whether the run had ended on its own.
+pub fn killed_pipe(
+    tap: &Path,
+    catalog: &Path,
+    state: Option<&Path>,
+    target: &Path,
+    delay: std::time::Duration,
+) -> (Option<Value>, bool) {
+    let mut tap_proc = tap_sync(tap, catalog, state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut target_proc = Command::new(bin("target-postgres-rs"))
+        .arg("--config")
+        .arg(target)
+        .stdin(Stdio::from(tap_proc.stdout.take().unwrap()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = target_proc.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .last()
+            .map(|l| serde_json::from_str::<Value>(&l).expect("the target prints JSON state lines"))
+    });
+    std::thread::sleep(delay);
+    let finished = target_proc.try_wait().unwrap().is_some();
+    let _ = target_proc.kill(); // SIGKILL
+    let _ = tap_proc.kill();
+    let status = target_proc.wait().unwrap();
+    let _ = tap_proc.wait();
+    (reader.join().unwrap(), finished && status.success())
+}

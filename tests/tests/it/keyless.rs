@@ -6,9 +6,8 @@
 //! resuming from a STATE older than the newest one the target committed; the
 //! kill -9 sweep lands real kills at many points of `tap | target` runs.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use e2e_tests::{bin, compare_table, discover, pipe, select, tap_sync, write_json};
@@ -253,46 +252,6 @@ fn without_row_identity_the_window_duplicates_rows() {
     );
 }
 
-/// Runs `tap | target`, SIGKILLs the target (and the tap) after `delay`;
-/// returns the last STATE the target printed, or `None` when the run ended
-/// on its own before the kill.
-fn killed_run(
-    tap: &Path,
-    catalog: &Path,
-    state: Option<&Path>,
-    target: &Path,
-    delay: Duration,
-) -> (Option<Value>, bool) {
-    let mut tap_proc = tap_sync(tap, catalog, state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut target_proc = Command::new(bin("target-postgres-rs"))
-        .arg("--config")
-        .arg(target)
-        .stdin(Stdio::from(tap_proc.stdout.take().unwrap()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = target_proc.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            .last()
-            .map(|l| message(&l))
-    });
-    std::thread::sleep(delay);
-    let finished = target_proc.try_wait().unwrap().is_some();
-    let _ = target_proc.kill(); // SIGKILL
-    let _ = tap_proc.kill();
-    let status = target_proc.wait().unwrap();
-    let _ = tap_proc.wait();
-    (reader.join().unwrap(), finished && status.success())
-}
-
 #[test]
 fn killed_anywhere_then_resumed_lands_every_row_once() {
     let setup = Setup::new("keyless_kill", 3000);
@@ -310,7 +269,7 @@ fn killed_anywhere_then_resumed_lands_every_row_once() {
             let mut kills = 0;
             for &ms in chunk {
                 let file = state.as_ref().map(|s| setup.state(s));
-                let (last, finished) = killed_run(
+                let (last, finished) = e2e_tests::killed_pipe(
                     &tap,
                     &catalog,
                     file.as_deref(),

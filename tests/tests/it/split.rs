@@ -4,12 +4,10 @@
 //! short or killed anywhere and resumed with any worker count.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use e2e_tests::{bin, compare_table, discover, pipe, select, tap_sync, write_json};
+use e2e_tests::{compare_table, discover, pipe, select, tap_sync, write_json};
 use pg_testkit::{cluster, TestDb};
 use serde_json::{json, Value};
 
@@ -272,45 +270,6 @@ fn a_run_cut_anywhere_resumes_by_its_ranges_with_any_worker_count() {
     assert!(resumed_ranges >= 2, "only {resumed_ranges} cuts had ranges");
 }
 
-/// Runs `tap | target`, SIGKILLs both after `delay`; returns the last STATE
-/// the target printed, and whether the run had ended on its own.
-fn killed_run(
-    tap: &Path,
-    catalog: &Path,
-    state: Option<&Path>,
-    target: &Path,
-    delay: Duration,
-) -> (Option<Value>, bool) {
-    let mut tap_proc = tap_sync(tap, catalog, state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut target_proc = Command::new(bin("target-postgres-rs"))
-        .arg("--config")
-        .arg(target)
-        .stdin(Stdio::from(tap_proc.stdout.take().unwrap()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = target_proc.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            .last()
-            .map(|l| serde_json::from_str::<Value>(&l).unwrap())
-    });
-    std::thread::sleep(delay);
-    let finished = target_proc.try_wait().unwrap().is_some();
-    let _ = target_proc.kill(); // SIGKILL
-    let _ = tap_proc.kill();
-    let status = target_proc.wait().unwrap();
-    let _ = tap_proc.wait();
-    (reader.join().unwrap(), finished && status.success())
-}
-
 fn assert_exact(src: &TestDb, dst: &TestDb, table: &str, what: &str) {
     let cmp = compare_table(
         &mut src.client(),
@@ -344,7 +303,7 @@ fn killed_anywhere_then_resumed_converges() {
         for (n, &ms) in chunk.iter().enumerate() {
             let file = state.as_ref().map(|s| setup.state(s));
             let workers = [3, 2, 4][n];
-            let (last, finished) = killed_run(
+            let (last, finished) = e2e_tests::killed_pipe(
                 &setup.tap_config(workers),
                 &setup.catalog,
                 file.as_deref(),
