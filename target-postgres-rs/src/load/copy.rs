@@ -72,6 +72,7 @@ impl<W: Write> Loader<W> {
             strip_nul: self.settings.sanitize_nul,
             sequence_base: self.sequence_base,
         };
+        let deferred = self.deferred_version(&stream);
         let Loader {
             client,
             streams,
@@ -146,6 +147,7 @@ impl<W: Write> Loader<W> {
                 keying,
                 batch,
                 prepare,
+                deferred,
             };
             // The format is chosen once per COPY: the row loop is monomorphized.
             let end = match binary {
@@ -233,6 +235,9 @@ struct Dest<'a> {
     keying: &'a mut Keying,
     batch: &'a mut Batch,
     prepare: &'a Prepare,
+    /// A deferred ACTIVATE_VERSION's version: a record of another ends the
+    /// COPY (the activation applies before it).
+    deferred: Option<i64>,
 }
 
 /// One COPY in format `F` (`kinds`: one per column), from `first` on.
@@ -338,7 +343,9 @@ fn copy_run<F: RowFormat, I: Iterator<Item = Item>>(
             break;
         }
         match input.next() {
-            Some(Ok((l, Message::Record(r)))) if r.stream == *stream => {
+            Some(Ok((l, Message::Record(r))))
+                if r.stream == *stream && st.deferred.is_none_or(|v| r.version == Some(v)) =>
+            {
                 match st.prepare.record(l, r) {
                     Ok(r) => next = Some((l, r)),
                     Err(e) => {

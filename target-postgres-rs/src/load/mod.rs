@@ -35,6 +35,7 @@ use crate::stream::{Source, StreamShape, Wanted, DELETED_AT};
 use crate::types::{declared_sql_type, json_schema_type, unbounded_integer, ColumnType};
 use crate::validate::RecordValidator;
 
+use activate::Retire;
 use commit::{Behind, Job, Step};
 pub use error::LoadError;
 use error::{evolve_err, session, Who};
@@ -112,6 +113,10 @@ pub struct Loader<W: Write> {
     /// One of several loaders (`parallelism` > 1): STATE messages are
     /// numbered barriers (see [`parallel`]).
     worker: Option<parallel::Worker>,
+    /// Deferred ACTIVATE_VERSIONs, by stream (see [`activate`]).
+    deferred: HashMap<String, Retire>,
+    /// Streams that had a RECORD in this run: their ACTIVATE_VERSION closes.
+    recorded: HashSet<String>,
 }
 
 /// Session settings every connection of the loader gets.
@@ -145,6 +150,8 @@ impl<W: Write> Loader<W> {
             spare: None,
             behind: None,
             worker: None,
+            deferred: HashMap::new(),
+            recorded: HashSet::new(),
         }
     }
 
@@ -185,7 +192,10 @@ impl<W: Write> Loader<W> {
         while let Some(item) = input.next() {
             let (line, message) = item?;
             match message {
-                Message::Record(r) => self.records(line, r, input)?,
+                Message::Record(r) => {
+                    self.before_record(&r)?;
+                    self.records(line, r, input)?
+                }
                 Message::Schema(s) => self.schema(line, s)?,
                 Message::State(s) if self.worker.is_some() => self.barrier(s.value)?,
                 Message::State(s) => {
@@ -204,7 +214,9 @@ impl<W: Write> Loader<W> {
             // transaction rolls back with the connection).
             worker.check_running()?;
         }
-        self.flush()
+        // Deferred ACTIVATE_VERSIONs apply in the last flush, before its COMMIT.
+        let deferred = self.take_deferred();
+        self.flush_retiring(deferred)
     }
 
     /// Waits for the flush committing behind, then emits its STATE.
@@ -314,6 +326,7 @@ impl<W: Write> Loader<W> {
         };
         let parsed = JsonSchema::from_value(&message.schema).map_err(|e| bad(e.to_string()))?;
         let table = table_for_stream(&stream, &self.settings);
+        self.before_schema(&stream, &table)?;
         let mut declared = Vec::new();
         for (_, sub) in &parsed.properties {
             if let Some(t) = declared_sql_type(sub) {
@@ -475,17 +488,39 @@ impl<W: Write> Loader<W> {
 
     /// Merges every pending stream, commits, notifies, then emits STATE.
     pub fn flush(&mut self) -> Result<(), LoadError> {
-        self.settle()?;
-        let job = self.take_batches();
-        self.commit_now(job)
+        self.flush_retiring(Vec::new())
     }
 
-    /// Runs a flush's job on the loader's connection, then emits STATE.
-    fn commit_now(&mut self, job: Job) -> Result<(), LoadError> {
-        job.run(&mut self.client, self.in_tx)?;
+    /// [`Loader::flush`], applying `deferred` ACTIVATE_VERSIONs after the
+    /// merges, before the COMMIT.
+    fn flush_retiring(&mut self, deferred: Vec<(String, Retire)>) -> Result<(), LoadError> {
+        self.settle()?;
+        let job = self.take_batches();
+        self.commit_now(job, deferred)
+    }
+
+    /// Runs a flush's job on the loader's connection (with `deferred`
+    /// ACTIVATE_VERSIONs before its COMMIT), then emits STATE.
+    fn commit_now(&mut self, job: Job, deferred: Vec<(String, Retire)>) -> Result<(), LoadError> {
+        let retired = if deferred.is_empty() {
+            job.run(&mut self.client, self.in_tx)?;
+            Vec::new()
+        } else {
+            job.run(&mut self.client, false)?;
+            let retired = self.apply_deferred(deferred)?;
+            if self.in_tx {
+                self.client
+                    .batch_execute("COMMIT")
+                    .map_err(session("COMMIT"))?;
+            }
+            retired
+        };
         self.in_tx = false;
         for (name, rows) in job.committed {
             singer_core::progress::stream(&name).batch(rows);
+        }
+        for (stream, version, n) in retired {
+            self.report(&stream, version, n);
         }
         self.state.committed()?;
         Ok(())
@@ -503,7 +538,7 @@ impl<W: Write> Loader<W> {
             self.behind = Some(Behind::start(client, job, self.state.newest()));
             return Ok(());
         }
-        self.commit_now(job)
+        self.commit_now(job, Vec::new())
     }
 
     /// What a flush sends for every pending stream (whose batches start anew).
