@@ -6,7 +6,7 @@ use std::io::{self, BufRead, Write};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::message::{parse_message, Message, MessageError};
+use crate::message::{parse_message_sharing, Message, MessageError, Recent};
 
 /// A line that could not be read as a Singer message.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,7 @@ pub struct MessageReader<R> {
     input: R,
     buf: String,
     line: usize,
+    recent: Recent,
 }
 
 impl<R: BufRead> MessageReader<R> {
@@ -59,6 +60,7 @@ impl<R: BufRead> MessageReader<R> {
             input,
             buf: String::with_capacity(4096),
             line: 0,
+            recent: Recent::default(),
         }
     }
 
@@ -104,19 +106,20 @@ impl<R: BufRead> Iterator for MessageReader<R> {
     type Item = Result<(usize, Message), ReadError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let (line, text) = match self.next_line()? {
-            Ok(v) => v,
-            Err(e) => return Some(Err(e)),
-        };
-        Some(
-            parse_message(text)
+        // Out of `self` while the line borrows it.
+        let mut recent = std::mem::take(&mut self.recent);
+        let item = match self.next_line()? {
+            Ok((line, text)) => parse_message_sharing(text, &mut recent)
                 .map(|m| (line, m))
                 .map_err(|(e, stream)| ReadError {
                     line,
                     stream,
                     kind: e.into(),
                 }),
-        )
+            Err(e) => Err(e),
+        };
+        self.recent = recent;
+        Some(item)
     }
 }
 
@@ -344,7 +347,7 @@ mod tests {
         assert_eq!(messages.len(), 4);
         match &messages[1] {
             Message::Record(r) => {
-                assert_eq!(r.stream, "s\"q");
+                assert_eq!(&*r.stream, "s\"q");
                 assert_eq!(r.version, Some(5));
                 assert_eq!(r.record.get(), r#"{"id":1}"#);
             }

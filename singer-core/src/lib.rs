@@ -32,8 +32,8 @@ pub use io::{
     WriteError,
 };
 pub use message::{
-    parse_message, ActivateVersionMessage, Message, MessageError, RecordMessage, SchemaMessage,
-    StateMessage,
+    parse_message, ActivateVersionMessage, Members, Message, MessageError, RecordMessage,
+    RecordText, SchemaMessage, StateMessage,
 };
 pub use schema::{JsonSchema, SchemaError, SQL_DATATYPE_KEY};
 pub use state::{State, StateError};

@@ -51,12 +51,16 @@ impl<W: Write> Loader<W> {
         first: RecordMessage,
         input: &mut Input<I>,
     ) -> Result<(), LoadError> {
-        let stream = first.stream.clone();
-        if !self.streams.contains_key(&stream) {
-            return Err(LoadError::NoSchema { line, stream });
+        let stream = std::sync::Arc::clone(&first.stream);
+        let stream: &str = &stream;
+        if !self.streams.contains_key(stream) {
+            return Err(LoadError::NoSchema {
+                line,
+                stream: stream.to_owned(),
+            });
         }
         self.settle_if_done()?;
-        let st = &self.streams[&stream];
+        let st = &self.streams[stream];
         let reads_table = !st.batch.pending()
             && (matches!(st.keying, Keying::Integer(RunKeys::Unknown))
                 || (self.settings.load_method == LoadMethod::Overwrite
@@ -79,7 +83,7 @@ impl<W: Write> Loader<W> {
             settings,
             ..
         } = self;
-        let st = streams.get_mut(&stream).expect("checked above");
+        let st = streams.get_mut(stream).expect("checked above");
         let table = st.shape.table.clone();
         if settings.load_method == LoadMethod::Overwrite && !overwritten.contains(&table) {
             client
@@ -338,7 +342,7 @@ fn copy_run<F: RowFormat, I: Iterator<Item = Item>>(
             break;
         }
         match input.next() {
-            Some(Ok((l, Message::Record(r)))) if r.stream == *stream => {
+            Some(Ok((l, Message::Record(r)))) if *r.stream == **stream => {
                 match st.prepare.record(l, r) {
                     Ok(r) => next = Some((l, r)),
                     Err(e) => {
