@@ -36,6 +36,26 @@ impl fmt::Display for ReadError {
     }
 }
 
+/// Pipe buffer a tap and a target share (Linux' limit for a user by default).
+#[cfg(target_os = "linux")]
+const PIPE_BYTES: usize = 1 << 20;
+
+/// Widens stdin and stdout when they are pipes (64 kB by default, about 100
+/// records): with room for over a thousand, a tap and a target each run in
+/// longer turns on a busy machine instead of waking each other per 64 kB.
+/// Anything else (a file, a terminal, a limit lower than ours) is left as it is.
+pub(crate) fn widen_pipes() {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsFd;
+        for fd in [io::stdin().as_fd(), io::stdout().as_fd()] {
+            if rustix::pipe::fcntl_getpipe_size(fd).is_ok_and(|n| n < PIPE_BYTES) {
+                let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_BYTES);
+            }
+        }
+    }
+}
+
 /// Reads Singer messages from JSON lines, skipping blank lines, each with its
 /// 1-based line number.
 ///

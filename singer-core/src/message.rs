@@ -82,18 +82,15 @@ impl From<Box<RawValue>> for RecordText {
 /// appears twice, as in the text): byte ranges of each name (without its
 /// quotes; never escaped) and of its raw JSON value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Members(Vec<[u32; 4]>);
+pub struct Members(Vec<[usize; 4]>);
 
 impl Members {
     /// `(name, raw JSON value)` of each member of `record`, the text these
     /// members were found in.
     pub fn iter<'r>(&'r self, record: &'r str) -> impl Iterator<Item = (&'r str, &'r str)> + 'r {
-        self.0.iter().map(move |&[k0, k1, v0, v1]| {
-            (
-                &record[k0 as usize..k1 as usize],
-                &record[v0 as usize..v1 as usize],
-            )
-        })
+        self.0
+            .iter()
+            .map(move |&[k0, k1, v0, v1]| (&record[k0..k1], &record[v0..v1]))
     }
 }
 
@@ -140,8 +137,7 @@ struct RawMessage<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(borrow)]
     stream: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    record: Option<RecordScan<'a>>,
+    record: Option<RecordScan>,
     schema: Option<Value>,
     key_properties: Option<Value>,
     bookmark_properties: Option<Value>,
@@ -219,7 +215,7 @@ fn parse_raw(
                 problem: "must be a JSON object".into(),
             });
         };
-        let (record, members) = record_text(line, &members, escaped);
+        let (record, members) = record_text(line, members, escaped);
         Ok(Message::Record(RecordMessage {
             stream,
             record,
@@ -280,26 +276,29 @@ fn parse_raw(
 }
 
 /// A RECORD's `record` as the envelope's parse saw it: an object's members
-/// (name and raw value, borrowed from the line), or something else.
-enum RecordScan<'a> {
+/// (where each name and raw value is in the line), or something else.
+enum RecordScan {
     Object {
-        members: Vec<(&'a str, &'a str)>,
+        /// Where each name and value is: `[name address, name length, value
+        /// address, value length]` (the line's bytes; made relative to the
+        /// record's text in place, by [`record_text`]).
+        members: Vec<[usize; 4]>,
         /// A member name had escapes: it is not a slice of the line.
         escaped: bool,
     },
     NotObject,
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for RecordScan<'a> {
+impl<'de> Deserialize<'de> for RecordScan {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(RecordScanVisitor(std::marker::PhantomData))
+        d.deserialize_any(RecordScanVisitor)
     }
 }
 
-struct RecordScanVisitor<'a>(std::marker::PhantomData<&'a ()>);
+struct RecordScanVisitor;
 
-impl<'de: 'a, 'a> serde::de::Visitor<'de> for RecordScanVisitor<'a> {
-    type Value = RecordScan<'a>;
+impl<'de> serde::de::Visitor<'de> for RecordScanVisitor {
+    type Value = RecordScan;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
@@ -307,10 +306,13 @@ impl<'de: 'a, 'a> serde::de::Visitor<'de> for RecordScanVisitor<'a> {
         // Most records fit without growing.
         let mut members = Vec::with_capacity(16);
         let mut escaped = false;
-        while let Some(name) = map.next_key::<Name<'a>>()? {
+        while let Some(name) = map.next_key::<Name<'de>>()? {
             let value: &'de RawValue = map.next_value()?;
             match name {
-                Name::Borrowed(n) => members.push((n, value.get())),
+                Name::Borrowed(n) => {
+                    let v = value.get();
+                    members.push([n.as_ptr() as usize, n.len(), v.as_ptr() as usize, v.len()]);
+                }
                 Name::Escaped => escaped = true,
             }
         }
@@ -374,43 +376,35 @@ impl<'de: 'a, 'a> serde::de::Visitor<'de> for NameVisitor<'a> {
 /// is then found by a second parse, without members.
 fn record_text(
     line: &str,
-    members: &[(&str, &str)],
+    mut members: Vec<[usize; 4]>,
     escaped: bool,
 ) -> (RecordText, Option<Members>) {
     let base = line.as_ptr() as usize;
-    let at = |s: &str| s.as_ptr() as usize - base;
     let bytes = line.as_bytes();
-    let (Some(first), Some(last), false) = (members.first(), members.last(), escaped) else {
+    let (Some(&[first, ..]), Some(&[.., last, last_len]), false) =
+        (members.first(), members.last(), escaped)
+    else {
         if escaped {
             return (reparse_record(line), None);
         }
         return (RecordText("{}".into()), Some(Members::default()));
     };
     // Before the first name's opening quote: whitespace back to `{`.
-    let mut start = at(first.0) - 1;
+    let mut start = first - base - 1;
     while bytes[start - 1] != b'{' {
         start -= 1;
     }
     start -= 1;
-    let mut end = at(last.1) + last.1.len();
+    let mut end = last - base + last_len;
     while bytes[end] != b'}' {
         end += 1;
     }
-    let text = &line[start..=end];
-    let spans = members
-        .iter()
-        .map(|(name, value)| {
-            let k = at(name) - start;
-            let v = at(value) - start;
-            [
-                k as u32,
-                (k + name.len()) as u32,
-                v as u32,
-                (v + value.len()) as u32,
-            ]
-        })
-        .collect();
-    (RecordText(text.into()), Some(Members(spans)))
+    let origin = base + start;
+    for m in &mut members {
+        let [k, kl, v, vl] = *m;
+        *m = [k - origin, k - origin + kl, v - origin, v - origin + vl];
+    }
+    (RecordText(line[start..=end].into()), Some(Members(members)))
 }
 
 /// The `record` of a line already parsed once, as raw text (the rare path).

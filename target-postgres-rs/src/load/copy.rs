@@ -88,7 +88,7 @@ impl<W: Write> Loader<W> {
         if settings.load_method == LoadMethod::Overwrite && !overwritten.contains(&table) {
             client
                 .batch_execute(&format!("TRUNCATE {}", table.qualified()))
-                .map_err(|e| db_err(&stream, &table, "emptying the table (overwrite)", &e))?;
+                .map_err(|e| db_err(stream, &table, "emptying the table (overwrite)", &e))?;
             overwritten.insert(table.clone());
             st.info.empty = true;
             if let Keying::Integer(run_keys) = &mut st.keying {
@@ -110,21 +110,21 @@ impl<W: Write> Loader<W> {
                         "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
                         table.qualified()
                     ))
-                    .map_err(|e| db_err(&stream, &table, "locking the table", &e))?;
+                    .map_err(|e| db_err(stream, &table, "locking the table", &e))?;
                 if st.info.empty {
                     st.info.empty = client
                         .query_one(
                             &format!("SELECT NOT EXISTS (SELECT 1 FROM {})", table.qualified()),
                             &[],
                         )
-                        .map_err(|e| db_err(&stream, &table, "checking the table is empty", &e))?
+                        .map_err(|e| db_err(stream, &table, "checking the table is empty", &e))?
                         .get(0);
                 }
             }
             let decision = st
                 .keying
                 .decide(client, &st.shape, st.info.empty, st.info.unique_on_keys)
-                .map_err(|e| db_err(&stream, &table, "reading the table's largest key", &e))?;
+                .map_err(|e| db_err(stream, &table, "reading the table's largest key", &e))?;
             match decision {
                 Decision::Direct(policy) => st.batch.policy = policy,
                 Decision::Stage(keys) => stage(client, st, keys)?,
