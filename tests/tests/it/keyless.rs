@@ -400,6 +400,13 @@ fn rows_written_in_a_savepoint_before_the_bookmark_land_on_resume() {
         .get(0);
     assert_eq!(on_page_0, 20, "the new rows did not land in the freed page");
 
+    // The writer is in the snapshot's `xip` only once a later transaction
+    // has ended (else it is at or past `xmax`, and so are its savepoint's rows).
+    let writer_xid: i64 = writer
+        .query_one("SELECT (txid_current() % 4294967296)::bigint", &[])
+        .unwrap()
+        .get(0);
+    src.query_one("SELECT txid_current()", &[]).unwrap();
     let catalog = setup.catalog(&["public-heap"]);
     let dst = cluster().create_database("keyless_savepoint_dst");
     let target = target_config(setup.dir.path(), &dst, json!({}));
@@ -411,6 +418,11 @@ fn rows_written_in_a_savepoint_before_the_bookmark_land_on_resume() {
     );
     first.assert_success();
     let state = first.last_state().expect("a STATE").clone();
+    let xip = &state["bookmarks"]["public-heap"]["snapshot_xip"];
+    assert!(
+        xip.as_array().unwrap().contains(&json!(writer_xid)),
+        "writer {writer_xid} not in {xip}"
+    );
     writer.batch_execute("COMMIT").unwrap();
     let bookmark = state["bookmarks"]["public-heap"]["ctid"]
         .as_str()

@@ -270,6 +270,82 @@ fn a_run_cut_anywhere_resumes_by_its_ranges_with_any_worker_count() {
     assert!(resumed_ranges >= 2, "only {resumed_ranges} cuts had ranges");
 }
 
+/// Rows a transaction in progress at the first snapshot wrote in a
+/// SAVEPOINT carry a subtransaction's xid, which the snapshot's `xip` does
+/// not list: written into space freed in range 0, behind its bookmark, the
+/// resume still reads them.
+#[test]
+fn rows_written_in_a_savepoint_behind_a_range_bookmark_are_read_on_resume() {
+    let setup = Setup::new("split_savepoint");
+    let mut src = setup.src.client();
+    src.batch_execute("DELETE FROM heap WHERE ctid < '(1,0)'")
+        .unwrap();
+    src.batch_execute("VACUUM heap").unwrap();
+    let mut writer = setup.src.client();
+    writer
+        .batch_execute(
+            "BEGIN; SAVEPOINT s; \
+             INSERT INTO heap SELECT g, 'savepoint' FROM generate_series(5001, 5010) g",
+        )
+        .unwrap();
+    let new_ctids: BTreeSet<String> = writer
+        .query("SELECT ctid::text FROM heap WHERE n > 5000", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        new_ctids.iter().all(|c| tid(c).0 == 0),
+        "not in the freed page: {new_ctids:?}"
+    );
+
+    // The writer is in the snapshot's `xip` only once a later transaction
+    // has ended (else it is at or past `xmax`, and so are its savepoint's rows).
+    let writer_xid: i64 = writer
+        .query_one("SELECT (txid_current() % 4294967296)::bigint", &[])
+        .unwrap()
+        .get(0);
+    src.query_one("SELECT txid_current()", &[]).unwrap();
+    let full = setup.output(2, None);
+    // The newest STATE with range 0 past page 0, before the copy finished.
+    let state = full
+        .iter()
+        .filter(|m| m["type"] == "STATE")
+        .map(|m| &m["value"])
+        .rfind(|v| {
+            v["bookmarks"]["public-heap"]["ranges"]
+                .get(0)
+                .is_some_and(|r| r["done"] == json!(true) || tid(r["ctid"].as_str().unwrap()).0 > 0)
+        })
+        .expect("a STATE with range 0 past page 0")
+        .clone();
+    let xip = &state["bookmarks"]["public-heap"]["snapshot_xip"];
+    assert!(
+        xip.as_array().unwrap().contains(&json!(writer_xid)),
+        "writer {writer_xid} not in {xip}"
+    );
+    writer.batch_execute("COMMIT").unwrap();
+    let rest = setup.output(2, Some(&state));
+    let resent: BTreeSet<String> = records(&rest, "public-heap")
+        .map(|r| r["_sdc_source_ctid"].as_str().unwrap().to_owned())
+        .collect();
+    let missing: Vec<&String> = new_ctids.difference(&resent).collect();
+    assert!(
+        missing.is_empty(),
+        "not read on resume: {missing:?}; {state}"
+    );
+    let (_, ctids) = setup.source_rows();
+    let cut = full
+        .iter()
+        .position(|m| m["type"] == "STATE" && m["value"] == state)
+        .unwrap();
+    let mut got: BTreeSet<String> = records(&full[..cut], "public-heap")
+        .map(|r| r["_sdc_source_ctid"].as_str().unwrap().to_owned())
+        .collect();
+    got.extend(resent);
+    assert_eq!(got, ctids);
+}
+
 fn assert_exact(src: &TestDb, dst: &TestDb, table: &str, what: &str) {
     let cmp = compare_table(
         &mut src.client(),
