@@ -6,6 +6,7 @@
 //! resuming from a STATE older than the newest one the target committed; the
 //! kill -9 sweep lands real kills at many points of `tap | target` runs.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -380,33 +381,7 @@ fn rows_written_in_a_savepoint_before_the_bookmark_land_on_resume() {
     // freed at the table's start, before the bookmark, so only the resume
     // predicate can bring them.
     let setup = Setup::new("keyless_savepoint", ROWS);
-    let mut src = setup.src.client();
-    src.batch_execute("DELETE FROM heap WHERE ctid < '(1,0)'")
-        .unwrap();
-    src.batch_execute("VACUUM heap").unwrap();
-    let mut writer = setup.src.client();
-    writer
-        .batch_execute(
-            "BEGIN; SAVEPOINT s; \
-             INSERT INTO heap SELECT g, 'savepoint' FROM generate_series(1001, 1020) g",
-        )
-        .unwrap();
-    let on_page_0: i64 = writer
-        .query_one(
-            "SELECT count(*) FROM heap WHERE n > 1000 AND ctid < '(1,0)'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(on_page_0, 20, "the new rows did not land in the freed page");
-
-    // The writer is in the snapshot's `xip` only once a later transaction
-    // has ended (else it is at or past `xmax`, and so are its savepoint's rows).
-    let writer_xid: i64 = writer
-        .query_one("SELECT (txid_current() % 4294967296)::bigint", &[])
-        .unwrap()
-        .get(0);
-    src.query_one("SELECT txid_current()", &[]).unwrap();
+    let writer = SavepointWriter::open(&setup.src, 1001, 20);
     let catalog = setup.catalog(&["public-heap"]);
     let dst = cluster().create_database("keyless_savepoint_dst");
     let target = target_config(setup.dir.path(), &dst, json!({}));
@@ -418,17 +393,14 @@ fn rows_written_in_a_savepoint_before_the_bookmark_land_on_resume() {
     );
     first.assert_success();
     let state = first.last_state().expect("a STATE").clone();
-    let xip = &state["bookmarks"]["public-heap"]["snapshot_xip"];
-    assert!(
-        xip.as_array().unwrap().contains(&json!(writer_xid)),
-        "writer {writer_xid} not in {xip}"
-    );
-    writer.batch_execute("COMMIT").unwrap();
+    writer.commit_after(&state, "public-heap");
     let bookmark = state["bookmarks"]["public-heap"]["ctid"]
         .as_str()
         .unwrap_or_else(|| panic!("no ctid bookmark: {state}"))
         .to_owned();
-    let before: i64 = src
+    let before: i64 = setup
+        .src
+        .client()
         .query_one(
             "SELECT count(*) FROM heap WHERE n > 1000 AND ctid < $1::text::tid",
             &[&bookmark],
@@ -445,4 +417,68 @@ fn rows_written_in_a_savepoint_before_the_bookmark_land_on_resume() {
         "heap",
         &format!("resumed after {bookmark}"),
     );
+}
+
+/// A transaction left open after inserting rows into `heap` in a SAVEPOINT,
+/// into its page 0 (emptied for them): rows a snapshot taken now cannot see,
+/// with a subtransaction's xid as their xmin.
+pub(crate) struct SavepointWriter {
+    client: postgres::Client,
+    /// The top-level transaction's 32-bit xid.
+    xid: i64,
+    /// Where the rows landed.
+    pub ctids: BTreeSet<String>,
+}
+
+impl SavepointWriter {
+    /// Inserts `rows` rows, `n` from `first` on.
+    pub(crate) fn open(src: &TestDb, first: i64, rows: i64) -> SavepointWriter {
+        let mut other = src.client();
+        other
+            .batch_execute("DELETE FROM heap WHERE ctid < '(1,0)'")
+            .unwrap();
+        other.batch_execute("VACUUM heap").unwrap();
+        let mut client = src.client();
+        client
+            .batch_execute(&format!(
+                "BEGIN; SAVEPOINT s; INSERT INTO heap \
+                 SELECT g, 'savepoint' FROM generate_series({first}, {}) g",
+                first + rows - 1
+            ))
+            .unwrap();
+        let ctids: BTreeSet<String> = client
+            .query(
+                "SELECT ctid::text FROM heap WHERE n >= $1::bigint",
+                &[&first],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            ctids.len() == rows as usize && ctids.iter().all(|c| c.starts_with("(0,")),
+            "not in the freed page 0: {ctids:?}"
+        );
+        let xid: i64 = client
+            .query_one("SELECT (txid_current() % 4294967296)::bigint", &[])
+            .unwrap()
+            .get(0);
+        // A snapshot lists the writer in `xip` only once a later transaction
+        // has ended (else the writer is at or past its `xmax`, and so are the
+        // rows).
+        other.query_one("SELECT txid_current()", &[]).unwrap();
+        SavepointWriter { client, xid, ctids }
+    }
+
+    /// Commits, once the tap's `state` shows the writer was in progress at
+    /// the first snapshot of `stream`.
+    pub(crate) fn commit_after(mut self, state: &Value, stream: &str) {
+        let xip = &state["bookmarks"][stream]["snapshot_xip"];
+        assert!(
+            xip.as_array().unwrap().contains(&json!(self.xid)),
+            "writer {} not in {xip}",
+            self.xid
+        );
+        self.client.batch_execute("COMMIT").unwrap();
+    }
 }

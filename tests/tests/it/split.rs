@@ -11,6 +11,8 @@ use e2e_tests::{compare_table, discover, pipe, select, tap_sync, write_json};
 use pg_testkit::{cluster, TestDb};
 use serde_json::{json, Value};
 
+use crate::keyless::SavepointWriter;
+
 /// Rows per table: with 200-byte rows, about 60 pages each.
 const ROWS: i64 = 2000;
 
@@ -277,35 +279,7 @@ fn a_run_cut_anywhere_resumes_by_its_ranges_with_any_worker_count() {
 #[test]
 fn rows_written_in_a_savepoint_behind_a_range_bookmark_are_read_on_resume() {
     let setup = Setup::new("split_savepoint");
-    let mut src = setup.src.client();
-    src.batch_execute("DELETE FROM heap WHERE ctid < '(1,0)'")
-        .unwrap();
-    src.batch_execute("VACUUM heap").unwrap();
-    let mut writer = setup.src.client();
-    writer
-        .batch_execute(
-            "BEGIN; SAVEPOINT s; \
-             INSERT INTO heap SELECT g, 'savepoint' FROM generate_series(5001, 5010) g",
-        )
-        .unwrap();
-    let new_ctids: BTreeSet<String> = writer
-        .query("SELECT ctid::text FROM heap WHERE n > 5000", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert!(
-        new_ctids.iter().all(|c| tid(c).0 == 0),
-        "not in the freed page: {new_ctids:?}"
-    );
-
-    // The writer is in the snapshot's `xip` only once a later transaction
-    // has ended (else it is at or past `xmax`, and so are its savepoint's rows).
-    let writer_xid: i64 = writer
-        .query_one("SELECT (txid_current() % 4294967296)::bigint", &[])
-        .unwrap()
-        .get(0);
-    src.query_one("SELECT txid_current()", &[]).unwrap();
+    let writer = SavepointWriter::open(&setup.src, 5001, 10);
     let full = setup.output(2, None);
     // The newest STATE with range 0 past page 0, before the copy finished.
     let state = full
@@ -319,12 +293,8 @@ fn rows_written_in_a_savepoint_behind_a_range_bookmark_are_read_on_resume() {
         })
         .expect("a STATE with range 0 past page 0")
         .clone();
-    let xip = &state["bookmarks"]["public-heap"]["snapshot_xip"];
-    assert!(
-        xip.as_array().unwrap().contains(&json!(writer_xid)),
-        "writer {writer_xid} not in {xip}"
-    );
-    writer.batch_execute("COMMIT").unwrap();
+    let new_ctids = writer.ctids.clone();
+    writer.commit_after(&state, "public-heap");
     let rest = setup.output(2, Some(&state));
     let resent: BTreeSet<String> = records(&rest, "public-heap")
         .map(|r| r["_sdc_source_ctid"].as_str().unwrap().to_owned())
