@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use e2e_tests::{compare_table, discover, pipe, select, tap_sync, write_json};
+use pg_testkit::snapshot::wait_for_older_transactions;
 use pg_testkit::{cluster, TestDb};
 use serde_json::{json, Value};
 
@@ -219,6 +220,9 @@ fn a_big_table_is_read_in_ranges_every_row_once() {
 #[test]
 fn a_run_cut_anywhere_resumes_by_its_ranges_with_any_worker_count() {
     let setup = Setup::new("split_cut");
+    // Each resume below sends exactly the rows its bookmarks do not claim
+    // only if the first run's snapshot sees the whole setup.
+    wait_for_older_transactions(&mut setup.src.client());
     let (ids, ctids) = setup.source_rows();
     let full = setup.output(3, None);
     let total = full.len();
