@@ -332,8 +332,11 @@ mod tests {
             "x\\\\\ty",
             "\\",
             "ü\t漢\\n字",
+            "12345678\t",
+            "1234567\t\t\\\t12345678\\\t123456789012345\t\t",
+            "\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t",
         ] {
-            let ours: Vec<&str> = Fields { rest: Some(row) }.map(|(f, _)| f).collect();
+            let ours: Vec<&str> = (Fields { rest: Some(row) }).map(|(f, _)| f).collect();
             let std: Vec<&str> = row.split('\t').collect();
             assert_eq!(ours, std, "{row:?}");
             for (f, escaped) in (Fields { rest: Some(row) }) {
