@@ -29,7 +29,7 @@ pub use catalog::{Catalog, CatalogEntry, CatalogError, MetadataEntry};
 pub use config::{About, Config, ConfigError, DefaultValue, Setting, SettingKind};
 pub use io::{
     push_json_string, write_json_string, MessageReader, MessageWriter, ReadError, ReadErrorKind,
-    WriteError,
+    RecordFrame, WriteError,
 };
 pub use message::{
     parse_message, ActivateVersionMessage, Members, Message, MessageError, RecordMessage,
