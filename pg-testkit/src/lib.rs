@@ -14,7 +14,8 @@
 //! Every crate's tests share the rest of their support here: [`process`]
 //! (JSON argument files, running a binary with stdin and capturing its exit
 //! code and output, re-running an ignored test in a child process),
-//! [`catalog`] (selecting streams) and [`rows`] (reading what landed, as text).
+//! [`catalog`] (selecting streams), [`rows`] (reading what landed, as text)
+//! and [`snapshot`] (waiting out other tests' older transactions).
 //!
 //! ```no_run
 //! let db = pg_testkit::cluster().create_database("my_test");
@@ -26,6 +27,7 @@ pub mod bastion;
 pub mod catalog;
 pub mod process;
 pub mod rows;
+pub mod snapshot;
 
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;

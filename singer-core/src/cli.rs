@@ -119,6 +119,7 @@ impl Connector {
                     .map(|e| e as _),
             );
         }
+        crate::io::widen_pipes();
         self.finish(
             common.log_format,
             run(args).err().as_ref().map(AsRef::as_ref),

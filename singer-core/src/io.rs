@@ -6,7 +6,7 @@ use std::io::{self, BufRead, Write};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::message::{parse_message, Message, MessageError};
+use crate::message::{parse_message_sharing, Message, MessageError, Recent};
 
 /// A line that could not be read as a Singer message.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,26 @@ impl fmt::Display for ReadError {
     }
 }
 
+/// Pipe buffer a tap and a target share (Linux' limit for a user by default).
+#[cfg(target_os = "linux")]
+const PIPE_BYTES: usize = 1 << 20;
+
+/// Widens stdin and stdout when they are pipes (64 kB by default, about 100
+/// records): with room for over a thousand, a tap and a target each run in
+/// longer turns on a busy machine instead of waking each other per 64 kB.
+/// Anything else (a file, a terminal, a limit lower than ours) is left as it is.
+pub(crate) fn widen_pipes() {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsFd;
+        for fd in [io::stdin().as_fd(), io::stdout().as_fd()] {
+            if rustix::pipe::fcntl_getpipe_size(fd).is_ok_and(|n| n < PIPE_BYTES) {
+                let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_BYTES);
+            }
+        }
+    }
+}
+
 /// Reads Singer messages from JSON lines, skipping blank lines, each with its
 /// 1-based line number.
 ///
@@ -51,6 +71,7 @@ pub struct MessageReader<R> {
     input: R,
     buf: String,
     line: usize,
+    recent: Recent,
 }
 
 impl<R: BufRead> MessageReader<R> {
@@ -59,6 +80,7 @@ impl<R: BufRead> MessageReader<R> {
             input,
             buf: String::with_capacity(4096),
             line: 0,
+            recent: Recent::default(),
         }
     }
 
@@ -104,19 +126,20 @@ impl<R: BufRead> Iterator for MessageReader<R> {
     type Item = Result<(usize, Message), ReadError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let (line, text) = match self.next_line()? {
-            Ok(v) => v,
-            Err(e) => return Some(Err(e)),
-        };
-        Some(
-            parse_message(text)
+        // Out of `self` while the line borrows it.
+        let mut recent = std::mem::take(&mut self.recent);
+        let item = match self.next_line()? {
+            Ok((line, text)) => parse_message_sharing(text, &mut recent)
                 .map(|m| (line, m))
                 .map_err(|(e, stream)| ReadError {
                     line,
                     stream,
                     kind: e.into(),
                 }),
-        )
+            Err(e) => Err(e),
+        };
+        self.recent = recent;
+        Some(item)
     }
 }
 
@@ -205,18 +228,22 @@ impl<W: Write> MessageWriter<W> {
         time_extracted: Option<&str>,
     ) -> Result<(), WriteError> {
         let out = &mut self.out;
-        out.write_all(b"{\"type\":\"RECORD\",\"stream\":")?;
-        write_json_string(out, stream)?;
-        out.write_all(b",\"record\":")?;
+        write_record_head(out, stream)?;
         out.write_all(record_json.as_bytes())?;
-        if let Some(v) = version {
-            write!(out, ",\"version\":{v}")?;
-        }
-        if let Some(t) = time_extracted {
-            out.write_all(b",\"time_extracted\":")?;
-            write_json_string(out, t)?;
-        }
-        out.write_all(b"}\n")?;
+        write_record_tail(out, version, time_extracted)?;
+        Ok(())
+    }
+
+    /// Writes a RECORD of a [`RecordFrame`]'s stream: the same line as
+    /// [`Self::write_record_raw`], without encoding the frame again.
+    pub fn write_record_framed(
+        &mut self,
+        frame: &RecordFrame,
+        record_json: &str,
+    ) -> Result<(), WriteError> {
+        self.out.write_all(&frame.head)?;
+        self.out.write_all(record_json.as_bytes())?;
+        self.out.write_all(&frame.tail)?;
         Ok(())
     }
 
@@ -249,9 +276,57 @@ impl<W: Write> MessageWriter<W> {
     }
 }
 
+/// What every RECORD of one stream with one `version` and
+/// `time_extracted` has around its `record`, encoded once (a copy sends
+/// millions of records that differ only there).
+#[derive(Debug, Clone)]
+pub struct RecordFrame {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+impl RecordFrame {
+    pub fn new(stream: &str, version: Option<i64>, time_extracted: Option<&str>) -> RecordFrame {
+        let mut head = Vec::new();
+        let mut tail = Vec::new();
+        // Writing to a Vec cannot fail.
+        write_record_head(&mut head, stream).expect("write to a Vec");
+        write_record_tail(&mut tail, version, time_extracted).expect("write to a Vec");
+        RecordFrame { head, tail }
+    }
+}
+
+/// A RECORD line up to its `record` object.
+fn write_record_head<W: Write + ?Sized>(out: &mut W, stream: &str) -> io::Result<()> {
+    out.write_all(b"{\"type\":\"RECORD\",\"stream\":")?;
+    write_json_string(out, stream)?;
+    out.write_all(b",\"record\":")
+}
+
+/// A RECORD line after its `record` object.
+fn write_record_tail<W: Write + ?Sized>(
+    out: &mut W,
+    version: Option<i64>,
+    time_extracted: Option<&str>,
+) -> io::Result<()> {
+    if let Some(v) = version {
+        write!(out, ",\"version\":{v}")?;
+    }
+    if let Some(t) = time_extracted {
+        out.write_all(b",\"time_extracted\":")?;
+        write_json_string(out, t)?;
+    }
+    out.write_all(b"}\n")
+}
+
 /// Appends `s` as a JSON string literal (with quotes) to `out`.
 pub fn write_json_string<W: Write + ?Sized>(out: &mut W, s: &str) -> io::Result<()> {
-    let mut buf = String::with_capacity(s.len() + 2);
+    if first_to_escape(s.as_bytes(), 0).is_none() {
+        out.write_all(b"\"")?;
+        out.write_all(s.as_bytes())?;
+        return out.write_all(b"\"");
+    }
+    let mut buf = String::with_capacity(s.len() + 8);
     push_json_string(&mut buf, s);
     out.write_all(buf.as_bytes())
 }
@@ -259,31 +334,67 @@ pub fn write_json_string<W: Write + ?Sized>(out: &mut W, s: &str) -> io::Result<
 /// Appends `s` as a JSON string literal (with quotes) to `buf`, escaping only
 /// what JSON requires. Fast on the common case of nothing to escape.
 pub fn push_json_string(buf: &mut String, s: &str) {
+    buf.reserve(s.len() + 2);
     buf.push('"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &str = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0..=0x1f => "",
-            _ => continue,
-        };
+    while let Some(i) = first_to_escape(bytes, start) {
+        let b = bytes[i];
         buf.push_str(&s[start..i]);
-        if esc.is_empty() {
-            buf.push_str(&format!("\\u{b:04x}"));
-        } else {
-            buf.push_str(esc);
+        match b {
+            b'"' => buf.push_str("\\\""),
+            b'\\' => buf.push_str("\\\\"),
+            b'\n' => buf.push_str("\\n"),
+            b'\r' => buf.push_str("\\r"),
+            b'\t' => buf.push_str("\\t"),
+            0x08 => buf.push_str("\\b"),
+            0x0c => buf.push_str("\\f"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                buf.push_str("\\u00");
+                buf.push(HEX[usize::from(b >> 4)] as char);
+                buf.push(HEX[usize::from(b & 0xf)] as char);
+            }
         }
         start = i + 1;
     }
     buf.push_str(&s[start..]);
     buf.push('"');
+}
+
+/// Whether JSON needs `b` escaped in a string.
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// The index of the first byte at or after `from` that JSON needs escaped:
+/// eight bytes at a time (most strings have none).
+fn first_to_escape(bytes: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut i = from;
+    while i + 8 <= bytes.len() {
+        let w = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        // The classic "some byte is zero" and "some byte is below n" tests:
+        // exact about whether any byte matches, not about which one.
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        let hits = ((w.wrapping_sub(ONES * 0x20) & !w)
+            | (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash))
+            & HIGH;
+        if hits != 0 {
+            return bytes[i..i + 8]
+                .iter()
+                .position(|&b| needs_escape(b))
+                .map(|k| i + k);
+        }
+        i += 8;
+    }
+    bytes[i..]
+        .iter()
+        .position(|&b| needs_escape(b))
+        .map(|k| i + k)
 }
 
 #[cfg(test)]
@@ -344,7 +455,7 @@ mod tests {
         assert_eq!(messages.len(), 4);
         match &messages[1] {
             Message::Record(r) => {
-                assert_eq!(r.stream, "s\"q");
+                assert_eq!(&*r.stream, "s\"q");
                 assert_eq!(r.version, Some(5));
                 assert_eq!(r.record.get(), r#"{"id":1}"#);
             }
@@ -359,6 +470,47 @@ mod tests {
         assert_eq!(s, r#""a\tb\n\u0001\"\\é""#);
         let back: String = serde_json::from_str(&s).unwrap();
         assert_eq!(back, "a\tb\n\u{1}\"\\é");
+    }
+
+    #[test]
+    fn json_string_escapes_at_every_position() {
+        // Every byte JSON escapes, at every offset of the eight-byte scan.
+        for special in (0u8..0x20).chain([b'"', b'\\']) {
+            for at in 0..20 {
+                let mut text = "abcdefghijklmnopqrstu".to_string().into_bytes();
+                text[at] = special;
+                let text = String::from_utf8(text).unwrap();
+                let mut s = String::new();
+                push_json_string(&mut s, &text);
+                assert_eq!(s, serde_json::to_string(&text).unwrap(), "{text:?}");
+                let mut w = Vec::new();
+                write_json_string(&mut w, &text).unwrap();
+                assert_eq!(w, s.as_bytes());
+            }
+        }
+        let mut s = String::new();
+        push_json_string(&mut s, "plain ascii, ü é 漢字 ✓ and \u{7f}");
+        assert_eq!(s, "\"plain ascii, ü é 漢字 ✓ and \u{7f}\"");
+    }
+
+    #[test]
+    fn framed_records_match_raw_ones() {
+        let mut raw = Vec::new();
+        let mut framed = Vec::new();
+        for (version, time) in [(Some(5), Some("2024-01-01T00:00:00Z")), (None, None)] {
+            let mut w = MessageWriter::new(&mut raw);
+            w.write_record_raw("s\"q", r#"{"id":1}"#, version, time)
+                .unwrap();
+            w.flush().unwrap();
+            let mut w = MessageWriter::new(&mut framed);
+            let frame = RecordFrame::new("s\"q", version, time);
+            w.write_record_framed(&frame, r#"{"id":1}"#).unwrap();
+            w.flush().unwrap();
+        }
+        assert_eq!(
+            String::from_utf8(framed).unwrap(),
+            String::from_utf8(raw).unwrap()
+        );
     }
 
     #[test]

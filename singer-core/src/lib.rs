@@ -29,11 +29,11 @@ pub use catalog::{Catalog, CatalogEntry, CatalogError, MetadataEntry};
 pub use config::{About, Config, ConfigError, DefaultValue, Setting, SettingKind};
 pub use io::{
     push_json_string, write_json_string, MessageReader, MessageWriter, ReadError, ReadErrorKind,
-    WriteError,
+    RecordFrame, WriteError,
 };
 pub use message::{
-    parse_message, ActivateVersionMessage, Message, MessageError, RecordMessage, SchemaMessage,
-    StateMessage,
+    parse_message, ActivateVersionMessage, Members, Message, MessageError, RecordMessage,
+    RecordText, SchemaMessage, StateMessage,
 };
 pub use schema::{JsonSchema, SchemaError, SQL_DATATYPE_KEY};
 pub use state::{State, StateError};

@@ -4,6 +4,11 @@
 //! internally tagged enum is markedly slower with serde), then checked into a
 //! [`Message`]. A record keeps its `record` object as raw JSON text, so numbers
 //! pass through with every digit and a target decides how to decode each field.
+//! The same scan also notes where each of the record's top-level members is
+//! ([`Members`]), so that a target need not parse the record a second time.
+
+use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -43,11 +48,50 @@ pub struct SchemaMessage {
 /// `{"type":"RECORD","stream":…,"record":{…}}`.
 #[derive(Debug, Clone)]
 pub struct RecordMessage {
-    pub stream: String,
+    /// Shared by the consecutive records of one stream (no copy per record).
+    pub stream: Arc<str>,
     /// The `record` value exactly as sent (a JSON object, checked by the parser).
-    pub record: Box<RawValue>,
+    pub record: RecordText,
     pub version: Option<i64>,
-    pub time_extracted: Option<String>,
+    /// Shared like `stream`: a tap sends one for a whole table copy.
+    pub time_extracted: Option<Arc<str>>,
+    /// Where `record`'s top-level members are, as found while parsing the
+    /// line; `None` when unknown (a record rewritten after parsing, or with
+    /// an escaped member name): parse `record` then.
+    pub members: Option<Members>,
+}
+
+/// A record's JSON object, as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordText(Box<str>);
+
+impl RecordText {
+    pub fn get(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A record made or rewritten after parsing (already checked JSON).
+impl From<Box<RawValue>> for RecordText {
+    fn from(raw: Box<RawValue>) -> Self {
+        RecordText(String::from(raw.get()).into_boxed_str())
+    }
+}
+
+/// The top-level members of a record's text, in order (a repeated name
+/// appears twice, as in the text): byte ranges of each name (without its
+/// quotes; never escaped) and of its raw JSON value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Members(Vec<[usize; 4]>);
+
+impl Members {
+    /// `(name, raw JSON value)` of each member of `record`, the text these
+    /// members were found in.
+    pub fn iter<'r>(&'r self, record: &'r str) -> impl Iterator<Item = (&'r str, &'r str)> + 'r {
+        self.0
+            .iter()
+            .map(move |&[k0, k1, v0, v1]| (&record[k0..k1], &record[v0..v1]))
+    }
 }
 
 /// `{"type":"STATE","value":…}`.
@@ -90,21 +134,48 @@ pub enum MessageError {
 #[derive(Deserialize)]
 struct RawMessage<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<std::borrow::Cow<'a, str>>,
-    stream: Option<String>,
+    kind: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    record: Option<&'a RawValue>,
+    stream: Option<Cow<'a, str>>,
+    record: Option<RecordScan>,
     schema: Option<Value>,
     key_properties: Option<Value>,
     bookmark_properties: Option<Value>,
     value: Option<Value>,
-    version: Option<Value>,
-    time_extracted: Option<Value>,
+    // Raw: most are plain integers and strings, read without a `Value`.
+    #[serde(borrow)]
+    version: Option<&'a RawValue>,
+    #[serde(borrow)]
+    time_extracted: Option<&'a RawValue>,
+}
+
+/// The last stream name and `time_extracted` a reader saw, shared with the
+/// next records that repeat them.
+#[derive(Default)]
+pub(crate) struct Recent {
+    stream: Option<Arc<str>>,
+    extracted: Option<Arc<str>>,
+}
+
+impl Recent {
+    fn share(slot: &mut Option<Arc<str>>, text: &str) -> Arc<str> {
+        match slot {
+            Some(s) if **s == *text => Arc::clone(s),
+            _ => Arc::clone(slot.insert(Arc::from(text))),
+        }
+    }
 }
 
 /// Parses one line. On error the stream name is returned when the line named one,
 /// so that the caller can report it.
 pub fn parse_message(line: &str) -> Result<Message, (MessageError, Option<String>)> {
+    parse_message_sharing(line, &mut Recent::default())
+}
+
+pub(crate) fn parse_message_sharing(
+    line: &str,
+    recent: &mut Recent,
+) -> Result<Message, (MessageError, Option<String>)> {
     let raw: RawMessage<'_> = serde_json::from_str(line).map_err(|e| {
         let err = if e.is_data() {
             MessageError::NoType
@@ -113,39 +184,58 @@ pub fn parse_message(line: &str) -> Result<Message, (MessageError, Option<String
         };
         (err, None)
     })?;
-    let stream = raw.stream.clone();
-    parse_raw(raw).map_err(|e| (e, stream))
+    let stream = raw.stream.as_deref().map(str::to_owned);
+    parse_raw(line, raw, recent).map_err(|e| (e, stream))
 }
 
-fn parse_raw(raw: RawMessage<'_>) -> Result<Message, MessageError> {
+fn parse_raw(
+    line: &str,
+    raw: RawMessage<'_>,
+    recent: &mut Recent,
+) -> Result<Message, MessageError> {
     let kind = raw.kind.ok_or(MessageError::NoType)?;
     if kind.eq_ignore_ascii_case("RECORD") {
-        let stream = require_stream("RECORD", raw.stream)?;
+        let stream = match raw.stream.as_deref() {
+            Some(s) if !s.is_empty() => Recent::share(&mut recent.stream, s),
+            _ => {
+                return Err(MessageError::MissingField {
+                    kind: "RECORD",
+                    field: "stream",
+                })
+            }
+        };
         let record = raw.record.ok_or(MessageError::MissingField {
             kind: "RECORD",
             field: "record",
         })?;
-        if !record.get().starts_with('{') {
+        let RecordScan::Object { members, escaped } = record else {
             return Err(MessageError::InvalidField {
                 kind: "RECORD",
                 field: "record",
                 problem: "must be a JSON object".into(),
             });
-        }
+        };
+        let (record, members) = record_text(line, members, escaped);
         Ok(Message::Record(RecordMessage {
             stream,
-            record: record.to_owned(),
+            record,
+            members,
             version: optional_version("RECORD", raw.version)?,
-            time_extracted: match raw.time_extracted {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(s),
-                Some(_) => {
-                    return Err(MessageError::InvalidField {
-                        kind: "RECORD",
-                        field: "time_extracted",
-                        problem: "must be a date-time string".into(),
-                    })
-                }
+            time_extracted: match raw.time_extracted.map(plain_string) {
+                None => None,
+                Some(Some(s)) => Some(Recent::share(&mut recent.extracted, s)),
+                // Escaped, or not a string.
+                Some(None) => match raw.time_extracted.map(value_of) {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(Recent::share(&mut recent.extracted, &s)),
+                    Some(_) => {
+                        return Err(MessageError::InvalidField {
+                            kind: "RECORD",
+                            field: "time_extracted",
+                            problem: "must be a date-time string".into(),
+                        })
+                    }
+                },
             },
         }))
     } else if kind.eq_ignore_ascii_case("SCHEMA") {
@@ -185,9 +275,169 @@ fn parse_raw(raw: RawMessage<'_>) -> Result<Message, MessageError> {
     }
 }
 
-fn require_stream(kind: &'static str, stream: Option<String>) -> Result<String, MessageError> {
+/// A RECORD's `record` as the envelope's parse saw it: an object's members
+/// (where each name and raw value is in the line), or something else.
+enum RecordScan {
+    Object {
+        /// Where each name and value is: `[name address, name length, value
+        /// address, value length]` (the line's bytes; made relative to the
+        /// record's text in place, by [`record_text`]).
+        members: Vec<[usize; 4]>,
+        /// A member name had escapes: it is not a slice of the line.
+        escaped: bool,
+    },
+    NotObject,
+}
+
+impl<'de> Deserialize<'de> for RecordScan {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(RecordScanVisitor)
+    }
+}
+
+struct RecordScanVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RecordScanVisitor {
+    type Value = RecordScan;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        // Most records fit without growing.
+        let mut members = Vec::with_capacity(16);
+        let mut escaped = false;
+        while let Some(name) = map.next_key::<Name<'de>>()? {
+            let value: &'de RawValue = map.next_value()?;
+            match name {
+                Name::Borrowed(n) => {
+                    let v = value.get();
+                    members.push([n.as_ptr() as usize, n.len(), v.as_ptr() as usize, v.len()]);
+                }
+                Name::Escaped => escaped = true,
+            }
+        }
+        Ok(RecordScan::Object { members, escaped })
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(RecordScan::NotObject)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(RecordScan::NotObject)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(RecordScan::NotObject)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(RecordScan::NotObject)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(RecordScan::NotObject)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(RecordScan::NotObject)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(RecordScan::NotObject)
+    }
+}
+
+/// A member name: a slice of the line, or (escaped) not.
+enum Name<'a> {
+    Borrowed(&'a str),
+    Escaped,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Name<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(NameVisitor(std::marker::PhantomData))
+    }
+}
+
+struct NameVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> serde::de::Visitor<'de> for NameVisitor<'a> {
+    type Value = Name<'a>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a member name")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Name::Borrowed(v))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Name::Escaped)
+    }
+}
+
+/// The record object's text, cut from the line around the members the
+/// parse found (JSON allows only whitespace between `{` and the first name,
+/// and between the last value and `}`), with the members' ranges in it.
+/// With an escaped name not every member is a slice of the line: the record
+/// is then found by a second parse, without members.
+fn record_text(
+    line: &str,
+    mut members: Vec<[usize; 4]>,
+    escaped: bool,
+) -> (RecordText, Option<Members>) {
+    let base = line.as_ptr() as usize;
+    let bytes = line.as_bytes();
+    let (Some(&[first, ..]), Some(&[.., last, last_len]), false) =
+        (members.first(), members.last(), escaped)
+    else {
+        if escaped {
+            return (reparse_record(line), None);
+        }
+        return (RecordText("{}".into()), Some(Members::default()));
+    };
+    // Before the first name's opening quote: whitespace back to `{`.
+    let mut start = first - base - 1;
+    while bytes[start - 1] != b'{' {
+        start -= 1;
+    }
+    start -= 1;
+    let mut end = last - base + last_len;
+    while bytes[end] != b'}' {
+        end += 1;
+    }
+    let origin = base + start;
+    for m in &mut members {
+        let [k, kl, v, vl] = *m;
+        *m = [k - origin, k - origin + kl, v - origin, v - origin + vl];
+    }
+    (RecordText(line[start..=end].into()), Some(Members(members)))
+}
+
+/// The `record` of a line already parsed once, as raw text (the rare path).
+fn reparse_record(line: &str) -> RecordText {
+    #[derive(Deserialize)]
+    struct Only<'a> {
+        #[serde(borrow)]
+        record: &'a RawValue,
+    }
+    serde_json::from_str::<Only<'_>>(line)
+        .expect("the line parsed a moment ago")
+        .record
+        .to_owned()
+        .into()
+}
+
+/// A JSON string's text when it has nothing to unescape.
+fn plain_string(raw: &RawValue) -> Option<&str> {
+    let t = raw.get();
+    let inner = t.strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains('\\')).then_some(inner)
+}
+
+fn value_of(raw: &RawValue) -> Value {
+    serde_json::from_str(raw.get()).expect("a raw value the parser checked")
+}
+
+fn require_stream(
+    kind: &'static str,
+    stream: Option<Cow<'_, str>>,
+) -> Result<String, MessageError> {
     match stream {
-        Some(s) if !s.is_empty() => Ok(s),
+        Some(s) if !s.is_empty() => Ok(s.into_owned()),
         _ => Err(MessageError::MissingField {
             kind,
             field: "stream",
@@ -195,8 +445,13 @@ fn require_stream(kind: &'static str, stream: Option<String>) -> Result<String, 
     }
 }
 
-fn optional_version(kind: &'static str, v: Option<Value>) -> Result<Option<i64>, MessageError> {
-    match v {
+fn optional_version(kind: &'static str, v: Option<&RawValue>) -> Result<Option<i64>, MessageError> {
+    let Some(raw) = v else { return Ok(None) };
+    // The usual case: a plain integer.
+    if let Ok(n) = raw.get().parse::<i64>() {
+        return Ok(Some(n));
+    }
+    match Some(value_of(raw)) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
             .as_i64()
@@ -256,7 +511,7 @@ mod tests {
         let Message::Record(r) = m else {
             panic!("{m:?}")
         };
-        assert_eq!(r.stream, "s");
+        assert_eq!(&*r.stream, "s");
         assert_eq!(r.record.get(), r#"{"a":1.50}"#);
 
         let m = parse_message(r#"{"type":"Schema","stream":"s","schema":{"type":"object"},"key_properties":["id"],"extra":1}"#).unwrap();
@@ -337,5 +592,98 @@ mod tests {
     fn error_keeps_the_stream_name() {
         let (_, stream) = parse_message(r#"{"type":"RECORD","stream":"users"}"#).unwrap_err();
         assert_eq!(stream.as_deref(), Some("users"));
+    }
+
+    fn record(line: &str) -> RecordMessage {
+        match parse_message(line).unwrap() {
+            Message::Record(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The members found by the envelope's parse are those a parse of the
+    /// record text alone finds: same names, same raw values, same order.
+    #[test]
+    fn members_are_the_records_own() {
+        let lines = [
+            r#"{"type":"RECORD","stream":"s","record":{"a":1.50,"b":"x\"y","c":{"d":[1,{"e":null}]},"a":true},"version":3}"#,
+            r#"{ "record" : {  "id" : 1 , "s":"}{" } , "type":"RECORD","stream":"s"}"#,
+            "{\"type\":\"RECORD\",\"stream\":\"s\",\"record\":{\n\t\"k\":\t[ ] \r\n}}",
+            r#"{"type":"RECORD","stream":"s","record":{"é":"ü","":0}}"#,
+        ];
+        for line in lines {
+            let r = record(line);
+            let text = r.record.get();
+            let by_serde: Vec<(String, String)> = {
+                let v: Vec<(String, Box<RawValue>)> = {
+                    struct V;
+                    impl<'de> serde::de::Visitor<'de> for V {
+                        type Value = Vec<(String, Box<RawValue>)>;
+                        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                            f.write_str("map")
+                        }
+                        fn visit_map<A: serde::de::MapAccess<'de>>(
+                            self,
+                            mut m: A,
+                        ) -> Result<Self::Value, A::Error> {
+                            let mut out = Vec::new();
+                            while let Some(e) = m.next_entry()? {
+                                out.push(e);
+                            }
+                            Ok(out)
+                        }
+                    }
+                    use serde::Deserializer as _;
+                    serde_json::Deserializer::from_str(text)
+                        .deserialize_map(V)
+                        .unwrap()
+                };
+                v.into_iter()
+                    .map(|(k, v)| (k, v.get().to_owned()))
+                    .collect()
+            };
+            let found: Vec<(String, String)> = r
+                .members
+                .as_ref()
+                .expect("members")
+                .iter(text)
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            assert_eq!(found, by_serde, "{line}");
+            assert!(text.starts_with('{') && text.ends_with('}'), "{text}");
+        }
+    }
+
+    #[test]
+    fn an_escaped_name_leaves_members_unknown_and_the_record_whole() {
+        let r = record(r#"{"type":"RECORD","stream":"s","record":{"a\u0062":1, "c" : 2 }}"#);
+        assert_eq!(r.record.get(), r#"{"a\u0062":1, "c" : 2 }"#);
+        assert_eq!(r.members, None);
+        let r = record(r#"{"type":"RECORD","stream":"s","record":{ }}"#);
+        assert_eq!(r.record.get(), "{}");
+        assert_eq!(r.members, Some(Members::default()));
+    }
+
+    #[test]
+    fn a_record_that_is_not_an_object_is_refused_as_before() {
+        for v in [
+            "[1,[2]]",
+            "1",
+            "-1.5e3",
+            "\"x\"",
+            "true",
+            "18446744073709551616",
+        ] {
+            let line = format!(r#"{{"type":"RECORD","stream":"s","record":{v}}}"#);
+            let (e, stream) = parse_message(&line).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "RECORD message: `record` must be a JSON object",
+                "{v}"
+            );
+            assert_eq!(stream.as_deref(), Some("s"));
+        }
+        let (e, _) = parse_message(r#"{"type":"RECORD","stream":"s","record":null}"#).unwrap_err();
+        assert_eq!(e.to_string(), "RECORD message has no `record`");
     }
 }

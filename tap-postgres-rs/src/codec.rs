@@ -50,14 +50,24 @@ impl Codec {
     pub fn encode(&self, text: &str, out: &mut String) -> bool {
         match self {
             Codec::Integer => out.push_str(text),
-            Codec::Number => match text {
-                "NaN" | "Infinity" | "-Infinity" => {
+            Codec::Number => {
+                // Digits start with a digit, `-` or `.`: look further only
+                // at a letter (or `-I`), the row loop's most common type.
+                let letter = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphabetic);
+                let bytes = text.as_bytes();
+                if (letter(bytes.first()) || (bytes.first() == Some(&b'-') && letter(bytes.get(1))))
+                    && matches!(text, "NaN" | "Infinity" | "-Infinity")
+                {
                     push_json_string(out, text);
                     return true;
                 }
-                _ => out.push_str(text),
-            },
-            Codec::Boolean => out.push_str(if text == "t" { "true" } else { "false" }),
+                out.push_str(text);
+            }
+            Codec::Boolean => out.push_str(if text.as_bytes() == b"t" {
+                "true"
+            } else {
+                "false"
+            }),
             Codec::Text => push_json_string(out, text),
             Codec::Date => {
                 push_json_string(out, text);
@@ -84,19 +94,32 @@ impl Codec {
 /// A date (or a timestamp's date part) RFC 3339's `full-date` cannot
 /// express: `infinity`, `-infinity`, BC, a year past 9999.
 fn special_date(text: &str) -> bool {
-    text.ends_with("infinity") || text.ends_with(" BC") || text.find('-').is_some_and(|i| i > 4)
+    text.ends_with("infinity")
+        || text.ends_with(" BC")
+        || position(text, b'-').is_some_and(|i| i > 4)
+}
+
+/// The first `byte` in `text` (an ASCII byte: the same index `str::find`
+/// gives, without its general char search; these texts are short).
+fn position(text: &str, byte: u8) -> Option<usize> {
+    text.bytes().position(|b| b == byte)
+}
+
+/// The last `+` or `-` in `text` (as `str::rfind(['+', '-'])`).
+fn last_sign(text: &str) -> Option<usize> {
+    text.bytes().rposition(|b| b == b'+' || b == b'-')
 }
 
 /// A `time with time zone` RFC 3339's `full-time` cannot express: hour 24,
 /// or an offset with seconds (`+05:30:15`).
 fn special_time(time: &str) -> bool {
-    time.starts_with("24") || time.rfind(['+', '-']).is_some_and(|i| time.len() - i > 6)
+    time.starts_with("24") || last_sign(time).is_some_and(|i| time.len() - i > 6)
 }
 
 /// json text may hold newlines between tokens (never inside strings, where
 /// JSON forbids raw control characters): make it one line.
 fn encode_json(text: &str, out: &mut String) {
-    if text.bytes().any(|b| b == b'\n' || b == b'\r') {
+    if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some() {
         out.extend(text.chars().map(|c| match c {
             '\n' | '\r' => ' ',
             c => c,
@@ -119,7 +142,7 @@ fn encode_timestamp(text: &str, with_tz: bool, out: &mut String) -> bool {
         None => (text, false),
     };
     out.push('"');
-    match body.split_once(' ') {
+    match position(body, b' ').map(|i| (&body[..i], &body[i + 1..])) {
         Some((date, time)) => {
             out.push_str(date);
             out.push('T');
@@ -141,7 +164,7 @@ fn encode_timestamp(text: &str, with_tz: bool, out: &mut String) -> bool {
 
 /// `03:04:05+02` → `03:04:05+02:00`; `+05:30` and `+05:30:15` kept.
 fn push_time_with_offset(time: &str, out: &mut String) {
-    match time.rfind(['+', '-']) {
+    match last_sign(time) {
         Some(i) if time.len() - i == 3 => {
             out.push_str(time);
             out.push_str(":00");

@@ -4,13 +4,13 @@
 //! table), with a checkpoint every `state_interval` records; and the STATE
 //! messages that open and close a copied stream.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{self, BufRead, Write};
 
 use pg_connect::{quote_ident, quote_qualified};
 use postgres::Client;
 use serde_json::json;
 use singer_core::metrics::{tags, Counter};
-use singer_core::{MessageWriter, State};
+use singer_core::{MessageWriter, RecordFrame, State};
 
 use crate::codec::unescape_copy_field;
 use crate::discover::RelKind;
@@ -162,46 +162,43 @@ pub fn emit_rows<W: Write>(
     let reader = client
         .copy_out(copy.as_str())
         .map_err(query_failed(id, StreamError::Copy))?;
-    let mut reader = BufReader::with_capacity(1 << 20, reader);
+    let mut lines = Lines::new(reader);
     let mut counter = Counter::new("record_count", tags([("stream", json!(id))]));
     let mut tracker = Tracker {
         position: String::new(),
         key: None,
     };
     let mut builder = RecordBuilder::new(&ctx.p.columns, &ctx.p.widening);
-    let mut line = Vec::with_capacity(4096);
+    let frame = RecordFrame::new(&ctx.p.name, query.version, Some(&ctx.time_extracted));
     let mut scratch = String::new();
     let mut count: u64 = 0;
     let mut since_checkpoint: u64 = 0;
-    loop {
-        line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .map_err(|e| StreamError::ReadRows(e).at(id))?;
-        if n == 0 {
-            break;
-        }
-        if line.last() == Some(&b'\n') {
-            line.pop();
-        }
-        let text = std::str::from_utf8(&line).map_err(|source| {
+    while let Some(line) = lines
+        .next_line()
+        .map_err(|e| StreamError::ReadRows(e).at(id))?
+    {
+        let text = std::str::from_utf8(line).map_err(|source| {
             StreamError::NotUtf8 {
                 row: count + 1,
                 source,
             }
             .at(id)
         })?;
-        let mut fields = text.split('\t');
+        let mut fields = Fields { rest: Some(text) };
         builder.begin();
         for i in 0..ctx.p.columns.len() {
-            let field = fields
+            let (field, escaped) = fields
                 .next()
                 .ok_or_else(|| StreamError::TooFewFields { row: count + 1 }.at(id))?;
-            if field == "\\N" {
+            if escaped && field == "\\N" {
                 builder.field(i, None);
                 continue;
             }
-            let value = unescape_copy_field(field, &mut scratch);
+            let value = if escaped {
+                unescape_copy_field(field, &mut scratch)
+            } else {
+                field
+            };
             builder.field(i, Some(value));
             if query.key_index == Some(i) {
                 let k = tracker.key.get_or_insert_with(String::new);
@@ -210,7 +207,7 @@ pub fn emit_rows<W: Write>(
             }
         }
         if query.with_position {
-            if let Some(position) = fields.next() {
+            if let Some((position, _)) = fields.next() {
                 tracker.position.clear();
                 tracker.position.push_str(position);
             }
@@ -221,13 +218,7 @@ pub fn emit_rows<W: Write>(
         if builder.schema_changed() {
             plan::write_schema(ctx.p, out)?;
         }
-        let record = builder.finish();
-        out.write_record_raw(
-            &ctx.p.name,
-            record,
-            query.version,
-            Some(&ctx.time_extracted),
-        )?;
+        out.write_record_framed(&frame, builder.finish())?;
         count += 1;
         since_checkpoint += 1;
         counter.add(1);
@@ -241,4 +232,151 @@ pub fn emit_rows<W: Write>(
         checkpoint(&tracker, out)?;
     }
     Ok(count)
+}
+
+/// The rows of a COPY text stream, read in place from the stream's own
+/// messages (Postgres sends one row per message), without the `\n`.
+struct Lines<R> {
+    reader: R,
+    /// Bytes of the reader's buffer the last row returned still borrows.
+    used: usize,
+    /// A row split across messages, gathered.
+    split: Vec<u8>,
+}
+
+impl<R: BufRead> Lines<R> {
+    fn new(reader: R) -> Self {
+        Lines {
+            reader,
+            used: 0,
+            split: Vec::new(),
+        }
+    }
+
+    fn next_line(&mut self) -> io::Result<Option<&[u8]>> {
+        self.reader.consume(std::mem::take(&mut self.used));
+        self.split.clear();
+        loop {
+            let chunk = self.reader.fill_buf()?;
+            if chunk.is_empty() {
+                // The last row, when the stream does not end with a newline.
+                return Ok((!self.split.is_empty()).then_some(&self.split[..]));
+            }
+            match memchr::memchr(b'\n', chunk) {
+                Some(end) if self.split.is_empty() => {
+                    self.used = end + 1;
+                    // The same buffer again (nothing consumed), borrowed for the caller.
+                    return Ok(Some(&self.reader.fill_buf()?[..end]));
+                }
+                Some(end) => {
+                    self.split.extend_from_slice(&chunk[..end]);
+                    self.reader.consume(end + 1);
+                    return Ok(Some(&self.split[..]));
+                }
+                None => {
+                    let n = chunk.len();
+                    self.split.extend_from_slice(chunk);
+                    self.reader.consume(n);
+                }
+            }
+        }
+    }
+}
+
+/// A COPY text row's tab-separated fields, as `str::split('\t')` gives
+/// them, each with whether it holds a backslash (an escape, or `\N`).
+struct Fields<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = (&'a str, bool);
+
+    fn next(&mut self) -> Option<(&'a str, bool)> {
+        let rest = self.rest?;
+        let bytes = rest.as_bytes();
+        let mut escaped = false;
+        let mut from = 0;
+        loop {
+            match memchr::memchr2(b'\t', b'\\', &bytes[from..]) {
+                Some(i) if bytes[from + i] == b'\\' => {
+                    escaped = true;
+                    from += i + 1;
+                }
+                Some(i) => {
+                    let end = from + i;
+                    self.rest = Some(&rest[end + 1..]);
+                    return Some((&rest[..end], escaped));
+                }
+                None => {
+                    self.rest = None;
+                    return Some((rest, escaped));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Fields, Lines};
+
+    #[test]
+    fn fields_split_as_str_split_does() {
+        for row in [
+            "",
+            "a",
+            "a\tb",
+            "\t",
+            "a\t\\N\tc\\td\t",
+            "x\\\\\ty",
+            "\\",
+            "ü\t漢\\n字",
+            "12345678\t",
+            "1234567\t\t\\\t12345678\\\t123456789012345\t\t",
+            "\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t",
+        ] {
+            let ours: Vec<&str> = (Fields { rest: Some(row) }).map(|(f, _)| f).collect();
+            let std: Vec<&str> = row.split('\t').collect();
+            assert_eq!(ours, std, "{row:?}");
+            for (f, escaped) in (Fields { rest: Some(row) }) {
+                assert_eq!(escaped, f.contains('\\'), "{row:?}");
+            }
+        }
+    }
+
+    /// A reader handing out its input in pieces of `size` bytes, as COPY
+    /// messages would.
+    struct Pieces<'a> {
+        data: &'a [u8],
+        size: usize,
+    }
+
+    impl std::io::Read for Pieces<'_> {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            unreachable!("read through BufRead")
+        }
+    }
+
+    impl std::io::BufRead for Pieces<'_> {
+        fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+            Ok(&self.data[..self.size.min(self.data.len())])
+        }
+        fn consume(&mut self, n: usize) {
+            self.data = &self.data[n..];
+        }
+    }
+
+    #[test]
+    fn lines_whole_split_and_unterminated() {
+        let data = b"one\ttwo\nthree\n\nlast";
+        for size in 1..=data.len() {
+            let mut lines = Lines::new(Pieces { data, size });
+            let mut got = Vec::new();
+            while let Some(line) = lines.next_line().unwrap() {
+                got.push(String::from_utf8(line.to_vec()).unwrap());
+            }
+            assert_eq!(got, ["one\ttwo", "three", "", "last"], "pieces of {size}");
+        }
+    }
 }

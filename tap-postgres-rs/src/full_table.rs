@@ -3,9 +3,10 @@
 //!
 //! The first run is a plain sequential scan (synchronized scans and parallel
 //! workers off, so rows arrive in ctid order) and bookmarks the ctid of the
-//! last row sent. A resumed run reads `ctid > bookmark OR <xmin invisible to
-//! the first run's snapshot>`: still one sequential pass, and rows written
-//! after the first run started are read again wherever an UPDATE moved them.
+//! last row sent. A resumed run reads `ctid > bookmark OR <xmin not older than
+//! the first run's snapshot's xmin>` (see [`unseen_by`]): still one
+//! sequential pass, and rows that snapshot could not see are read again
+//! wherever an INSERT or UPDATE put them.
 //! A changed heap file (VACUUM FULL, CLUSTER, REFRESH, TRUNCATE) restarts the
 //! stream.
 
@@ -168,14 +169,27 @@ pub(crate) fn current_snapshot(
 }
 
 /// The condition matching row versions a first run's snapshot could not
-/// see (written from `xmax` on, or by a transaction in `xip`).
+/// see: every xid from that snapshot's xmin on. Not only those from `xmax`
+/// on and those in `xip`: `xip` lists top-level transactions only, and a row
+/// written in a SAVEPOINT of one of them carries its subtransaction's xid,
+/// below `xmax` and not in `xip`, though equally invisible. A subtransaction's
+/// xid is newer than its parent's, so none is older than the snapshot's xmin.
+/// Rows of transactions that committed between that xmin and `xmax` are sent
+/// again: the target upserts them by key (or by `_sdc_source_ctid`).
 pub(crate) fn unseen_by(xmax: u32, xip: &[u32]) -> String {
-    let xip: Vec<String> = xip.iter().map(u32::to_string).collect();
     format!(
-        "age(xmin) <= age({}::xid) OR xmin = ANY({}::xid[])",
-        quote_literal(&xmax.to_string()),
-        quote_literal(&format!("{{{}}}", xip.join(",")))
+        "age(xmin) <= age({}::xid)",
+        quote_literal(&snapshot_xmin(xmax, xip).to_string())
     )
+}
+
+/// The snapshot's xmin, its oldest transaction in progress (`xmax` when none
+/// was): the `xip` entry farthest behind `xmax`, in the 32-bit xid circle.
+fn snapshot_xmin(xmax: u32, xip: &[u32]) -> u32 {
+    xip.iter()
+        .copied()
+        .max_by_key(|&x| xmax.wrapping_sub(x))
+        .unwrap_or(xmax)
 }
 
 /// Runs `read` with index scans off when `needed`: resuming needs rows in
@@ -199,4 +213,18 @@ pub(crate) fn in_ctid_order<T>(
             .map_err(query_failed(id, StreamError::Copy))?;
     }
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_xmin_is_the_oldest_xid_in_progress_across_wraparound() {
+        assert_eq!(snapshot_xmin(750, &[]), 750);
+        assert_eq!(snapshot_xmin(750, &[748, 745, 749]), 745);
+        // Past the wrap, 4294967290 is older than 3.
+        assert_eq!(snapshot_xmin(10, &[3, 4_294_967_290, 9]), 4_294_967_290);
+        assert_eq!(unseen_by(750, &[748, 745]), "age(xmin) <= age('745'::xid)");
+    }
 }

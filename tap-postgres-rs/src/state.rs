@@ -6,7 +6,10 @@
 //! file those ctids belong to), and the first run's snapshot as
 //! `snapshot_xmax` and `snapshot_xip` (32-bit xids): row versions written by
 //! transactions that snapshot could not see are re-read on resume, wherever
-//! an UPDATE moved them.
+//! an INSERT or UPDATE put them. The resume reads every xid from the
+//! snapshot's xmin (the oldest `snapshot_xip`, else `snapshot_xmax`) on,
+//! because `snapshot_xip` lists no subtransactions (SAVEPOINTs) of the
+//! transactions in it.
 //!
 //! A FULL_TABLE copy split into ctid ranges ([`crate::split`]) keeps the
 //! same `version`, `relfilenode` and snapshot keys, and instead of `ctid`
@@ -38,8 +41,9 @@ pub struct FullTableResume {
     /// `(page,item)` of the last row emitted.
     pub ctid: String,
     pub relfilenode: u32,
-    /// The first run's snapshot: xids from `snapshot_xmax` on, and those in
-    /// `snapshot_xip` (in progress then), were invisible to it.
+    /// The first run's snapshot: xids from `snapshot_xmax` on, those in
+    /// `snapshot_xip` (in progress then) and their subtransactions' (not
+    /// listed, but newer than their parents) were invisible to it.
     pub snapshot_xmax: u32,
     pub snapshot_xip: Vec<u32>,
 }

@@ -64,11 +64,10 @@ impl From<Fallback> for BinError {
 /// Appends one field (length + bytes; -1 for NULL) for `raw` JSON.
 pub fn encode_field(
     out: &mut Vec<u8>,
-    raw: &RawValue,
+    t: &str,
     kind: BinKind,
     strip_nul: bool,
 ) -> Result<(), BinError> {
-    let t = raw.get();
     if t == "null" {
         out.extend_from_slice(&(-1i32).to_be_bytes());
         return Ok(());
@@ -291,7 +290,7 @@ fn elements(
             if item.get() == "null" {
                 *has_null = true;
             }
-            encode_field(out, item, BinKind::Scalar(kind), strip_nul)?;
+            encode_field(out, item.get(), BinKind::Scalar(kind), strip_nul)?;
         } else {
             let sub: Vec<&RawValue> = serde_json::from_str(item.get()).map_err(|_| Fallback)?;
             elements(out, &sub, dims, depth + 1, kind, strip_nul, has_null)?;

@@ -155,8 +155,8 @@ fn camelize(s: &str) -> String {
 impl RecordPlan {
     /// The record with the planned objects spread into `parent__child`
     /// fields; every value is kept as its raw JSON text.
-    pub fn record(&self, record: &RawValue) -> Result<Box<RawValue>, FlattenError> {
-        let mut out = String::with_capacity(record.get().len() + 64);
+    pub fn record(&self, record: &str) -> Result<Box<RawValue>, FlattenError> {
+        let mut out = String::with_capacity(record.len() + 64);
         out.push('{');
         let mut first = true;
         self.write(record, &[], &mut out, &mut first)?;
@@ -166,7 +166,7 @@ impl RecordPlan {
 
     fn write(
         &self,
-        object: &RawValue,
+        object: &str,
         parents: &[&str],
         out: &mut String,
         first: &mut bool,
@@ -179,7 +179,7 @@ impl RecordPlan {
                     Some(b'{') => {
                         let mut path = parents.to_vec();
                         path.push(name.as_str());
-                        inner.write(raw, &path, out, first)?;
+                        inner.write(raw.get(), &path, out, first)?;
                     }
                     // No object: its columns stay NULL.
                     Some(b'n') => {}
@@ -214,7 +214,7 @@ impl RecordPlan {
 }
 
 /// An object's fields in order, each value as its raw JSON text.
-fn fields(object: &RawValue) -> Result<Vec<(String, &RawValue)>, serde_json::Error> {
+fn fields(object: &str) -> Result<Vec<(String, &RawValue)>, serde_json::Error> {
     struct Fields;
     impl<'de> Visitor<'de> for Fields {
         type Value = Vec<(String, &'de RawValue)>;
@@ -229,7 +229,7 @@ fn fields(object: &RawValue) -> Result<Vec<(String, &RawValue)>, serde_json::Err
             Ok(out)
         }
     }
-    let mut de = serde_json::Deserializer::from_str(object.get());
+    let mut de = serde_json::Deserializer::from_str(object);
     de.deserialize_map(Fields)
 }
 
@@ -292,14 +292,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            plan.record(&rec).unwrap().get(),
+            plan.record(rec.get()).unwrap().get(),
             r#"{"id":"a","foo__bar__baz":{"qux":"deep"},"foo__tags":["x"],"foo__extra":1.50,"free":{"k":[1]},"_sdc_deleted_at":null}"#
         );
         let null = RawValue::from_string(r#"{"id":"a","foo":null}"#.into()).unwrap();
-        assert_eq!(plan.record(&null).unwrap().get(), r#"{"id":"a"}"#);
+        assert_eq!(plan.record(null.get()).unwrap().get(), r#"{"id":"a"}"#);
         let wrong = RawValue::from_string(r#"{"id":"a","foo":{"bar":"x"}}"#.into()).unwrap();
         assert_eq!(
-            plan.record(&wrong).unwrap_err(),
+            plan.record(wrong.get()).unwrap_err(),
             FlattenError::NotObject {
                 field: "foo__bar".into(),
                 found: "a string"

@@ -60,10 +60,10 @@ pub trait RowFormat {
     fn between_fields(out: &mut Vec<u8>);
     fn row_end(out: &mut Vec<u8>);
     fn null(out: &mut Vec<u8>);
-    /// A record field's value (`raw` is not JSON `null`'s absence: it may be `null`).
+    /// A record field's raw JSON (`raw` is not JSON `null`'s absence: it may be `null`).
     fn field(
         out: &mut Vec<u8>,
-        raw: &RawValue,
+        raw: &str,
         kind: Self::Kind,
         strip_nul: bool,
     ) -> Result<(), FieldError>;
@@ -95,11 +95,11 @@ impl RowFormat for Text {
     }
     fn field(
         out: &mut Vec<u8>,
-        raw: &RawValue,
+        raw: &str,
         kind: TextKind,
         strip_nul: bool,
     ) -> Result<(), FieldError> {
-        encode_value(out, raw.get(), kind, strip_nul).map_err(FieldError::Invalid)
+        encode_value(out, raw, kind, strip_nul).map_err(FieldError::Invalid)
     }
     fn sent_timestamp(out: &mut Vec<u8>, text: &str) -> Result<(), Fallback> {
         copy_escape(out, text.as_bytes());
@@ -134,7 +134,7 @@ impl RowFormat for Binary {
     }
     fn field(
         out: &mut Vec<u8>,
-        raw: &RawValue,
+        raw: &str,
         kind: BinKind,
         strip_nul: bool,
     ) -> Result<(), FieldError> {
@@ -207,7 +207,7 @@ pub fn append_row<F: RowFormat>(
     // On the stack for all but the widest tables: no allocation per row.
     let mut on_stack = [None; STACK_SLOTS];
     let mut on_heap = Vec::new();
-    let slots: &mut [Option<&RawValue>] = if shape.columns.len() <= STACK_SLOTS {
+    let slots: &mut [Option<&str>] = if shape.columns.len() <= STACK_SLOTS {
         &mut on_stack[..shape.columns.len()]
     } else {
         on_heap.resize(shape.columns.len(), None);
@@ -227,9 +227,9 @@ pub fn append_row<F: RowFormat>(
                     F::null(out);
                     Ok(())
                 }
-                Some(v) if ctx.grows[i] && beyond_bigint(v.get()) => Err(RowFailure::Widen(i)),
+                Some(v) if ctx.grows[i] && beyond_bigint(v) => Err(RowFailure::Widen(i)),
                 Some(v) => {
-                    deleted |= col.name == DELETED_AT && v.get() != "null";
+                    deleted |= col.name == DELETED_AT && v != "null";
                     F::field(out, v, kinds[i], ctx.strip_nul).map_err(|e| match e {
                         FieldError::Fallback => RowFailure::Fallback,
                         FieldError::Invalid(source) => RowFailure::Row(RowError::Value {
@@ -283,20 +283,32 @@ fn beyond_bigint(raw: &str) -> bool {
     raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) && raw.parse::<i64>().is_err()
 }
 
+/// The record's fields into column slots: from the members the reader's
+/// parse found, or (unknown) by parsing the record.
 fn fill_slots<'r>(
     shape: &StreamShape,
     record: &'r RecordMessage,
-    slots: &mut [Option<&'r RawValue>],
+    slots: &mut [Option<&'r str>],
 ) -> Result<(), RowError> {
-    let mut de = serde_json::Deserializer::from_str(record.record.get());
-    de.deserialize_map(FieldSlots {
-        fields: &shape.fields,
-        columns: &shape.columns,
-        slots,
-    })
-    .map_err(|e| RowError::NotObject(e.to_string()))?;
+    let text = record.record.get();
+    match &record.members {
+        Some(members) => {
+            let mut expected = 0usize;
+            for (name, value) in members.iter(text) {
+                if let Some(i) = column_of(shape, expected, name) {
+                    slots[i] = Some(value);
+                    expected = i + 1;
+                }
+            }
+        }
+        None => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            de.deserialize_map(FieldSlots { shape, slots })
+                .map_err(|e| RowError::NotObject(e.to_string()))?;
+        }
+    }
     for &k in &shape.keys {
-        if slots[k].is_none_or(|v| v.get() == "null") {
+        if slots[k].is_none_or(|v| v == "null") {
             return Err(RowError::MissingKey(field_name(shape, k)));
         }
     }
@@ -308,11 +320,23 @@ fn fill_slots<'r>(
     Ok(())
 }
 
-fn write_key(shape: &StreamShape, slots: &[Option<&RawValue>], key_out: Option<&mut Vec<u8>>) {
+/// The column a field goes to. Fields usually arrive in schema order: the
+/// column after the last one filled is tried first.
+fn column_of(shape: &StreamShape, expected: usize, name: &str) -> Option<usize> {
+    match shape.columns.get(expected) {
+        Some(Column {
+            source: Source::Field(f),
+            ..
+        }) if f.as_str() == name => Some(expected),
+        _ => shape.fields.get(name).copied(),
+    }
+}
+
+fn write_key(shape: &StreamShape, slots: &[Option<&str>], key_out: Option<&mut Vec<u8>>) {
     if let Some(key) = key_out {
         key.clear();
         for &k in &shape.keys {
-            key.extend_from_slice(slots[k].map_or("", |v| v.get()).as_bytes());
+            key.extend_from_slice(slots[k].unwrap_or("").as_bytes());
             key.push(0);
         }
     }
@@ -328,9 +352,8 @@ fn field_name(shape: &StreamShape, i: usize) -> String {
 /// Deserializes a record object straight into column slots, borrowing each
 /// value's raw JSON text: no maps, no per-value allocation.
 struct FieldSlots<'a, 'r> {
-    fields: &'a std::collections::HashMap<String, usize>,
-    columns: &'a [Column],
-    slots: &'a mut [Option<&'r RawValue>],
+    shape: &'a StreamShape,
+    slots: &'a mut [Option<&'r str>],
 }
 
 impl<'de, 'a> Visitor<'de> for FieldSlots<'a, 'de> {
@@ -341,17 +364,10 @@ impl<'de, 'a> Visitor<'de> for FieldSlots<'a, 'de> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut expected = 0usize;
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            // Fields usually arrive in schema order: try the next column first.
-            let idx = match self.columns.get(expected) {
-                Some(Column {
-                    source: Source::Field(f),
-                    ..
-                }) if f.as_str() == key.as_ref() => Some(expected),
-                _ => self.fields.get(key.as_ref()).copied(),
-            };
+            let idx = column_of(self.shape, expected, &key);
             let value: &'de RawValue = map.next_value()?;
             if let Some(i) = idx {
-                self.slots[i] = Some(value);
+                self.slots[i] = Some(value.get());
                 expected = i + 1;
             }
         }

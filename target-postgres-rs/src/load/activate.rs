@@ -14,9 +14,12 @@
 //! none), so that such a row is never marked; before a SCHEMA that moves the
 //! stream to another table; and at the end of input (a tap stopped by
 //! `max_record_count` or a failure before its closing one leaves the table
-//! as if it had been applied at once). STATE does not apply it: a STATE
-//! printed in between shows the old rows still live, as every later run of a
-//! tap that opens without ACTIVATE_VERSION does. A target killed in between
+//! as if it had been applied at once). Once its version's records are
+//! coming, STATE does not apply it: a STATE printed in between shows the old
+//! rows still live, as every later run of a tap that opens without
+//! ACTIVATE_VERSION does. A STATE that arrives before any of them does (a
+//! closing ACTIVATE_VERSION of an empty table looks like an opening one), so
+//! that STATE covers it. A target killed in between
 //! converges all the same: the resumed run carries the version in its
 //! bookmark and ends with the closing ACTIVATE_VERSION, which marks every
 //! older row. `hard_delete` stays immediate: its DELETE empties the table, so
@@ -40,6 +43,8 @@ pub(super) struct Retire {
     version: i64,
     /// `None`: soft delete on a table without `_sdc_deleted_at` (nothing to mark).
     sql: Option<String>,
+    /// Deferred, and a record of its version has arrived since.
+    fed: bool,
 }
 
 impl<W: Write> Loader<W> {
@@ -84,17 +89,41 @@ impl<W: Write> Loader<W> {
     /// Before a RECORD of `r`'s stream: a deferred ACTIVATE_VERSION of
     /// another version than the record's is applied first.
     pub(super) fn before_record(&mut self, r: &RecordMessage) -> Result<(), LoadError> {
-        if !self.recorded.contains(&r.stream) {
-            self.recorded.insert(r.stream.clone());
+        if !self.recorded.contains(&*r.stream) {
+            self.recorded.insert(r.stream.to_string());
         }
-        if self
-            .deferred_version(&r.stream)
-            .is_some_and(|v| r.version != Some(v))
-        {
-            let d = self.deferred.remove(&r.stream).expect("checked");
-            self.flush_retiring(vec![(r.stream.clone(), d)])?;
+        match self.deferred.get_mut(&*r.stream) {
+            Some(d) if r.version == Some(d.version) => d.fed = true,
+            Some(_) => {
+                let d = self.deferred.remove(&*r.stream).expect("checked");
+                self.flush_retiring(vec![(r.stream.to_string(), d)])?;
+            }
+            None => {}
         }
         Ok(())
+    }
+
+    /// Before a STATE: deferred ACTIVATE_VERSIONs none of whose records
+    /// have come are applied, so that the STATE covers them.
+    pub(super) fn before_state(&mut self) -> Result<(), LoadError> {
+        let mut idle: Vec<String> = self
+            .deferred
+            .iter()
+            .filter(|(_, d)| !d.fed)
+            .map(|(s, _)| s.clone())
+            .collect();
+        if idle.is_empty() {
+            return Ok(());
+        }
+        idle.sort();
+        let due = idle
+            .into_iter()
+            .map(|s| {
+                let d = self.deferred.remove(&s).expect("listed");
+                (s, d)
+            })
+            .collect();
+        self.flush_retiring(due)
     }
 
     /// Before a SCHEMA that puts `stream` in `table`: a deferred
@@ -194,6 +223,7 @@ impl<W: Write> Loader<W> {
             table,
             version,
             sql,
+            fed: false,
         }))
     }
 

@@ -51,12 +51,16 @@ impl<W: Write> Loader<W> {
         first: RecordMessage,
         input: &mut Input<I>,
     ) -> Result<(), LoadError> {
-        let stream = first.stream.clone();
-        if !self.streams.contains_key(&stream) {
-            return Err(LoadError::NoSchema { line, stream });
+        let stream = std::sync::Arc::clone(&first.stream);
+        let stream: &str = &stream;
+        if !self.streams.contains_key(stream) {
+            return Err(LoadError::NoSchema {
+                line,
+                stream: stream.to_owned(),
+            });
         }
         self.settle_if_done()?;
-        let st = &self.streams[&stream];
+        let st = &self.streams[stream];
         let reads_table = !st.batch.pending()
             && (matches!(st.keying, Keying::Integer(RunKeys::Unknown))
                 || (self.settings.load_method == LoadMethod::Overwrite
@@ -80,12 +84,12 @@ impl<W: Write> Loader<W> {
             settings,
             ..
         } = self;
-        let st = streams.get_mut(&stream).expect("checked above");
+        let st = streams.get_mut(stream).expect("checked above");
         let table = st.shape.table.clone();
         if settings.load_method == LoadMethod::Overwrite && !overwritten.contains(&table) {
             client
                 .batch_execute(&format!("TRUNCATE {}", table.qualified()))
-                .map_err(|e| db_err(&stream, &table, "emptying the table (overwrite)", &e))?;
+                .map_err(|e| db_err(stream, &table, "emptying the table (overwrite)", &e))?;
             overwritten.insert(table.clone());
             st.info.empty = true;
             if let Keying::Integer(run_keys) = &mut st.keying {
@@ -107,21 +111,21 @@ impl<W: Write> Loader<W> {
                         "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
                         table.qualified()
                     ))
-                    .map_err(|e| db_err(&stream, &table, "locking the table", &e))?;
+                    .map_err(|e| db_err(stream, &table, "locking the table", &e))?;
                 if st.info.empty {
                     st.info.empty = client
                         .query_one(
                             &format!("SELECT NOT EXISTS (SELECT 1 FROM {})", table.qualified()),
                             &[],
                         )
-                        .map_err(|e| db_err(&stream, &table, "checking the table is empty", &e))?
+                        .map_err(|e| db_err(stream, &table, "checking the table is empty", &e))?
                         .get(0);
                 }
             }
             let decision = st
                 .keying
                 .decide(client, &st.shape, st.info.empty, st.info.unique_on_keys)
-                .map_err(|e| db_err(&stream, &table, "reading the table's largest key", &e))?;
+                .map_err(|e| db_err(stream, &table, "reading the table's largest key", &e))?;
             match decision {
                 Decision::Direct(policy) => st.batch.policy = policy,
                 Decision::Stage(keys) => stage(client, st, keys)?,
@@ -344,7 +348,7 @@ fn copy_run<F: RowFormat, I: Iterator<Item = Item>>(
         }
         match input.next() {
             Some(Ok((l, Message::Record(r))))
-                if r.stream == *stream && st.deferred.is_none_or(|v| r.version == Some(v)) =>
+                if *r.stream == **stream && st.deferred.is_none_or(|v| r.version == Some(v)) =>
             {
                 match st.prepare.record(l, r) {
                     Ok(r) => next = Some((l, r)),

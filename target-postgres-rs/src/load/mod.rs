@@ -197,8 +197,12 @@ impl<W: Write> Loader<W> {
                     self.records(line, r, input)?
                 }
                 Message::Schema(s) => self.schema(line, s)?,
-                Message::State(s) if self.worker.is_some() => self.barrier(s.value)?,
+                Message::State(s) if self.worker.is_some() => {
+                    self.before_state()?;
+                    self.barrier(s.value)?
+                }
                 Message::State(s) => {
+                    self.before_state()?;
                     self.state.received(s.value);
                     if self.flush_at_state {
                         self.flush()?;

@@ -176,9 +176,9 @@ impl Routes {
     /// (two connections writing one table would conflict).
     fn of(&mut self, message: &Message, settings: &TargetSettings) -> usize {
         let stream = match message {
-            Message::Record(r) => &r.stream,
-            Message::Schema(s) => &s.stream,
-            Message::ActivateVersion(a) => &a.stream,
+            Message::Record(r) => &*r.stream,
+            Message::Schema(s) => s.stream.as_str(),
+            Message::ActivateVersion(a) => a.stream.as_str(),
             Message::State(_) => return 0,
         };
         if let Some(&w) = self.streams.get(stream) {
@@ -200,7 +200,7 @@ impl Routes {
             }
         };
         self.tables.insert(table, w);
-        self.streams.insert(stream.clone(), w);
+        self.streams.insert(stream.to_owned(), w);
         w
     }
 }

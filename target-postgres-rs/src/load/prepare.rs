@@ -20,20 +20,25 @@ impl Prepare {
     #[inline]
     pub fn record(&self, line: usize, rec: RecordMessage) -> Result<RecordMessage, LoadError> {
         if let Some(v) = &self.validator {
-            v.check(&rec.record).map_err(|m| LoadError::Invalid {
+            v.check(rec.record.get()).map_err(|m| LoadError::Invalid {
                 line,
-                stream: rec.stream.clone(),
+                stream: rec.stream.to_string(),
                 pointer: m.pointer,
                 message: m.message,
             })?;
         }
         match &self.flatten {
             None => Ok(rec),
-            Some(plan) => match plan.record(&rec.record) {
-                Ok(record) => Ok(RecordMessage { record, ..rec }),
+            Some(plan) => match plan.record(rec.record.get()) {
+                // Rewritten: its members are no longer where the reader found them.
+                Ok(record) => Ok(RecordMessage {
+                    record: record.into(),
+                    members: None,
+                    ..rec
+                }),
                 Err(e) => Err(LoadError::Schema {
                     line,
-                    stream: rec.stream,
+                    stream: rec.stream.to_string(),
                     problem: e.to_string(),
                 }),
             },

@@ -258,6 +258,63 @@ fn a_state_before_the_closing_activation_leaves_old_rows_live() {
     });
 }
 
+/// A closing ACTIVATE_VERSION of a table now empty (no records of its
+/// version at all) looks like an opening one; the STATE after it applies it,
+/// so that when that STATE is printed (here: after another stream's batch
+/// commits) the old rows are already marked.
+#[test]
+fn a_state_right_after_an_activation_without_records_applies_it_first() {
+    each_parallelism(|db, settings| {
+        populated(db, settings);
+        let cfg = config(db, settings.clone());
+        let mut child = target(cfg.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, printed) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines() {
+                let _ = tx.send(l.unwrap());
+            }
+        });
+        let other = |id: i64| json!({"type": "RECORD", "stream": "other", "record": {"id": id}});
+        let mut send = |messages: &[Value]| {
+            stdin.write_all(&lines(messages)).unwrap();
+            stdin.flush().unwrap();
+        };
+        send(&[
+            schema(),
+            activate(2),
+            state(1),
+            json!({"type": "SCHEMA", "stream": "other", "key_properties": ["id"],
+                "schema": {"type": "object", "properties": {"id": {"type": "integer"}}}}),
+        ]);
+        // The other stream's batches commit; STATE 1 is printed after one.
+        let mut first = None;
+        for id in 1..200 {
+            send(&[other(id), state(1 + id)]);
+            if let Ok(l) = printed.recv_timeout(Duration::from_millis(100)) {
+                first = Some(l);
+                break;
+            }
+        }
+        let first: Value = serde_json::from_str(&first.expect("a STATE printed")).unwrap();
+        assert!(first["n"].as_i64().unwrap() >= 1, "{first}");
+        // Checked while the target still runs (its input is open).
+        assert_eq!(
+            rows(db),
+            "1:1@1:1:t,2:2@1:1:t,3:3@1:1:t,4:4@1:1:t,5:5@1:1:t,6:6@1:1:t"
+        );
+        drop(stdin);
+        assert!(child.wait().unwrap().success());
+        assert_eq!(updates(db), "1:t,2:t,3:t,4:t,5:t,6:t");
+    });
+}
+
 /// `hard_delete`: the opening ACTIVATE_VERSION still deletes at once (every
 /// row of version 1, before any record of version 2 arrives).
 #[test]

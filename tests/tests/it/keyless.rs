@@ -6,6 +6,7 @@
 //! resuming from a STATE older than the newest one the target committed; the
 //! kill -9 sweep lands real kills at many points of `tap | target` runs.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -370,4 +371,114 @@ fn each_full_copy_replaces_the_rows_in_place() {
     // n = 20 had a twin; the view shrank by both at its end.
     assert_eq!(live("heap"), (24, 21));
     assert_eq!(live("evens"), (12, 10));
+}
+
+#[test]
+fn rows_written_in_a_savepoint_before_the_bookmark_land_on_resume() {
+    // A transaction in progress at the first run's snapshot writes rows in a
+    // SAVEPOINT: their xmin is the subtransaction's xid, which the snapshot's
+    // `xip` (top-level transactions only) does not list. They land in space
+    // freed at the table's start, before the bookmark, so only the resume
+    // predicate can bring them.
+    let setup = Setup::new("keyless_savepoint", ROWS);
+    let writer = SavepointWriter::open(&setup.src, 1001, 20);
+    let catalog = setup.catalog(&["public-heap"]);
+    let dst = cluster().create_database("keyless_savepoint_dst");
+    let target = target_config(setup.dir.path(), &dst, json!({}));
+    let first = pipe(
+        &setup.tap_config(json!({"max_record_count": 200})),
+        &catalog,
+        None,
+        &target,
+    );
+    first.assert_success();
+    let state = first.last_state().expect("a STATE").clone();
+    writer.commit_after(&state, "public-heap");
+    let bookmark = state["bookmarks"]["public-heap"]["ctid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no ctid bookmark: {state}"))
+        .to_owned();
+    let before: i64 = setup
+        .src
+        .client()
+        .query_one(
+            "SELECT count(*) FROM heap WHERE n > 1000 AND ctid < $1::text::tid",
+            &[&bookmark],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(before, 20, "bookmark {bookmark}");
+
+    let file = setup.state(&state);
+    pipe(&setup.tap_config(json!({})), &catalog, Some(&file), &target).assert_success();
+    assert_exact(
+        &setup.src,
+        &dst,
+        "heap",
+        &format!("resumed after {bookmark}"),
+    );
+}
+
+/// A transaction left open after inserting rows into `heap` in a SAVEPOINT,
+/// into its page 0 (emptied for them): rows a snapshot taken now cannot see,
+/// with a subtransaction's xid as their xmin.
+pub(crate) struct SavepointWriter {
+    client: postgres::Client,
+    /// The top-level transaction's 32-bit xid.
+    xid: i64,
+    /// Where the rows landed.
+    pub ctids: BTreeSet<String>,
+}
+
+impl SavepointWriter {
+    /// Inserts `rows` rows, `n` from `first` on.
+    pub(crate) fn open(src: &TestDb, first: i64, rows: i64) -> SavepointWriter {
+        let mut other = src.client();
+        other
+            .batch_execute("DELETE FROM heap WHERE ctid < '(1,0)'")
+            .unwrap();
+        other.batch_execute("VACUUM heap").unwrap();
+        let mut client = src.client();
+        client
+            .batch_execute(&format!(
+                "BEGIN; SAVEPOINT s; INSERT INTO heap \
+                 SELECT g, 'savepoint' FROM generate_series({first}, {}) g",
+                first + rows - 1
+            ))
+            .unwrap();
+        let ctids: BTreeSet<String> = client
+            .query(
+                "SELECT ctid::text FROM heap WHERE n >= $1::bigint",
+                &[&first],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            ctids.len() == rows as usize && ctids.iter().all(|c| c.starts_with("(0,")),
+            "not in the freed page 0: {ctids:?}"
+        );
+        let xid: i64 = client
+            .query_one("SELECT (txid_current() % 4294967296)::bigint", &[])
+            .unwrap()
+            .get(0);
+        // A snapshot lists the writer in `xip` only once a later transaction
+        // has ended (else the writer is at or past its `xmax`, and so are the
+        // rows).
+        other.query_one("SELECT txid_current()", &[]).unwrap();
+        SavepointWriter { client, xid, ctids }
+    }
+
+    /// Commits, once the tap's `state` shows the writer was in progress at
+    /// the first snapshot of `stream`.
+    pub(crate) fn commit_after(mut self, state: &Value, stream: &str) {
+        let xip = &state["bookmarks"][stream]["snapshot_xip"];
+        assert!(
+            xip.as_array().unwrap().contains(&json!(self.xid)),
+            "writer {} not in {xip}",
+            self.xid
+        );
+        self.client.batch_execute("COMMIT").unwrap();
+    }
 }
