@@ -76,7 +76,7 @@ impl<W: Write> Loader<W> {
             strip_nul: self.settings.sanitize_nul,
             sequence_base: self.sequence_base,
         };
-        let deferred = self.deferred_version(&stream);
+        let deferred = self.deferred_version(stream);
         let Loader {
             client,
             streams,
