@@ -70,13 +70,10 @@ impl PublicationOptions {
     }
 }
 
-/// Makes sure publication `name` exists and includes every table: creates it
-/// (with `options`), or adds missing tables, when the role may; otherwise
-/// says what to run. An existing publication is switched to
-/// `publish_via_partition_root` when `needs_via_root` (a partitioned table is
-/// read). Returns whether tables joined the publication now: transactions
-/// older than that may have written to them unpublished (see
-/// [`wait_for_older_transactions`]).
+/// Makes sure publication `name` exists and includes every table, whole
+/// (see [`publish_tables`]). Returns whether tables joined the publication
+/// now: transactions older than that may have written to them unpublished
+/// (see [`wait_for_older_transactions`]).
 pub fn ensure_publication(
     client: &mut Client,
     name: &str,
@@ -84,29 +81,64 @@ pub fn ensure_publication(
     options: &PublicationOptions,
     needs_via_root: bool,
 ) -> Result<bool, LogicalError> {
+    let specs: Vec<TableSpec> = tables
+        .iter()
+        .map(|(schema, table)| TableSpec::whole(schema, table))
+        .collect();
+    let joined = publish_tables(client, name, &specs, options, needs_via_root)?;
+    Ok(joined.contains(&true))
+}
+
+/// Makes sure publication `name` exists and lists the table of every spec:
+/// creates it (with `options`), or adds the missing tables, when the role
+/// may; otherwise says what to run. A table joins with its row filter and
+/// column list in the same statement (PostgreSQL 15+; pass whole tables
+/// before), so none of its changes is decoded under another filter; a table
+/// already listed keeps what it has (see [`set_table_spec`]). A filter or
+/// column list that would make the application's own UPDATEs or DELETEs
+/// fail is refused, and nothing changes. An existing publication is switched
+/// to `publish_via_partition_root` when `needs_via_root` (a partitioned
+/// table is read). Returns, per spec, whether its table joined the
+/// publication now: transactions older than that may have written to it
+/// unpublished (see [`wait_for_older_transactions`]), and a reader
+/// positioned before now missed its changes in between.
+pub fn publish_tables(
+    client: &mut Client,
+    name: &str,
+    specs: &[TableSpec],
+    options: &PublicationOptions,
+    needs_via_root: bool,
+) -> Result<Vec<bool>, LogicalError> {
     let exists = client
         .query_opt(
             "SELECT puballtables, (to_jsonb(p) ->> 'pubviaroot')::bool FROM pg_publication p WHERE pubname = $1",
             &[&name],
         )
         .map_err(db("reading publications"))?;
-    let list = |tables: &[&(String, String)]| {
-        tables
+    let names = |specs: &[&TableSpec]| {
+        specs
             .iter()
-            .map(|(s, t)| quote_qualified(s, t))
+            .map(|s| s.qualified())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let listed = |specs: &[&TableSpec]| {
+        specs
+            .iter()
+            .map(|s| s.listed())
             .collect::<Vec<_>>()
             .join(", ")
     };
     match exists {
         None => {
-            let all: Vec<&(String, String)> = tables.iter().collect();
+            let all: Vec<&TableSpec> = specs.iter().collect();
             let sql = format!(
                 "CREATE PUBLICATION {} FOR TABLE {}{}",
                 quote_ident(name),
-                list(&all),
+                listed(&all),
                 options.with_clause()
             );
-            client.batch_execute(&sql).map_err(|e| {
+            publish(client, &sql, &all, |e| {
                 if is_permission_error(&e) {
                     LogicalError::NoPublication(name.to_owned())
                 } else {
@@ -115,10 +147,10 @@ pub fn ensure_publication(
             })?;
             tracing::info!(
                 publication = name,
-                tables = tables.len(),
+                tables = specs.len(),
                 "created publication"
             );
-            return Ok(true);
+            return Ok(vec![true; specs.len()]);
         }
         Some(row) if row.get::<_, bool>(0) => {}
         Some(row) => {
@@ -148,19 +180,26 @@ pub fn ensure_publication(
                 .into_iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
-            let missing: Vec<&(String, String)> =
-                tables.iter().filter(|t| !included.contains(t)).collect();
+            let joins: Vec<bool> = specs
+                .iter()
+                .map(|s| !included.iter().any(|(i, t)| *i == s.schema && *t == s.name))
+                .collect();
+            let missing: Vec<&TableSpec> = specs
+                .iter()
+                .zip(&joins)
+                .filter_map(|(s, joins)| joins.then_some(s))
+                .collect();
             if !missing.is_empty() {
                 let sql = format!(
                     "ALTER PUBLICATION {} ADD TABLE {}",
                     quote_ident(name),
-                    list(&missing)
+                    listed(&missing)
                 );
-                client.batch_execute(&sql).map_err(|e| {
+                publish(client, &sql, &missing, |e| {
                     if is_permission_error(&e) {
                         LogicalError::PublicationMissingTables {
                             publication: name.to_owned(),
-                            tables: list(&missing),
+                            tables: names(&missing),
                         }
                     } else {
                         db("adding tables to the publication")(e)
@@ -171,11 +210,32 @@ pub fn ensure_publication(
                     added = missing.len(),
                     "added tables to publication"
                 );
-                return Ok(true);
+                return Ok(joins);
             }
         }
     }
-    Ok(false)
+    Ok(vec![false; specs.len()])
+}
+
+/// Runs `sql`, a publication statement listing the tables of `specs`, in a
+/// transaction that commits only if their row filters and column lists
+/// leave the application's writes working; `failed` words the statement's
+/// own error.
+fn publish(
+    client: &mut Client,
+    sql: &str,
+    specs: &[&TableSpec],
+    failed: impl FnOnce(postgres::Error) -> LogicalError,
+) -> Result<(), LogicalError> {
+    let mut tx = client
+        .transaction()
+        .map_err(db("changing the publication"))?;
+    // The extended protocol: a row filter is one statement's part only.
+    tx.execute(sql, &[]).map_err(failed)?;
+    for spec in specs.iter().filter(|s| !s.is_whole()) {
+        check_writes(&mut tx, &spec.qualified())?;
+    }
+    tx.commit().map_err(db("changing the publication"))
 }
 
 /// What a publication sends of one table (PostgreSQL 15+): only the rows
@@ -190,6 +250,39 @@ pub struct TableSpec {
     pub row_filter: Option<String>,
     /// `None`: every column.
     pub columns: Option<Vec<String>>,
+}
+
+impl TableSpec {
+    /// Every row and every column of `schema.name`.
+    pub fn whole(schema: &str, name: &str) -> Self {
+        TableSpec {
+            schema: schema.to_owned(),
+            name: name.to_owned(),
+            row_filter: None,
+            columns: None,
+        }
+    }
+
+    fn is_whole(&self) -> bool {
+        self.row_filter.is_none() && self.columns.is_none()
+    }
+
+    fn qualified(&self) -> String {
+        quote_qualified(&self.schema, &self.name)
+    }
+
+    /// The table as a publication lists it: `"s"."t" ("a", "b") WHERE (...)`.
+    fn listed(&self) -> String {
+        let mut listed = self.qualified();
+        if let Some(columns) = &self.columns {
+            let names: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+            listed.push_str(&format!(" ({})", names.join(", ")));
+        }
+        if let Some(filter) = &self.row_filter {
+            listed.push_str(&format!(" WHERE ({filter})"));
+        }
+        listed
+    }
 }
 
 /// A table's row filter (as the server prints it) and column list in a publication.
@@ -224,7 +317,7 @@ pub fn set_table_spec(
     name: &str,
     spec: &TableSpec,
 ) -> Result<bool, LogicalError> {
-    let table = quote_qualified(&spec.schema, &spec.name);
+    let table = spec.qualified();
     let fail = |context: &str| {
         let context = format!("{context} of {table} in publication `{name}`");
         move |e: postgres::Error| LogicalError::Db {
@@ -249,18 +342,12 @@ pub fn set_table_spec(
         }
         return Ok(false);
     };
-    if before == (None, None) && spec.row_filter.is_none() && spec.columns.is_none() {
+    if before == (None, None) && spec.is_whole() {
         return Ok(false);
     }
-    let mut listed = table.clone();
-    if let Some(columns) = &spec.columns {
-        let names: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
-        listed.push_str(&format!(" ({})", names.join(", ")));
-    }
-    if let Some(filter) = &spec.row_filter {
-        listed.push_str(&format!(" WHERE ({filter})"));
-    }
-    // One transaction: the table is never out of the publication for others.
+    let listed = spec.listed();
+    // One transaction: every other transaction's changes are decoded under
+    // the old spec or the new one, never without the table or unfiltered.
     tx.execute(
         &format!("ALTER PUBLICATION {} DROP TABLE {table}", quote_ident(name)),
         &[],
@@ -276,15 +363,28 @@ pub fn set_table_spec(
         // The same in the server's terms: leave the catalog untouched.
         return Ok(false);
     }
-    // The server checks replica identity columns only when a row is updated
-    // or deleted: ask it now, planning (not running) both.
+    check_writes(&mut tx, &table)?;
+    tx.commit().map_err(fail("changing the row filter"))?;
+    tracing::info!(publication = name, table = %table, "set the table's row filter and column list in the publication");
+    Ok(true)
+}
+
+/// Refuses a row filter or column list of `table` just set in `tx` that
+/// would make the application's own UPDATEs or DELETEs of it fail: the
+/// server checks replica identity columns only when a row is updated or
+/// deleted, so this plans (not runs) both.
+fn check_writes(tx: &mut postgres::Transaction<'_>, table: &str) -> Result<(), LogicalError> {
+    let breaks = |e: postgres::Error| LogicalError::BreaksWrites {
+        table: table.to_owned(),
+        message: pg_connect::describe(&e),
+    };
     let column: Option<String> = tx
         .query_opt(
             "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::text::regclass \
               AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum LIMIT 1",
             &[&table],
         )
-        .map_err(fail("reading the columns"))?
+        .map_err(db("reading the columns"))?
         .map(|r| r.get(0));
     if let Some(column) = column {
         let c = quote_ident(&column);
@@ -292,19 +392,11 @@ pub fn set_table_spec(
             &format!("EXPLAIN UPDATE {table} SET {c} = {c} WHERE false"),
             &[],
         )
-        .map_err(|e| LogicalError::BreaksWrites {
-            table: table.clone(),
-            message: pg_connect::describe(&e),
-        })?;
+        .map_err(breaks)?;
     }
     tx.execute(&format!("EXPLAIN DELETE FROM {table} WHERE false"), &[])
-        .map_err(|e| LogicalError::BreaksWrites {
-            table: table.clone(),
-            message: pg_connect::describe(&e),
-        })?;
-    tx.commit().map_err(fail("changing the row filter"))?;
-    tracing::info!(publication = name, table = %table, "set the table's row filter and column list in the publication");
-    Ok(true)
+        .map_err(breaks)?;
+    Ok(())
 }
 
 /// Waits until every transaction that was running when this is called has
@@ -546,6 +638,73 @@ pub fn object_name(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::changes::{Change, Decoder, Value};
+
+    /// The ids of the inserts slot `slot` decodes through publication `p`.
+    fn decoded_ids(c: &mut Client, slot: &str) -> Vec<String> {
+        let rows = c
+            .query(
+                "SELECT lsn, data FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL, \
+                 'proto_version', '1', 'publication_names', 'p')",
+                &[&slot],
+            )
+            .unwrap();
+        let mut decoder = Decoder::new();
+        let mut ids = Vec::new();
+        for r in rows {
+            let lsn: PgLsn = r.get(0);
+            if let Some(Change::Insert { new, .. }) =
+                decoder.decode(lsn.into(), &r.get::<_, Vec<u8>>(1)).unwrap()
+            {
+                match &new[0] {
+                    Value::Text(id) => ids.push(id.clone()),
+                    other => panic!("an id: {other:?}"),
+                }
+            }
+        }
+        ids
+    }
+
+    /// A table joins the publication with its row filter in one statement:
+    /// a change committed right after it (here: in its own transaction, by
+    /// an event trigger) is decoded filtered, never unfiltered.
+    #[test]
+    fn a_table_joins_with_its_row_filter_at_once() {
+        let db = pg_testkit::cluster().create_database("join_filtered");
+        let mut c = db.client();
+        c.batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY); CREATE SEQUENCE ids; CREATE PUBLICATION p;
+             CREATE FUNCTION write_t() RETURNS event_trigger LANGUAGE plpgsql AS
+               $$ BEGIN INSERT INTO t VALUES (nextval('ids')), (nextval('ids')); END $$;
+             CREATE EVENT TRIGGER write_t ON ddl_command_end WHEN TAG IN ('ALTER PUBLICATION')
+               EXECUTE FUNCTION write_t();",
+        )
+        .unwrap();
+        let slot = object_name(&format!("s_{}", db.name));
+        create_slot_if_missing(&mut c, &slot).unwrap();
+        let spec = TableSpec {
+            row_filter: Some("id % 2 = 0".into()),
+            ..TableSpec::whole("public", "t")
+        };
+        let options = PublicationOptions::for_server(server_version(&mut c).unwrap());
+        let joined = publish_tables(&mut c, "p", &[spec], &options, false);
+        if server_version(&mut c).unwrap() < 150000 {
+            // No row filters before PostgreSQL 15: the statement is refused whole.
+            let e = joined.unwrap_err().to_string();
+            assert!(
+                e.starts_with("adding tables to the publication: ERROR: syntax error"),
+                "{e}"
+            );
+        } else {
+            assert_eq!(joined.unwrap(), [true]);
+            c.batch_execute("DROP EVENT TRIGGER write_t; INSERT INTO t VALUES (100), (101)")
+                .unwrap();
+            assert_eq!(decoded_ids(&mut c, &slot), ["2", "100"]);
+        }
+        drop_slot(&mut c, &slot).unwrap();
+    }
+
     #[test]
     fn object_names_are_valid_slot_names() {
         assert_eq!(

@@ -8,10 +8,18 @@
 //! left rows the log never rewrote wrong in the destination, so the stream is
 //! copied again; a plain ADD COLUMN (existing rows are NULL in it) and DROP
 //! COLUMN (the destination keeps the column) need nothing.
+//!
+//! It also keeps what of the table the stream sends ([`Selection`]): a
+//! changed row filter leaves rows the new one matches missing from the
+//! destination (and ones it no longer matches stale), and a newly selected
+//! column leaves it empty in rows the log never rewrote, so those copy the
+//! stream again too.
 
 use pg_connect::quote_qualified;
 use postgres::Client;
 use serde_json::{json, Value};
+
+use crate::plan::Prepared;
 
 /// The bookmark key of the layout.
 pub const LAYOUT: &str = "layout";
@@ -110,6 +118,74 @@ impl Layout {
     }
 }
 
+/// The bookmark key of the selection.
+pub const SELECTION: &str = "selection";
+
+/// What of the table a stream sends: the rows of its row filter
+/// (`custom_where_clauses`, as the tap combines them), without the
+/// deselected columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    row_filter: Option<String>,
+    /// Columns of the table not selected: a column added to the table later
+    /// is in neither list, and needs no copy (see [`Layout::recopy_reason`]).
+    deselected: Vec<String>,
+}
+
+impl Selection {
+    /// What stream `p` sends of a table of layout `layout`.
+    pub fn of(p: &Prepared, layout: &Layout) -> Selection {
+        Selection {
+            row_filter: p.row_filter.clone(),
+            deselected: layout
+                .0
+                .iter()
+                .filter(|c| !p.columns.iter().any(|s| s.name == c.name))
+                .map(|c| c.name.clone())
+                .collect(),
+        }
+    }
+
+    /// The bookmark form.
+    pub fn to_bookmark(&self) -> Value {
+        json!({"row_filter": self.row_filter, "deselected": self.deselected})
+    }
+
+    pub fn from_bookmark(v: &Value) -> Option<Selection> {
+        let row_filter = match v.get("row_filter")? {
+            Value::Null => None,
+            f => Some(f.as_str()?.to_owned()),
+        };
+        let deselected = v
+            .get("deselected")?
+            .as_array()?
+            .iter()
+            .map(|c| c.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Selection {
+            row_filter,
+            deselected,
+        })
+    }
+
+    /// Why destination rows sent under `old` can be missing, stale or
+    /// incomplete under this selection, if they can.
+    pub fn recopy_reason(&self, old: &Selection) -> Option<String> {
+        if self.row_filter != old.row_filter {
+            let shown = |f: &Option<String>| f.as_ref().map_or("none".into(), |f| format!("{f:?}"));
+            return Some(format!(
+                "the row filter (custom_where_clauses) changed from {} to {}",
+                shown(&old.row_filter),
+                shown(&self.row_filter)
+            ));
+        }
+        old.deselected
+            .iter()
+            .find(|c| !self.deselected.contains(c))
+            .map(|c| format!("column {c:?} is selected now: rows sent before lack its values"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +223,48 @@ mod tests {
         assert_eq!(
             retyped.recopy_reason(&old).unwrap(),
             r#"column "id" changed type"#
+        );
+    }
+
+    fn selection(row_filter: Option<&str>, deselected: &[&str]) -> Selection {
+        Selection {
+            row_filter: row_filter.map(str::to_owned),
+            deselected: deselected.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn which_selection_changes_need_a_copy() {
+        let old = selection(Some("(id > 2)"), &["secret", "note"]);
+        assert_eq!(
+            Selection::from_bookmark(&old.to_bookmark()),
+            Some(old.clone())
+        );
+        let unfiltered = selection(None, &[]);
+        assert_eq!(
+            Selection::from_bookmark(&unfiltered.to_bookmark()),
+            Some(unfiltered.clone())
+        );
+        assert_eq!(
+            selection(Some("(id > 2)"), &["secret", "note", "added"]).recopy_reason(&old),
+            None,
+            "a column deselected (or added deselected)"
+        );
+        assert_eq!(
+            selection(Some("(id > 3)"), &["secret", "note"])
+                .recopy_reason(&old)
+                .unwrap(),
+            r#"the row filter (custom_where_clauses) changed from "(id > 2)" to "(id > 3)""#
+        );
+        assert_eq!(
+            unfiltered.recopy_reason(&old).unwrap(),
+            r#"the row filter (custom_where_clauses) changed from "(id > 2)" to none"#
+        );
+        assert_eq!(
+            selection(Some("(id > 2)"), &["secret"])
+                .recopy_reason(&old)
+                .unwrap(),
+            r#"column "note" is selected now: rows sent before lack its values"#
         );
     }
 }

@@ -36,7 +36,7 @@ mod layout;
 use std::io::Write;
 
 use pg_connect::{quote_qualified, Connector};
-use pg_logical::{format_lsn, slot, Lsn};
+use pg_logical::{format_lsn, slot, LogicalError, Lsn};
 use postgres::Client;
 use serde_json::{json, Value};
 use singer_core::{MessageWriter, State};
@@ -51,7 +51,7 @@ use crate::state::{
     CTID, INITIAL_COPY_LSN, LAST_METHOD, LSN, RELFILENODE, SNAPSHOT_XIP, SNAPSHOT_XMAX, VERSION,
 };
 use apply::LogStream;
-use layout::{Layout, LAYOUT};
+use layout::{Layout, Selection, LAYOUT, SELECTION};
 
 /// The bookmark `key` (an LSN) of stream `id`, if the state holds one.
 fn lsn_of(state: &State, id: &str, key: &str) -> Option<Lsn> {
@@ -70,6 +70,14 @@ fn lsn_of(state: &State, id: &str, key: &str) -> Option<Lsn> {
         Value::String(s) => s.parse().ok().or_else(|| pg_logical::parse_lsn(s)),
         _ => None,
     }
+}
+
+/// Whether stream `id` has rows in the destination from a position in the
+/// log: a finished initial copy, or one under way.
+fn positioned(state: &State, id: &str) -> bool {
+    [LSN, INITIAL_COPY_LSN]
+        .iter()
+        .any(|key| lsn_of(state, id, key).is_some())
 }
 
 /// Drops the slot and the publication (the `--drop-slot` command).
@@ -115,30 +123,48 @@ pub fn sync<W: Write>(
     if runnable.is_empty() {
         return Ok(());
     }
-    let tables: Vec<(String, String)> = runnable
-        .iter()
-        .map(|p| (p.rel.schema.clone(), p.rel.name.clone()))
-        .collect();
     let needs_via_root = runnable
         .iter()
         .any(|p| p.rel.kind == RelKind::PartitionedTable);
-    let joined = slot::ensure_publication(
+    // Row filters and column lists exist from PostgreSQL 15.
+    let specs = if server >= 150000 {
+        runnable
+            .iter()
+            .map(|p| table_spec(client, p))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        runnable
+            .iter()
+            .map(|p| slot::TableSpec::whole(&p.rel.schema, &p.rel.name))
+            .collect()
+    };
+    let joins = slot::publish_tables(
         client,
         publication,
-        &tables,
+        &specs,
         &slot::PublicationOptions::for_server(server),
         needs_via_root,
     )
-    .map_err(setup)?;
-    let mut joined = joined;
+    .map_err(|e| match &e {
+        LogicalError::BreaksWrites { table, .. } => match runnable
+            .iter()
+            .find(|p| quote_qualified(&p.rel.schema, &p.rel.name) == *table)
+        {
+            Some(p) => StreamError::Publication(e).at(&p.id),
+            None => setup(e),
+        },
+        _ => setup(e),
+    })?;
+    let mut changed = joins.contains(&true);
     if server >= 150000 {
-        for p in &runnable {
-            let spec = table_spec(client, p)?;
-            joined |= slot::set_table_spec(client, publication, &spec)
-                .map_err(|e| StreamError::Publication(e).at(&p.id))?;
+        for ((p, spec), joined) in runnable.iter().zip(&specs).zip(&joins) {
+            if !joined {
+                changed |= slot::set_table_spec(client, publication, spec)
+                    .map_err(|e| StreamError::Publication(e).at(&p.id))?;
+            }
         }
     }
-    if joined {
+    if changed {
         slot::wait_for_older_transactions(client).map_err(setup)?;
     }
 
@@ -170,6 +196,15 @@ pub fn sync<W: Write>(
             }
         }
     }
+    // A positioned stream whose table was out of the publication (removed
+    // from it, or publication_name set to a new one): its changes since the
+    // position were never decoded.
+    for (p, joined) in runnable.iter().zip(&joins) {
+        if *joined && positioned(state, &p.id) {
+            tracing::info!(stream = %p.id, publication, "the table joined the publication only now, so its changes since the stream's position were never decoded: copying the stream again as a new version");
+            forget_position(state, &p.id);
+        }
+    }
     if existing.as_ref().is_some_and(slot::SlotInfo::is_lost) {
         // Nothing depends on it any more (or we failed above): start afresh.
         tracing::warn!(
@@ -195,6 +230,19 @@ pub fn sync<W: Write>(
             }
         }
         state.set(&p.id, LAYOUT, now.to_bookmark());
+        // The rows and columns the destination was sent under: a copy under
+        // way counts too (its rows so far were read under them).
+        let selection = Selection::of(p, &now);
+        if positioned(state, &p.id) {
+            let before = state
+                .get(&p.id, SELECTION)
+                .and_then(Selection::from_bookmark);
+            if let Some(why) = before.and_then(|b| selection.recopy_reason(&b)) {
+                tracing::info!(stream = %p.id, reason = %why, "rows in the destination may be missing or stale: copying the stream again as a new version");
+                forget_position(state, &p.id);
+            }
+        }
+        state.set(&p.id, SELECTION, selection.to_bookmark());
         layouts.push(now);
     }
 
