@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use e2e_tests::{discover, select, tap_sync, write_json};
+use e2e_tests::{discover, pipe, select, table_rows, tap_sync, write_json};
 use pg_testkit::catalog::select_column;
 use pg_testkit::process::{run, Run};
 use pg_testkit::snapshot::wait_for_older_transactions;
@@ -404,5 +404,95 @@ fn log_based_max_record_count_stops_at_a_transaction_boundary() {
         changes(&third),
         [('u', 9), ('u', 10)],
         "the next run goes on"
+    );
+}
+
+/// `tap | target` over a [`Cdc`] source, LOG_BASED, `deselected` columns
+/// left out; returns the committed state and the tap's log.
+fn log_pipe(cdc: &Cdc, deselected: &[&str], state: Option<&Value>) -> (Value, String) {
+    let mut catalog = discover(&cdc.tap_config());
+    select(&mut catalog, &["public-t"], "LOG_BASED", None);
+    for column in deselected {
+        select_column(&mut catalog, "public-t", column, false);
+    }
+    let catalog = write_json(cdc.dir.path(), "catalog.json", &catalog);
+    let state = state.map(|s| write_json(cdc.dir.path(), "state.json", s));
+    let r = pipe(
+        &cdc.tap_config(),
+        &catalog,
+        state.as_deref(),
+        &cdc.target_config(),
+    );
+    r.assert_success();
+    (
+        r.last_state().cloned().expect("a committed state"),
+        r.tap_stderr,
+    )
+}
+
+#[test]
+fn log_based_copies_the_stream_again_when_its_filter_or_columns_change() {
+    let cdc = Cdc::new("filter_change", true);
+    let mut src = cdc.src_client();
+    src.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, note text, secret text);
+         INSERT INTO t SELECT i, 'n' || i, 'PII-' || i FROM generate_series(1, 4) i;",
+    )
+    .unwrap();
+    let set_filter = |clauses: &[&str]| {
+        cdc.tap_extra
+            .lock()
+            .unwrap()
+            .extend(filters(clauses).as_object().unwrap().clone())
+    };
+    set_filter(&["id % 2 = 0"]);
+    if cdc.server_version() < 150000 {
+        // Refused at start (the wording: log_based_filters_rows_and_columns_on_the_server).
+        let refused = log_run(&cdc, None);
+        assert!(!refused.ok);
+        assert!(error(&refused).contains("does not have (it needs PostgreSQL 15 or later)"));
+        return;
+    }
+    let dst_rows =
+        |columns: &[&str]| table_rows(&mut cdc.dst_client(), "public", "t", columns, None);
+    let (first, _) = log_pipe(&cdc, &["secret"], None);
+    assert_eq!(dst_rows(&["id", "note"]), ["2\tn2", "4\tn4"]);
+
+    // Row 3 now matches, row 2 no longer: neither is ever in the log again.
+    set_filter(&["id > 2"]);
+    let (second, log) = log_pipe(&cdc, &["secret"], Some(&first));
+    assert_eq!(
+        dst_rows(&["id", "note"]),
+        ["3\tn3", "4\tn4"],
+        "the destination holds what the new filter matches"
+    );
+    assert!(
+        log.contains(
+            r#"the row filter (custom_where_clauses) changed from "(id % 2 = 0\n)" to "(id > 2\n)""#
+        ),
+        "{log}"
+    );
+    src.execute("UPDATE t SET note = 'changed' WHERE id = 4", &[])
+        .unwrap();
+
+    // A column selected now: the rows the log does not rewrite have it too.
+    let (third, log) = log_pipe(&cdc, &[], Some(&second));
+    assert_eq!(
+        dst_rows(&["id", "note", "secret"]),
+        ["3\tn3\tPII-3", "4\tchanged\tPII-4"]
+    );
+    assert!(
+        log.contains(r#"column "secret" is selected now: rows sent before lack its values"#),
+        "{log}"
+    );
+
+    // Unchanged: no copy, only the log.
+    src.execute("INSERT INTO t VALUES (5, 'n5', 'PII-5')", &[])
+        .unwrap();
+    let (_, log) = log_pipe(&cdc, &[], Some(&third));
+    assert!(!log.contains("copying the stream again"), "{log}");
+    assert_eq!(
+        dst_rows(&["id", "note", "secret"]),
+        ["3\tn3\tPII-3", "4\tchanged\tPII-4", "5\tn5\tPII-5"]
     );
 }

@@ -358,6 +358,43 @@ fn target_killed_mid_run_loses_nothing() {
     cdc.assert_converged("t", &["id", "v"]);
 }
 
+/// A stream whose table was out of the publication for a while (a DBA
+/// dropped it from it): its changes then were never decoded, so when the
+/// table joins again the stream is copied again as a new version.
+#[test]
+fn a_table_back_in_the_publication_is_copied_again() {
+    let cdc = Cdc::new("rejoin", true);
+    let mut src = cdc.src_client();
+    src.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, note text);
+         INSERT INTO t SELECT i, 'n' || i FROM generate_series(1, 3) i;",
+    )
+    .unwrap();
+    let first = cdc.run(&["public-t"], None);
+    cdc.assert_converged("t", &["id", "note"]);
+    src.batch_execute(&format!(
+        "ALTER PUBLICATION \"pub_{}\" DROP TABLE t;
+         INSERT INTO t VALUES (4, 'unpublished');
+         UPDATE t SET note = 'unpublished' WHERE id = 1;
+         DELETE FROM t WHERE id = 2;",
+        cdc.src.name
+    ))
+    .unwrap();
+    let r = cdc.run_raw(&["public-t"], Some(&first));
+    r.assert_success();
+    assert!(
+        r.tap_stderr
+            .contains("the table joined the publication only now"),
+        "{}",
+        r.tap_stderr
+    );
+    cdc.assert_converged("t", &["id", "note"]);
+    // From then on, the log again.
+    src.execute("INSERT INTO t VALUES (5, 'n5')", &[]).unwrap();
+    cdc.run(&["public-t"], r.last_state());
+    cdc.assert_converged("t", &["id", "note"]);
+}
+
 #[test]
 fn log_based_errors_are_clear_and_drop_slot_cleans_up() {
     let cdc = Cdc::new("cdc_refusals", false);
