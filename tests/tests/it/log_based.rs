@@ -382,13 +382,13 @@ fn a_table_back_in_the_publication_is_copied_again() {
     .unwrap();
     let r = cdc.run_raw(&["public-t"], Some(&first));
     r.assert_success();
+    cdc.assert_converged("t", &["id", "note"]);
     assert!(
         r.tap_stderr
             .contains("the table joined the publication only now"),
         "{}",
         r.tap_stderr
     );
-    cdc.assert_converged("t", &["id", "note"]);
     // From then on, the log again.
     src.execute("INSERT INTO t VALUES (5, 'n5')", &[]).unwrap();
     cdc.run(&["public-t"], r.last_state());
