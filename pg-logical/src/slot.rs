@@ -85,8 +85,11 @@ pub fn ensure_publication(
         .iter()
         .map(|(schema, table)| TableSpec::whole(schema, table))
         .collect();
-    let joined = publish_tables(client, name, &specs, options, needs_via_root)?;
-    Ok(joined.contains(&true))
+    let mut joined = false;
+    for table in publish_tables(client, name, &specs, options, needs_via_root)? {
+        joined |= table?;
+    }
+    Ok(joined)
 }
 
 /// Makes sure publication `name` exists and lists the table of every spec:
@@ -94,21 +97,23 @@ pub fn ensure_publication(
 /// may; otherwise says what to run. A table joins with its row filter and
 /// column list in the same statement (PostgreSQL 15+; pass whole tables
 /// before), so none of its changes is decoded under another filter; a table
-/// already listed keeps what it has (see [`set_table_spec`]). A filter or
-/// column list that would make the application's own UPDATEs or DELETEs
-/// fail is refused, and nothing changes. An existing publication is switched
-/// to `publish_via_partition_root` when `needs_via_root` (a partitioned
-/// table is read). Returns, per spec, whether its table joined the
-/// publication now: transactions older than that may have written to it
-/// unpublished (see [`wait_for_older_transactions`]), and a reader
-/// positioned before now missed its changes in between.
+/// already listed keeps what it has (see [`set_table_spec`]). An existing
+/// publication is switched to `publish_via_partition_root` when
+/// `needs_via_root` (a partitioned table is read).
+///
+/// Returns, per spec, whether its table joined the publication now:
+/// transactions older than that may have written to it unpublished (see
+/// [`wait_for_older_transactions`]), and a reader positioned before now
+/// missed its changes in between. Or why it could not join: a table with a
+/// row filter or column list joins alone, and one the server refuses, or
+/// that would make the application's own UPDATEs or DELETEs fail, stays out.
 pub fn publish_tables(
     client: &mut Client,
     name: &str,
     specs: &[TableSpec],
     options: &PublicationOptions,
     needs_via_root: bool,
-) -> Result<Vec<bool>, LogicalError> {
+) -> Result<Vec<Result<bool, LogicalError>>, LogicalError> {
     let exists = client
         .query_opt(
             "SELECT puballtables, (to_jsonb(p) ->> 'pubviaroot')::bool FROM pg_publication p WHERE pubname = $1",
@@ -122,23 +127,20 @@ pub fn publish_tables(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let listed = |specs: &[&TableSpec]| {
-        specs
-            .iter()
-            .map(|s| s.listed())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match exists {
+    let joins: Vec<Join> = match exists {
         None => {
-            let all: Vec<&TableSpec> = specs.iter().collect();
+            let whole: Vec<&TableSpec> = specs.iter().filter(|s| s.is_whole()).collect();
+            let listed = if whole.is_empty() {
+                String::new()
+            } else {
+                format!(" FOR TABLE {}", names(&whole))
+            };
             let sql = format!(
-                "CREATE PUBLICATION {} FOR TABLE {}{}",
+                "CREATE PUBLICATION {}{listed}{}",
                 quote_ident(name),
-                listed(&all),
                 options.with_clause()
             );
-            publish(client, &sql, &all, |e| {
+            client.batch_execute(&sql).map_err(|e| {
                 if is_permission_error(&e) {
                     LogicalError::NoPublication(name.to_owned())
                 } else {
@@ -147,12 +149,12 @@ pub fn publish_tables(
             })?;
             tracing::info!(
                 publication = name,
-                tables = specs.len(),
+                tables = whole.len(),
                 "created publication"
             );
-            return Ok(vec![true; specs.len()]);
+            specs.iter().map(|s| Join::new(s, true)).collect()
         }
-        Some(row) if row.get::<_, bool>(0) => {}
+        Some(row) if row.get::<_, bool>(0) => vec![Join::Listed; specs.len()],
         Some(row) => {
             if needs_via_root && row.get::<_, Option<bool>>(1) == Some(false) {
                 let sql = format!(
@@ -180,26 +182,29 @@ pub fn publish_tables(
                 .into_iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
-            let joins: Vec<bool> = specs
+            let joins: Vec<Join> = specs
                 .iter()
-                .map(|s| !included.iter().any(|(i, t)| *i == s.schema && *t == s.name))
+                .map(|s| {
+                    let missing = !included.iter().any(|(i, t)| *i == s.schema && *t == s.name);
+                    Join::new(s, missing)
+                })
                 .collect();
-            let missing: Vec<&TableSpec> = specs
+            let whole: Vec<&TableSpec> = specs
                 .iter()
                 .zip(&joins)
-                .filter_map(|(s, joins)| joins.then_some(s))
+                .filter_map(|(s, join)| (*join == Join::Joined).then_some(s))
                 .collect();
-            if !missing.is_empty() {
+            if !whole.is_empty() {
                 let sql = format!(
                     "ALTER PUBLICATION {} ADD TABLE {}",
                     quote_ident(name),
-                    listed(&missing)
+                    names(&whole)
                 );
-                publish(client, &sql, &missing, |e| {
+                client.batch_execute(&sql).map_err(|e| {
                     if is_permission_error(&e) {
                         LogicalError::PublicationMissingTables {
                             publication: name.to_owned(),
-                            tables: names(&missing),
+                            tables: names(&whole),
                         }
                     } else {
                         db("adding tables to the publication")(e)
@@ -207,35 +212,83 @@ pub fn publish_tables(
                 })?;
                 tracing::info!(
                     publication = name,
-                    added = missing.len(),
+                    added = whole.len(),
                     "added tables to publication"
                 );
-                return Ok(joins);
             }
+            joins
         }
-    }
-    Ok(vec![false; specs.len()])
+    };
+    Ok(specs
+        .iter()
+        .zip(joins)
+        .map(|(spec, join)| match join {
+            Join::Listed => Ok(false),
+            Join::Joined => Ok(true),
+            Join::Alone => add_table(client, name, spec).map(|()| true),
+        })
+        .collect())
 }
 
-/// Runs `sql`, a publication statement listing the tables of `specs`, in a
-/// transaction that commits only if their row filters and column lists
-/// leave the application's writes working; `failed` words the statement's
-/// own error.
-fn publish(
-    client: &mut Client,
-    sql: &str,
-    specs: &[&TableSpec],
-    failed: impl FnOnce(postgres::Error) -> LogicalError,
-) -> Result<(), LogicalError> {
+/// How a table of [`publish_tables`] stands in the publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Join {
+    /// Listed already.
+    Listed,
+    /// Whole: joins with the other whole tables, in one statement.
+    Joined,
+    /// With a row filter or column list: joins in a statement of its own,
+    /// so that an error is the table's.
+    Alone,
+}
+
+impl Join {
+    fn new(spec: &TableSpec, missing: bool) -> Join {
+        match (missing, spec.is_whole()) {
+            (false, _) => Join::Listed,
+            (true, true) => Join::Joined,
+            (true, false) => Join::Alone,
+        }
+    }
+}
+
+/// Adds a table with its row filter and column list to publication `name`,
+/// in a transaction that commits only if they leave the application's
+/// writes working.
+fn add_table(client: &mut Client, name: &str, spec: &TableSpec) -> Result<(), LogicalError> {
+    let table = spec.qualified();
     let mut tx = client
         .transaction()
-        .map_err(db("changing the publication"))?;
+        .map_err(db("adding a table to the publication"))?;
     // The extended protocol: a row filter is one statement's part only.
-    tx.execute(sql, &[]).map_err(failed)?;
-    for spec in specs.iter().filter(|s| !s.is_whole()) {
-        check_writes(&mut tx, &spec.qualified())?;
-    }
-    tx.commit().map_err(db("changing the publication"))
+    tx.execute(
+        &format!(
+            "ALTER PUBLICATION {} ADD TABLE {}",
+            quote_ident(name),
+            spec.listed()
+        ),
+        &[],
+    )
+    .map_err(|e| {
+        if is_permission_error(&e) {
+            LogicalError::PublicationMissingTables {
+                publication: name.to_owned(),
+                tables: table.clone(),
+            }
+        } else {
+            LogicalError::Db {
+                context: format!(
+                    "adding {table} with its row filter and column list to publication `{name}`"
+                ),
+                message: pg_connect::describe(&e),
+            }
+        }
+    })?;
+    check_writes(&mut tx, &table)?;
+    tx.commit()
+        .map_err(db("adding a table to the publication"))?;
+    tracing::info!(publication = name, table = %table, "added the table with its row filter and column list to the publication");
+    Ok(())
 }
 
 /// What a publication sends of one table (PostgreSQL 15+): only the rows
@@ -688,16 +741,20 @@ mod tests {
             ..TableSpec::whole("public", "t")
         };
         let options = PublicationOptions::for_server(server_version(&mut c).unwrap());
-        let joined = publish_tables(&mut c, "p", &[spec], &options, false);
+        let mut joined = publish_tables(&mut c, "p", &[spec], &options, false).unwrap();
+        let joined = joined.remove(0);
         if server_version(&mut c).unwrap() < 150000 {
-            // No row filters before PostgreSQL 15: the statement is refused whole.
+            // No row filters before PostgreSQL 15: the table stays out.
             let e = joined.unwrap_err().to_string();
             assert!(
-                e.starts_with("adding tables to the publication: ERROR: syntax error"),
+                e.starts_with(
+                    "adding \"public\".\"t\" with its row filter and column list to publication `p`: \
+                     ERROR: syntax error"
+                ),
                 "{e}"
             );
         } else {
-            assert_eq!(joined.unwrap(), [true]);
+            assert!(joined.unwrap());
             c.batch_execute("DROP EVENT TRIGGER write_t; INSERT INTO t VALUES (100), (101)")
                 .unwrap();
             assert_eq!(decoded_ids(&mut c, &slot), ["2", "100"]);

@@ -36,7 +36,7 @@ mod layout;
 use std::io::Write;
 
 use pg_connect::{quote_qualified, Connector};
-use pg_logical::{format_lsn, slot, LogicalError, Lsn};
+use pg_logical::{format_lsn, slot, Lsn};
 use postgres::Client;
 use serde_json::{json, Value};
 use singer_core::{MessageWriter, State};
@@ -138,23 +138,18 @@ pub fn sync<W: Write>(
             .map(|p| slot::TableSpec::whole(&p.rel.schema, &p.rel.name))
             .collect()
     };
-    let joins = slot::publish_tables(
+    let published = slot::publish_tables(
         client,
         publication,
         &specs,
         &slot::PublicationOptions::for_server(server),
         needs_via_root,
     )
-    .map_err(|e| match &e {
-        LogicalError::BreaksWrites { table, .. } => match runnable
-            .iter()
-            .find(|p| quote_qualified(&p.rel.schema, &p.rel.name) == *table)
-        {
-            Some(p) => StreamError::Publication(e).at(&p.id),
-            None => setup(e),
-        },
-        _ => setup(e),
-    })?;
+    .map_err(setup)?;
+    let mut joins = Vec::with_capacity(runnable.len());
+    for (p, joined) in runnable.iter().zip(published) {
+        joins.push(joined.map_err(|e| StreamError::Publication(e).at(&p.id))?);
+    }
     let mut changed = joins.contains(&true);
     if server >= 150000 {
         for ((p, spec), joined) in runnable.iter().zip(&specs).zip(&joins) {
