@@ -6,11 +6,15 @@
 //!    streams it cannot replicate (tables without a replica identity, whose
 //!    publishing would break the application's own UPDATEs and DELETEs;
 //!    views; partitioned tables before PostgreSQL 13), makes sure the
-//!    publication has every table (waiting for transactions older than a
+//!    publication has every table, each joining with its row filter and
+//!    column list in one statement (waiting for transactions older than a
 //!    table's joining it), and creates the slot on first use;
 //! 2. checks the state's positions can still be served (slot dropped,
 //!    replaced or invalidated: fail, or copy again with `on_lost_changes =
-//!    resync`), and the tables' layouts against their bookmarks ([`layout`]);
+//!    resync`), copies again a positioned stream whose table joined the
+//!    publication only now (its changes in between were never decoded),
+//!    and checks the tables' layouts, row filters and selected columns
+//!    against their bookmarks ([`layout`]);
 //!    then advances the slot to the lowest LSN the state (what the target
 //!    committed) holds for the slot's streams: only forward, and only to
 //!    positions the destination has;
