@@ -171,7 +171,7 @@ fn encode_value(
                 out.extend_from_slice(string_of(t, strip_nul)?.as_bytes());
             } else if t.starts_with('{') || t.starts_with('[') {
                 // JSON text in a text column: same as text COPY writes.
-                if t.contains("\\u0000") {
+                if has_nul_escape(t) {
                     return Err(BinError::Fallback);
                 }
                 out.extend_from_slice(t.as_bytes());
@@ -203,7 +203,7 @@ fn encode_value(
         Jsonb | Json => {
             // jsonb rejects \u0000 (json keeps it verbatim); let the text
             // path judge it.
-            if kind == Jsonb && t.contains("\\u0000") {
+            if kind == Jsonb && has_nul_escape(t) {
                 return Err(BinError::Fallback);
             }
             if kind == Jsonb {
@@ -235,6 +235,20 @@ fn array(
     if !t.starts_with('[') {
         return Err(BinError::Fallback);
     }
+    if let Some(done) = flat_array(out, t, elem, oid, strip_nul) {
+        return done;
+    }
+    any_array(out, t, elem, oid, strip_nul)
+}
+
+/// [`array`] of any shape: nested dimensions, objects as items.
+fn any_array(
+    out: &mut Vec<u8>,
+    t: &str,
+    elem: BinScalar,
+    oid: u32,
+    strip_nul: bool,
+) -> Result<(), BinError> {
     // Shape first: walk the first element at each level.
     let top: Vec<&RawValue> = serde_json::from_str(t).map_err(|_| Fallback)?;
     let mut dims = Vec::new();
@@ -269,6 +283,106 @@ fn array(
     Ok(())
 }
 
+/// The common case of [`array`]: one dimension of scalars, read in one scan
+/// without collecting the items. `None` (nothing written) when an item is an
+/// array or object: the general path takes those.
+fn flat_array(
+    out: &mut Vec<u8>,
+    t: &str,
+    elem: BinScalar,
+    oid: u32,
+    strip_nul: bool,
+) -> Option<Result<(), BinError>> {
+    let start = out.len();
+    // One dimension, its length patched in after the items.
+    for v in [1i32, 0, oid as i32, 0, 1] {
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+    let mut count = 0i32;
+    let mut has_null = false;
+    for item in ScalarItems::new(t) {
+        let Some(item) = item else {
+            out.truncate(start);
+            return None;
+        };
+        has_null |= item == "null";
+        if let Err(e) = encode_field(out, item, BinKind::Scalar(elem), strip_nul) {
+            out.truncate(start);
+            return Some(Err(e));
+        }
+        count += 1;
+    }
+    if count == 0 {
+        // No dimensions at all, as Postgres writes an empty array.
+        out.truncate(start + 12);
+        out[start..start + 4].copy_from_slice(&0i32.to_be_bytes());
+    } else {
+        out[start + 12..start + 16].copy_from_slice(&count.to_be_bytes());
+        if has_null {
+            out[start + 4..start + 8].copy_from_slice(&1i32.to_be_bytes());
+        }
+    }
+    Some(Ok(()))
+}
+
+/// The items' raw texts of a JSON array the reader's parse has already
+/// checked (so a string ends at its first unescaped quote and anything else
+/// at a `,`, `]` or whitespace); `None` for an item that is an array or object.
+struct ScalarItems<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> ScalarItems<'a> {
+    fn new(t: &'a str) -> Self {
+        ScalarItems {
+            b: t.as_bytes(),
+            at: 1,
+        }
+    }
+
+    fn skip_space(&mut self) {
+        while self.b.get(self.at).is_some_and(|c| c.is_ascii_whitespace()) {
+            self.at += 1;
+        }
+    }
+}
+
+impl<'a> Iterator for ScalarItems<'a> {
+    type Item = Option<&'a str>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.skip_space();
+        if self.b.get(self.at) == Some(&b',') {
+            self.at += 1;
+            self.skip_space();
+        }
+        let from = self.at;
+        match *self.b.get(from)? {
+            b']' => return None,
+            b'[' | b'{' => return Some(None),
+            b'"' => {
+                let mut i = from + 1;
+                loop {
+                    match self.b[i] {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+                self.at = i + 1;
+            }
+            _ => {
+                while !matches!(self.b[self.at], b',' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                    self.at += 1;
+                }
+            }
+        }
+        // Slicing at ASCII bytes of a `str` stays on char boundaries.
+        Some(std::str::from_utf8(&self.b[from..self.at]).ok())
+    }
+}
+
 fn elements(
     out: &mut Vec<u8>,
     items: &[&RawValue],
@@ -299,6 +413,11 @@ fn elements(
     Ok(())
 }
 
+/// Whether JSON text has `\u0000` in it (a backslash is rare: looked for first).
+fn has_nul_escape(t: &str) -> bool {
+    t.as_bytes().contains(&b'\\') && t.contains("\\u0000")
+}
+
 fn hex_val(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -310,21 +429,27 @@ fn hex_val(b: u8) -> Option<u8> {
 
 fn uuid(out: &mut Vec<u8>, s: &str) -> Option<()> {
     let b = s.as_bytes();
-    let hex: Vec<u8> = if b.len() == 36 {
-        if b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
-            return None;
+    let dashed = match b.len() {
+        36 => {
+            if b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
+                return None;
+            }
+            true
         }
-        b.iter().copied().filter(|&c| c != b'-').collect()
-    } else if b.len() == 32 {
-        b.to_vec()
-    } else {
-        return None;
+        32 => false,
+        _ => return None,
     };
-    if hex.len() != 32 {
-        return None;
-    }
-    for pair in hex.chunks(2) {
-        out.push(hex_val(pair[0])? << 4 | hex_val(pair[1])?);
+    // Nibbles in order, skipping the four dashes (any other byte, a dash
+    // included, must be a hex digit).
+    let mut nibbles = b
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| !(dashed && matches!(i, 8 | 13 | 18 | 23)))
+        .map(|(_, &c)| hex_val(c));
+    for _ in 0..16 {
+        let hi = nibbles.next()??;
+        let lo = nibbles.next()??;
+        out.push(hi << 4 | lo);
     }
     Some(())
 }
@@ -365,73 +490,108 @@ fn numeric_special(out: &mut Vec<u8>, s: &str) -> Option<()> {
     Some(())
 }
 
+/// A JSON number's decimal text in parts, when binary numeric can hold it.
+struct Decimal<'a> {
+    neg: bool,
+    /// Digits before and after the point (ASCII digits, the first not empty).
+    int_part: &'a str,
+    frac_part: &'a str,
+    exp: i32,
+    /// The display scale `numeric_in` gives it.
+    dscale: i32,
+}
+
+impl<'a> Decimal<'a> {
+    fn of(t: &'a str) -> Option<Decimal<'a>> {
+        let (neg, rest) = match t.strip_prefix('-') {
+            Some(r) => (true, r),
+            None => (false, t),
+        };
+        let (mantissa, exp) = match rest.find(['e', 'E']) {
+            Some(i) => {
+                let e = &rest[i + 1..];
+                let e: i32 = e.strip_prefix('+').unwrap_or(e).parse().ok()?;
+                (&rest[..i], e)
+            }
+            None => (rest, 0),
+        };
+        if !(-1000..=1000).contains(&exp) {
+            return None;
+        }
+        let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        if int_part.is_empty()
+            || !int_part
+                .bytes()
+                .chain(frac_part.bytes())
+                .all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        let dscale = (frac_part.len() as i32 - exp).max(0);
+        if dscale > 0x3FFF {
+            return None;
+        }
+        Some(Decimal {
+            neg,
+            int_part,
+            frac_part,
+            exp,
+            dscale,
+        })
+    }
+}
+
 /// A JSON number's exact decimal text as Postgres' binary numeric
 /// (base-10000 digits, weight, sign, display scale as `numeric_in` gives it).
 fn numeric(out: &mut Vec<u8>, t: &str) -> Option<()> {
-    let (neg, rest) = match t.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, t),
+    let Decimal {
+        neg,
+        int_part,
+        frac_part,
+        exp,
+        dscale,
+    } = Decimal::of(t)?;
+    // value = 0.d1d2d3... × 10^point; the digits, left-padded with `lead`
+    // zeros so that base-10000 groups start on a multiple of 4, are read in
+    // place (no copy).
+    let (int_b, frac_b) = (int_part.as_bytes(), frac_part.as_bytes());
+    let ndigits = int_b.len() + frac_b.len();
+    let digit = |i: usize| -> i16 {
+        let c = if i < int_b.len() {
+            int_b[i]
+        } else {
+            frac_b[i - int_b.len()]
+        };
+        i16::from(c - b'0')
     };
-    let (mantissa, exp) = match rest.find(['e', 'E']) {
-        Some(i) => {
-            let e = &rest[i + 1..];
-            let e: i32 = e.strip_prefix('+').unwrap_or(e).parse().ok()?;
-            (&rest[..i], e)
-        }
-        None => (rest, 0),
-    };
-    if !(-1000..=1000).contains(&exp) {
-        return None;
-    }
-    let (int_part, frac_part) = match mantissa.split_once('.') {
-        Some((a, b)) => (a, b),
-        None => (mantissa, ""),
-    };
-    if int_part.is_empty()
-        || !int_part
-            .bytes()
-            .chain(frac_part.bytes())
-            .all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    let dscale = (frac_part.len() as i32 - exp).max(0);
-    if dscale > 0x3FFF {
-        return None;
-    }
-    let digits: Vec<u8> = int_part
-        .bytes()
-        .chain(frac_part.bytes())
-        .map(|b| b - b'0')
-        .collect();
-    // value = 0.d1d2d3... × 10^point
     let point = int_part.len() as i32 + exp;
-    let lead = (4 - point.rem_euclid(4)) % 4;
-    let mut padded = vec![0u8; lead as usize];
-    padded.extend_from_slice(&digits);
-    padded.resize(padded.len().div_ceil(4) * 4, 0);
-    let mut weight = (point + lead) / 4 - 1;
-    let mut groups: Vec<i16> = padded
-        .chunks(4)
-        .map(|c| (c[0] as i16) * 1000 + (c[1] as i16) * 100 + (c[2] as i16) * 10 + c[3] as i16)
-        .collect();
-    while groups.first() == Some(&0) {
-        groups.remove(0);
-        weight -= 1;
-    }
-    while groups.last() == Some(&0) {
-        groups.pop();
-    }
-    if groups.is_empty() {
-        weight = 0;
-    }
-    let sign: u16 = if neg && !groups.is_empty() { 0x4000 } else { 0 };
-    out.extend_from_slice(&(groups.len() as i16).to_be_bytes());
+    let lead = ((4 - point.rem_euclid(4)) % 4) as usize;
+    let nonzero = |i: &usize| digit(*i) != 0;
+    let (first, last) = match (0..ndigits).find(nonzero) {
+        Some(f) => (f, (0..ndigits).rfind(nonzero).unwrap_or(f)),
+        None => {
+            // Zero: no groups, weight 0, never negative.
+            for v in [0i16, 0, 0, dscale as i16] {
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+            return Some(());
+        }
+    };
+    // Groups from the first with a nonzero digit to the last.
+    let (g_first, g_last) = ((lead + first) / 4, (lead + last) / 4);
+    let weight = (point + lead as i32) / 4 - 1 - g_first as i32;
+    let sign: u16 = if neg { 0x4000 } else { 0 };
+    out.extend_from_slice(&((g_last - g_first + 1) as i16).to_be_bytes());
     out.extend_from_slice(&(weight as i16).to_be_bytes());
     out.extend_from_slice(&sign.to_be_bytes());
     out.extend_from_slice(&(dscale as i16).to_be_bytes());
-    for g in groups {
-        out.extend_from_slice(&g.to_be_bytes());
+    for g in g_first..=g_last {
+        let mut v = 0i16;
+        for k in 0..4 {
+            let i = (4 * g + k).checked_sub(lead).filter(|&i| i < ndigits);
+            v = v * 10 + i.map_or(0, digit);
+        }
+        out.extend_from_slice(&v.to_be_bytes());
     }
     Some(())
 }
@@ -640,5 +800,156 @@ mod tests {
             Ok((days_from_civil(10000, 1, 1) - PG_EPOCH_DAYS) as i32)
         );
         assert_eq!(parse_date("2023-02-29"), Err(Fallback));
+    }
+
+    /// The pre-allocation-free encoder, kept as the reference.
+    fn numeric_reference(t: &str) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        let Decimal {
+            neg,
+            int_part,
+            frac_part,
+            exp,
+            dscale,
+        } = Decimal::of(t)?;
+        let digits: Vec<u8> = int_part
+            .bytes()
+            .chain(frac_part.bytes())
+            .map(|b| b - b'0')
+            .collect();
+        let point = int_part.len() as i32 + exp;
+        let lead = (4 - point.rem_euclid(4)) % 4;
+        let mut padded = vec![0u8; lead as usize];
+        padded.extend_from_slice(&digits);
+        padded.resize(padded.len().div_ceil(4) * 4, 0);
+        let mut weight = (point + lead) / 4 - 1;
+        let mut groups: Vec<i16> = padded
+            .chunks(4)
+            .map(|c| (c[0] as i16) * 1000 + (c[1] as i16) * 100 + (c[2] as i16) * 10 + c[3] as i16)
+            .collect();
+        while groups.first() == Some(&0) {
+            groups.remove(0);
+            weight -= 1;
+        }
+        while groups.last() == Some(&0) {
+            groups.pop();
+        }
+        if groups.is_empty() {
+            weight = 0;
+        }
+        let sign: u16 = if neg && !groups.is_empty() { 0x4000 } else { 0 };
+        out.extend_from_slice(&(groups.len() as i16).to_be_bytes());
+        out.extend_from_slice(&(weight as i16).to_be_bytes());
+        out.extend_from_slice(&sign.to_be_bytes());
+        out.extend_from_slice(&(dscale as i16).to_be_bytes());
+        for g in groups {
+            out.extend_from_slice(&g.to_be_bytes());
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn numerics_match_the_reference_encoder() {
+        let mut cases: Vec<String> = [
+            "0",
+            "-0",
+            "0.000",
+            "00012.3400",
+            "1e1000",
+            "1e-1000",
+            "1e1001",
+            "9999",
+            "10000",
+            "-1002903.9829",
+            "123456789012345678901234567890.000000001",
+            "0.1e-3",
+            "5E+2",
+            "1.",
+            ".5",
+            "1e",
+            "abc",
+            "-",
+            "1.2.3",
+            "0000",
+            "100000000",
+            "0.00000001",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for int in ["0", "7", "12", "305", "4000", "56789", "100200300"] {
+            for frac in ["", "0", "5", "25", "125", "0625", "00001", "1000000"] {
+                for exp in ["", "e0", "e1", "e-1", "e3", "e-5", "e7", "E+2"] {
+                    let dot = if frac.is_empty() { "" } else { "." };
+                    cases.push(format!("{int}{dot}{frac}{exp}"));
+                    cases.push(format!("-{int}{dot}{frac}{exp}"));
+                }
+            }
+        }
+        for t in &cases {
+            let mut out = Vec::new();
+            let got = numeric(&mut out, t).map(|()| out);
+            assert_eq!(got, numeric_reference(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn uuids_in_both_spellings() {
+        let mut out = Vec::new();
+        uuid(&mut out, "f772b9fc-56bb-badf-3173-56B02E65DDFF").unwrap();
+        uuid(&mut out, "f772b9fc56bbbadf317356b02e65ddff").unwrap();
+        let want: Vec<u8> = (0..16)
+            .map(|i| {
+                u8::from_str_radix(&"f772b9fc56bbbadf317356b02e65ddff"[2 * i..2 * i + 2], 16)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(out, [want.clone(), want].concat());
+        for bad in [
+            "f772b9fc-56bb-badf-3173-56b02e65ddf",
+            "f772b9fc-56bb-badf-3173-56b02e65ddfg",
+            "f772b9fc-56bb-badf-3173-56b0-e65ddff",
+            "f772b9fc+56bb-badf-3173-56b02e65ddff",
+            "f772b9fc56bbbadf317356b02e65dd-f",
+        ] {
+            assert_eq!(uuid(&mut Vec::new(), bad), None, "{bad}");
+        }
+    }
+
+    /// One scan of a flat array writes what the general path writes.
+    #[test]
+    fn flat_arrays_match_the_general_path() {
+        let cases = [
+            (r#"["a1","b1","c,1"]"#, BinScalar::Text),
+            (r#"[ "a\"]" , null ,"x\\", "é,]" ]"#, BinScalar::Text),
+            ("[]", BinScalar::Text),
+            ("[ ]", BinScalar::Int4),
+            ("[1,null,-3]", BinScalar::Int4),
+            ("[1 ,2\n,3\t]", BinScalar::Int8),
+            ("[1.5e3,2]", BinScalar::Numeric),
+            ("[true,false,null]", BinScalar::Bool),
+            (r#"["2024-01-01T00:00:00Z",null]"#, BinScalar::Timestamptz),
+            (r#"[1,"x"]"#, BinScalar::Int4),
+            (r#"["a\u0000b"]"#, BinScalar::Text),
+        ];
+        for (t, elem) in cases {
+            for strip_nul in [false, true] {
+                let mut fast = Vec::new();
+                let fast_r = flat_array(&mut fast, t, elem, 25, strip_nul).expect("flat");
+                let mut slow = Vec::new();
+                let slow_r = any_array(&mut slow, t, elem, 25, strip_nul);
+                assert_eq!(fast_r, slow_r, "{t}");
+                if fast_r.is_ok() {
+                    assert_eq!(fast, slow, "{t}");
+                } else {
+                    assert!(fast.is_empty(), "{t}");
+                }
+            }
+        }
+        for nested in [r#"[["a"],["b"]]"#, r#"["a",["b"]]"#, r#"[{"k":1}]"#] {
+            let mut out = Vec::new();
+            assert!(flat_array(&mut out, nested, BinScalar::Text, 25, false).is_none());
+            assert!(out.is_empty());
+        }
     }
 }
