@@ -61,20 +61,45 @@ pub struct RecordMessage {
     pub members: Option<Members>,
 }
 
-/// A record's JSON object, as text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordText(Box<str>);
+/// A record's JSON object, as text: a slice of the block of lines the
+/// reader read it in (shared by that block's records, no copy per record).
+#[derive(Clone)]
+pub struct RecordText {
+    text: Arc<str>,
+    range: std::ops::Range<usize>,
+}
 
 impl RecordText {
     pub fn get(&self) -> &str {
-        &self.0
+        &self.text[self.range.clone()]
+    }
+
+    fn whole(text: &str) -> Self {
+        RecordText {
+            text: Arc::from(text),
+            range: 0..text.len(),
+        }
     }
 }
+
+impl std::fmt::Debug for RecordText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RecordText").field(&self.get()).finish()
+    }
+}
+
+impl PartialEq for RecordText {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for RecordText {}
 
 /// A record made or rewritten after parsing (already checked JSON).
 impl From<Box<RawValue>> for RecordText {
     fn from(raw: Box<RawValue>) -> Self {
-        RecordText(String::from(raw.get()).into_boxed_str())
+        RecordText::whole(raw.get())
     }
 }
 
@@ -169,11 +194,14 @@ impl Recent {
 /// Parses one line. On error the stream name is returned when the line named one,
 /// so that the caller can report it.
 pub fn parse_message(line: &str) -> Result<Message, (MessageError, Option<String>)> {
-    parse_message_sharing(line, &mut Recent::default())
+    parse_message_sharing(line, None, &mut Recent::default())
 }
 
+/// [`parse_message`], sharing with `recent`; a record's text is a slice of
+/// `block` (the text `line` is a slice of), or a copy without one.
 pub(crate) fn parse_message_sharing(
     line: &str,
+    block: Option<&Arc<str>>,
     recent: &mut Recent,
 ) -> Result<Message, (MessageError, Option<String>)> {
     let raw: RawMessage<'_> = serde_json::from_str(line).map_err(|e| {
@@ -185,11 +213,12 @@ pub(crate) fn parse_message_sharing(
         (err, None)
     })?;
     let stream = raw.stream.as_deref().map(str::to_owned);
-    parse_raw(line, raw, recent).map_err(|e| (e, stream))
+    parse_raw(line, block, raw, recent).map_err(|e| (e, stream))
 }
 
 fn parse_raw(
     line: &str,
+    block: Option<&Arc<str>>,
     raw: RawMessage<'_>,
     recent: &mut Recent,
 ) -> Result<Message, MessageError> {
@@ -215,7 +244,7 @@ fn parse_raw(
                 problem: "must be a JSON object".into(),
             });
         };
-        let (record, members) = record_text(line, members, escaped);
+        let (record, members) = record_text(line, block, members, escaped);
         Ok(Message::Record(RecordMessage {
             stream,
             record,
@@ -376,6 +405,7 @@ impl<'de: 'a, 'a> serde::de::Visitor<'de> for NameVisitor<'a> {
 /// is then found by a second parse, without members.
 fn record_text(
     line: &str,
+    block: Option<&Arc<str>>,
     mut members: Vec<[usize; 4]>,
     escaped: bool,
 ) -> (RecordText, Option<Members>) {
@@ -387,7 +417,7 @@ fn record_text(
         if escaped {
             return (reparse_record(line), None);
         }
-        return (RecordText("{}".into()), Some(Members::default()));
+        return (RecordText::whole("{}"), Some(Members::default()));
     };
     // Before the first name's opening quote: whitespace back to `{`.
     let mut start = first - base - 1;
@@ -404,7 +434,18 @@ fn record_text(
         let [k, kl, v, vl] = *m;
         *m = [k - origin, k - origin + kl, v - origin, v - origin + vl];
     }
-    (RecordText(line[start..=end].into()), Some(Members(members)))
+    let record = match block {
+        Some(block) => {
+            let at = base - block.as_ptr() as usize;
+            debug_assert!(at + line.len() <= block.len());
+            RecordText {
+                text: Arc::clone(block),
+                range: at + start..at + end + 1,
+            }
+        }
+        None => RecordText::whole(&line[start..=end]),
+    };
+    (record, Some(Members(members)))
 }
 
 /// The `record` of a line already parsed once, as raw text (the rare path).
