@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::message::{parse_message_sharing, Message, MessageError, Recent};
+use crate::message::{first_to_escape, parse_message_sharing, Message, MessageError, Recent};
 
 /// A line that could not be read as a Singer message.
 #[derive(Debug, thiserror::Error)]
@@ -453,41 +453,6 @@ pub fn push_json_string(buf: &mut String, s: &str) {
     }
     buf.push_str(&s[start..]);
     buf.push('"');
-}
-
-/// Whether JSON needs `b` escaped in a string.
-fn needs_escape(b: u8) -> bool {
-    b < 0x20 || b == b'"' || b == b'\\'
-}
-
-/// The index of the first byte at or after `from` that JSON needs escaped:
-/// eight bytes at a time (most strings have none).
-fn first_to_escape(bytes: &[u8], from: usize) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut i = from;
-    while i + 8 <= bytes.len() {
-        let w = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-        // The classic "some byte is zero" and "some byte is below n" tests:
-        // exact about whether any byte matches, not about which one.
-        let quote = w ^ (ONES * u64::from(b'"'));
-        let backslash = w ^ (ONES * u64::from(b'\\'));
-        let hits = ((w.wrapping_sub(ONES * 0x20) & !w)
-            | (quote.wrapping_sub(ONES) & !quote)
-            | (backslash.wrapping_sub(ONES) & !backslash))
-            & HIGH;
-        if hits != 0 {
-            return bytes[i..i + 8]
-                .iter()
-                .position(|&b| needs_escape(b))
-                .map(|k| i + k);
-        }
-        i += 8;
-    }
-    bytes[i..]
-        .iter()
-        .position(|&b| needs_escape(b))
-        .map(|k| i + k)
 }
 
 #[cfg(test)]
