@@ -418,7 +418,7 @@ fn has_nul_escape(t: &str) -> bool {
     t.as_bytes().contains(&b'\\') && t.contains("\\u0000")
 }
 
-fn hex_val(b: u8) -> Option<u8> {
+const fn hex_val(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),
@@ -427,30 +427,51 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
+/// Each byte's value as a hex digit; `0xff` for any other byte.
+const HEX_DIGIT: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut c = 0;
+    while c < 256 {
+        if let Some(v) = hex_val(c as u8) {
+            t[c] = v;
+        }
+        c += 1;
+    }
+    t
+};
+
 fn uuid(out: &mut Vec<u8>, s: &str) -> Option<()> {
     let b = s.as_bytes();
-    let dashed = match b.len() {
+    let mut hex = [0u8; 32];
+    match b.len() {
         36 => {
             if b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
                 return None;
             }
-            true
+            hex[..8].copy_from_slice(&b[..8]);
+            hex[8..12].copy_from_slice(&b[9..13]);
+            hex[12..16].copy_from_slice(&b[14..18]);
+            hex[16..20].copy_from_slice(&b[19..23]);
+            hex[20..].copy_from_slice(&b[24..]);
         }
-        32 => false,
+        32 => hex.copy_from_slice(b),
         _ => return None,
-    };
-    // Nibbles in order, skipping the four dashes (any other byte, a dash
-    // included, must be a hex digit).
-    let mut nibbles = b
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| !(dashed && matches!(i, 8 | 13 | 18 | 23)))
-        .map(|(_, &c)| hex_val(c));
-    for _ in 0..16 {
-        let hi = nibbles.next()??;
-        let lo = nibbles.next()??;
-        out.push(hi << 4 | lo);
     }
+    // Without a branch per digit (which of 0-9/a-f/A-F is random).
+    let mut bytes = [0u8; 16];
+    let mut bad = 0u8;
+    for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+        let (hi, lo) = (
+            HEX_DIGIT[usize::from(pair[0])],
+            HEX_DIGIT[usize::from(pair[1])],
+        );
+        bad |= hi | lo;
+        *byte = hi << 4 | lo;
+    }
+    if bad > 0xf {
+        return None;
+    }
+    out.extend_from_slice(&bytes);
     Some(())
 }
 
@@ -646,6 +667,60 @@ fn date_part(b: &[u8], bc: bool) -> Option<(i64, usize)> {
     Some((days_from_civil(y, m, d) - PG_EPOCH_DAYS, ylen + 6))
 }
 
+/// `YYYY-MM-DD` at the start of `b` (a four-digit year, a real day) →
+/// days from 2000-01-01; `None` for anything else ([`date_part`] judges it).
+fn common_date(b: &[u8]) -> Option<i64> {
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let y = two_digits(b, 0)? * 100 + two_digits(b, 2)?;
+    let (m, d) = (two_digits(b, 5)?, two_digits(b, 8)?);
+    if !(1..=12).contains(&m) || d < 1 || d > days_in_month(y, m) {
+        return None;
+    }
+    Some(days_from_civil(y, m, d) - PG_EPOCH_DAYS)
+}
+
+fn two_digits(b: &[u8], at: usize) -> Option<i64> {
+    let (hi, lo) = (b[at].wrapping_sub(b'0'), b[at + 1].wrapping_sub(b'0'));
+    (hi < 10 && lo < 10).then(|| i64::from(hi * 10 + lo))
+}
+
+/// The timestamp taps send most, `YYYY-MM-DDTHH:MM:SS[.ffffff]` and an
+/// offset, as [`parse_timestamp`] reads it; `None` for anything else (the
+/// general reading judges it).
+fn common_timestamp(b: &[u8], with_tz: bool) -> Option<i64> {
+    if b.len() < 20 || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let days = common_date(b)?;
+    let (h, m, sec) = (two_digits(b, 11)?, two_digits(b, 14)?, two_digits(b, 17)?);
+    if h > 23 || m > 59 || sec > 59 {
+        return None;
+    }
+    let mut i = 19;
+    let mut frac = 0i64;
+    if b[i] == b'.' {
+        i += 1;
+        let n = b[i..]
+            .iter()
+            .take(7)
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        if n == 0 || n > 6 {
+            return None;
+        }
+        frac = digits_n(b, i, n)? * 10i64.pow(6 - n as u32);
+        i += n;
+    }
+    let offset = parse_offset(&b[i..])?;
+    let mut micros = ((h * 60 + m) * 60 + sec) * 1_000_000 + frac;
+    if with_tz {
+        micros -= offset * 1_000_000;
+    }
+    Some(days * 86_400_000_000 + micros)
+}
+
 /// The text without a trailing ` BC`, and whether it had one.
 fn strip_bc(s: &str) -> (&str, bool) {
     match s.strip_suffix(" BC") {
@@ -655,6 +730,11 @@ fn strip_bc(s: &str) -> (&str, bool) {
 }
 
 fn parse_date(s: &str) -> Result<i32, Fallback> {
+    if s.len() == 10 {
+        if let Some(days) = common_date(s.as_bytes()) {
+            return Ok(days as i32);
+        }
+    }
     match s {
         "infinity" => return Ok(i32::MAX),
         "-infinity" => return Ok(i32::MIN),
@@ -672,13 +752,20 @@ fn parse_date(s: &str) -> Result<i32, Fallback> {
 /// ISO 8601 timestamps as Postgres reads them: microseconds from 2000-01-01
 /// (UTC for `with_tz`; the offset is ignored without it, as Postgres does).
 fn parse_timestamp(s: &str, with_tz: bool) -> Result<i64, Fallback> {
+    if let Some(micros) = common_timestamp(s.as_bytes(), with_tz) {
+        return Ok(micros);
+    }
     match s {
         "infinity" => return Ok(i64::MAX),
         "-infinity" => return Ok(i64::MIN),
         _ => {}
     }
     let (body, bc) = strip_bc(s);
-    let b = body.as_bytes();
+    general_timestamp(body.as_bytes(), bc, with_tz)
+}
+
+/// [`parse_timestamp`] of any layout it takes (`bc`: ` BC` was cut off).
+fn general_timestamp(b: &[u8], bc: bool, with_tz: bool) -> Result<i64, Fallback> {
     let (days, mut i) = date_part(b, bc).ok_or(Fallback)?;
     let mut micros = 0i64;
     if i < b.len() {
@@ -950,6 +1037,71 @@ mod tests {
             let mut out = Vec::new();
             assert!(flat_array(&mut out, nested, BinScalar::Text, 25, false).is_none());
             assert!(out.is_empty());
+        }
+    }
+
+    /// The common layout's quick reading agrees with the general one.
+    #[test]
+    fn common_timestamps_read_as_the_general_reading() {
+        let mut cases = Vec::new();
+        for date in [
+            "2024-02-29",
+            "2023-02-29",
+            "0000-01-01",
+            "9999-12-31",
+            "2000-13-01",
+            "2000-00-10",
+            "2000-01-00",
+            "20a0-01-01",
+            "2000/01/01",
+        ] {
+            cases.push(date.to_string());
+            for time in [
+                "T00:00:00",
+                "T23:59:59",
+                "T24:00:00",
+                "T12:60:00",
+                "T12:00:60",
+                "T1:00:00",
+                " 12:00:00",
+            ] {
+                for frac in ["", ".", ".1", ".123456", ".1234567", ".0000001"] {
+                    for off in [
+                        "",
+                        "Z",
+                        "z",
+                        "+00:00",
+                        "-07:30",
+                        "+0530",
+                        "+05",
+                        "+16:00",
+                        "+05:30:15",
+                        "+5",
+                        " BC",
+                        "+00:00 BC",
+                    ] {
+                        cases.push(format!("{date}{time}{frac}{off}"));
+                    }
+                }
+            }
+        }
+        for t in &cases {
+            for with_tz in [true, false] {
+                let general = {
+                    let (body, bc) = strip_bc(t);
+                    let b = body.as_bytes();
+                    general_timestamp(b, bc, with_tz)
+                };
+                assert_eq!(parse_timestamp(t, with_tz), general, "{t}");
+            }
+            let general_date = {
+                let (body, bc) = strip_bc(t);
+                date_part(body.as_bytes(), bc)
+                    .filter(|&(_, used)| used == body.len())
+                    .map(|(d, _)| d as i32)
+                    .ok_or(Fallback)
+            };
+            assert_eq!(parse_date(t), general_date, "{t}");
         }
     }
 }
