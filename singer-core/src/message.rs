@@ -108,15 +108,25 @@ impl From<Box<RawValue>> for RecordText {
 /// appears twice, as in the text): byte ranges of each name (without its
 /// quotes; never escaped) and of its raw JSON value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Members(Vec<[usize; 4]>);
+pub struct Members {
+    spans: Vec<[usize; 4]>,
+    plain: bool,
+}
 
 impl Members {
     /// `(name, raw JSON value)` of each member of `record`, the text these
     /// members were found in.
     pub fn iter<'r>(&'r self, record: &'r str) -> impl Iterator<Item = (&'r str, &'r str)> + 'r {
-        self.0
+        self.spans
             .iter()
             .map(move |&[k0, k1, v0, v1]| (&record[k0..k1], &record[v0..v1]))
+    }
+
+    /// Whether the reader saw that no string in the record (a name or a
+    /// value, at any depth) has an escape: each string's text is what is
+    /// between its quotes. `false` when unknown.
+    pub fn plain(&self) -> bool {
+        self.plain
     }
 }
 
@@ -257,7 +267,7 @@ fn parse_raw(
                 problem: "must be a JSON object".into(),
             });
         };
-        let (record, members) = record_text(line, block, members, escaped);
+        let (record, members) = record_text(line, block, members, escaped, false);
         Ok(Message::Record(RecordMessage {
             stream,
             record,
@@ -372,7 +382,8 @@ fn plain_record(
     if s.at != line.len() {
         return None;
     }
-    let (record, members) = record_text(line, block, members, false);
+    // The scan took no string with an escape.
+    let (record, members) = record_text(line, block, members, false, true);
     Some(RecordMessage {
         stream: Recent::share(&mut recent.stream, stream),
         record,
@@ -606,6 +617,7 @@ fn record_text(
     block: Option<&Arc<str>>,
     mut members: Vec<[usize; 4]>,
     escaped: bool,
+    plain: bool,
 ) -> (RecordText, Option<Members>) {
     let base = line.as_ptr() as usize;
     let bytes = line.as_bytes();
@@ -643,7 +655,13 @@ fn record_text(
         }
         None => RecordText::whole(&line[start..=end]),
     };
-    (record, Some(Members(members)))
+    (
+        record,
+        Some(Members {
+            spans: members,
+            plain,
+        }),
+    )
 }
 
 /// The `record` of a line already parsed once, as raw text (the rare path).
@@ -999,23 +1017,36 @@ mod tests {
             let Ok(Message::Record(slow)) = parse_any(line, None, &mut Recent::default()) else {
                 panic!("taken, but serde refuses or differs: {line}");
             };
+            let spans = |r: &RecordMessage| -> Vec<(String, String)> {
+                r.members
+                    .as_ref()
+                    .expect("members")
+                    .iter(r.record.get())
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect()
+            };
             assert_eq!(
                 (
                     &fast.stream,
                     fast.record.get(),
                     fast.version,
                     &fast.time_extracted,
-                    &fast.members
+                    spans(&fast)
                 ),
                 (
                     &slow.stream,
                     slow.record.get(),
                     slow.version,
                     &slow.time_extracted,
-                    &slow.members
+                    spans(&slow)
                 ),
                 "{line}"
             );
+            // Plain as noted (an empty record is left unknown): no escape
+            // anywhere in the record.
+            let plain = fast.members.as_ref().is_some_and(Members::plain);
+            assert!(plain || spans(&fast).is_empty(), "{line}");
+            assert!(!fast.record.get().contains('\\'), "{line}");
         }
         // The bases and many near ones go the fast way.
         assert!(taken > 1000, "{taken} of {}", lines.len());

@@ -44,6 +44,23 @@ pub enum BinScalar {
     Bytea,
 }
 
+/// What a record's strings may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strings {
+    /// Not one has an escape (the reader saw none): a string's text is
+    /// what is between its quotes.
+    Plain,
+    /// Unescape them; a `\u0000` is stripped, or refused.
+    Escaped { strip_nul: bool },
+}
+
+impl Strings {
+    /// Whether JSON text `t` may have a `\u0000`.
+    fn may_hold_nul(self, t: &str) -> bool {
+        self != Strings::Plain && has_nul_escape(t)
+    }
+}
+
 /// This value can't be written in binary exactly as its text would parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fallback;
@@ -66,7 +83,7 @@ pub fn encode_field(
     out: &mut Vec<u8>,
     t: &str,
     kind: BinKind,
-    strip_nul: bool,
+    strings: Strings,
 ) -> Result<(), BinError> {
     if t == "null" {
         out.extend_from_slice(&(-1i32).to_be_bytes());
@@ -75,8 +92,8 @@ pub fn encode_field(
     let at = out.len();
     out.extend_from_slice(&[0, 0, 0, 0]);
     match kind {
-        BinKind::Scalar(scalar) => encode_value(out, t, scalar, strip_nul)?,
-        BinKind::Array(elem, oid) => array(out, t, elem, oid, strip_nul)?,
+        BinKind::Scalar(scalar) => encode_value(out, t, scalar, strings)?,
+        BinKind::Array(elem, oid) => array(out, t, elem, oid, strings)?,
     }
     let len = (out.len() - at - 4) as i32;
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
@@ -100,7 +117,13 @@ pub fn null_field(out: &mut Vec<u8>) {
     out.extend_from_slice(&(-1i32).to_be_bytes());
 }
 
-fn string_of(t: &str, strip_nul: bool) -> Result<std::borrow::Cow<'_, str>, BinError> {
+fn string_of(t: &str, strings: Strings) -> Result<std::borrow::Cow<'_, str>, BinError> {
+    let Strings::Escaped { strip_nul } = strings else {
+        return match t.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+            Some(text) => Ok(std::borrow::Cow::Borrowed(text)),
+            None => Err(BinError::Fallback),
+        };
+    };
     if t.starts_with('"') {
         unescape(t, strip_nul).map_err(|e| match e {
             crate::encode::EncodeError::Nul => BinError::Nul,
@@ -115,7 +138,7 @@ fn encode_value(
     out: &mut Vec<u8>,
     t: &str,
     kind: BinScalar,
-    strip_nul: bool,
+    strings: Strings,
 ) -> Result<(), BinError> {
     use BinScalar::*;
     match kind {
@@ -168,10 +191,10 @@ fn encode_value(
         },
         Text => {
             if t.starts_with('"') {
-                out.extend_from_slice(string_of(t, strip_nul)?.as_bytes());
+                out.extend_from_slice(string_of(t, strings)?.as_bytes());
             } else if t.starts_with('{') || t.starts_with('[') {
                 // JSON text in a text column: same as text COPY writes.
-                if has_nul_escape(t) {
+                if strings.may_hold_nul(t) {
                     return Err(BinError::Fallback);
                 }
                 out.extend_from_slice(t.as_bytes());
@@ -181,29 +204,29 @@ fn encode_value(
         }
         Numeric => {
             if t.starts_with('"') {
-                let s = string_of(t, strip_nul)?;
+                let s = string_of(t, strings)?;
                 numeric_special(out, &s).ok_or(Fallback)?;
             } else {
                 numeric(out, t).ok_or(Fallback)?;
             }
         }
         Timestamptz | Timestamp => {
-            let s = string_of(t, strip_nul)?;
+            let s = string_of(t, strings)?;
             let micros = parse_timestamp(&s, kind == Timestamptz)?;
             out.extend_from_slice(&micros.to_be_bytes());
         }
         Date => {
-            let s = string_of(t, strip_nul)?;
+            let s = string_of(t, strings)?;
             out.extend_from_slice(&parse_date(&s)?.to_be_bytes());
         }
         Uuid => {
-            let s = string_of(t, strip_nul)?;
+            let s = string_of(t, strings)?;
             uuid(out, &s).ok_or(Fallback)?;
         }
         Jsonb | Json => {
             // jsonb rejects \u0000 (json keeps it verbatim); let the text
             // path judge it.
-            if kind == Jsonb && has_nul_escape(t) {
+            if kind == Jsonb && strings.may_hold_nul(t) {
                 return Err(BinError::Fallback);
             }
             if kind == Jsonb {
@@ -212,7 +235,7 @@ fn encode_value(
             out.extend_from_slice(t.as_bytes());
         }
         Bytea => {
-            let s = string_of(t, strip_nul)?;
+            let s = string_of(t, strings)?;
             let hex = bytea_hex(&s);
             for pair in hex.as_bytes().chunks(2) {
                 let hi = hex_val(pair[0]).ok_or(Fallback)?;
@@ -230,15 +253,15 @@ fn array(
     t: &str,
     elem: BinScalar,
     oid: u32,
-    strip_nul: bool,
+    strings: Strings,
 ) -> Result<(), BinError> {
     if !t.starts_with('[') {
         return Err(BinError::Fallback);
     }
-    if let Some(done) = flat_array(out, t, elem, oid, strip_nul) {
+    if let Some(done) = flat_array(out, t, elem, oid, strings) {
         return done;
     }
-    any_array(out, t, elem, oid, strip_nul)
+    any_array(out, t, elem, oid, strings)
 }
 
 /// [`array`] of any shape: nested dimensions, objects as items.
@@ -247,7 +270,7 @@ fn any_array(
     t: &str,
     elem: BinScalar,
     oid: u32,
-    strip_nul: bool,
+    strings: Strings,
 ) -> Result<(), BinError> {
     // Shape first: walk the first element at each level.
     let top: Vec<&RawValue> = serde_json::from_str(t).map_err(|_| Fallback)?;
@@ -276,7 +299,7 @@ fn any_array(
         out.extend_from_slice(&1i32.to_be_bytes());
     }
     let mut has_null = false;
-    elements(out, &top, &dims, 0, elem, strip_nul, &mut has_null)?;
+    elements(out, &top, &dims, 0, elem, strings, &mut has_null)?;
     if has_null {
         out[flags_at..flags_at + 4].copy_from_slice(&1i32.to_be_bytes());
     }
@@ -291,7 +314,7 @@ fn flat_array(
     t: &str,
     elem: BinScalar,
     oid: u32,
-    strip_nul: bool,
+    strings: Strings,
 ) -> Option<Result<(), BinError>> {
     let start = out.len();
     // One dimension, its length patched in after the items.
@@ -306,7 +329,7 @@ fn flat_array(
             return None;
         };
         has_null |= item == "null";
-        if let Err(e) = encode_field(out, item, BinKind::Scalar(elem), strip_nul) {
+        if let Err(e) = encode_field(out, item, BinKind::Scalar(elem), strings) {
             out.truncate(start);
             return Some(Err(e));
         }
@@ -389,7 +412,7 @@ fn elements(
     dims: &[usize],
     depth: usize,
     kind: BinScalar,
-    strip_nul: bool,
+    strings: Strings,
     has_null: &mut bool,
 ) -> Result<(), BinError> {
     if items.len() != dims.get(depth).copied().unwrap_or(0) {
@@ -404,10 +427,10 @@ fn elements(
             if item.get() == "null" {
                 *has_null = true;
             }
-            encode_field(out, item.get(), BinKind::Scalar(kind), strip_nul)?;
+            encode_field(out, item.get(), BinKind::Scalar(kind), strings)?;
         } else {
             let sub: Vec<&RawValue> = serde_json::from_str(item.get()).map_err(|_| Fallback)?;
-            elements(out, &sub, dims, depth + 1, kind, strip_nul, has_null)?;
+            elements(out, &sub, dims, depth + 1, kind, strings, has_null)?;
         }
     }
     Ok(())
@@ -1020,11 +1043,18 @@ mod tests {
             (r#"["a\u0000b"]"#, BinScalar::Text),
         ];
         for (t, elem) in cases {
-            for strip_nul in [false, true] {
+            let mut all = vec![
+                Strings::Escaped { strip_nul: false },
+                Strings::Escaped { strip_nul: true },
+            ];
+            if !t.contains('\\') {
+                all.push(Strings::Plain);
+            }
+            for strings in all {
                 let mut fast = Vec::new();
-                let fast_r = flat_array(&mut fast, t, elem, 25, strip_nul).expect("flat");
+                let fast_r = flat_array(&mut fast, t, elem, 25, strings).expect("flat");
                 let mut slow = Vec::new();
-                let slow_r = any_array(&mut slow, t, elem, 25, strip_nul);
+                let slow_r = any_array(&mut slow, t, elem, 25, strings);
                 assert_eq!(fast_r, slow_r, "{t}");
                 if fast_r.is_ok() {
                     assert_eq!(fast, slow, "{t}");
@@ -1035,7 +1065,7 @@ mod tests {
         }
         for nested in [r#"[["a"],["b"]]"#, r#"["a",["b"]]"#, r#"[{"k":1}]"#] {
             let mut out = Vec::new();
-            assert!(flat_array(&mut out, nested, BinScalar::Text, 25, false).is_none());
+            assert!(flat_array(&mut out, nested, BinScalar::Text, 25, Strings::Plain).is_none());
             assert!(out.is_empty());
         }
     }
