@@ -1,12 +1,15 @@
 //! Reading and writing Singer messages as JSON lines.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, BufRead, Write};
+use std::ops::Range;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::message::{parse_message_sharing, Message, MessageError, Recent};
+use crate::message::{first_to_escape, parse_message_sharing, Message, MessageError, Recent};
 
 /// A line that could not be read as a Singer message.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +59,11 @@ pub(crate) fn widen_pipes() {
     }
 }
 
+/// Bytes of whole lines read into one block (unless a line is longer): the
+/// records parsed from a block share it, so a block is one allocation, one
+/// copy and one UTF-8 check for about a hundred records.
+const BLOCK_BYTES: usize = 64 * 1024;
+
 /// Reads Singer messages from JSON lines, skipping blank lines, each with its
 /// 1-based line number.
 ///
@@ -69,7 +77,12 @@ pub(crate) fn widen_pipes() {
 /// ```
 pub struct MessageReader<R> {
     input: R,
-    buf: String,
+    /// Whole lines read and not yet returned, from `at` on.
+    block: Arc<str>,
+    at: usize,
+    /// Where in `block` a line that was not valid UTF-8 stood (as an empty
+    /// line), in order.
+    not_utf8: VecDeque<usize>,
     line: usize,
     recent: Recent,
 }
@@ -78,7 +91,9 @@ impl<R: BufRead> MessageReader<R> {
     pub fn new(input: R) -> Self {
         MessageReader {
             input,
-            buf: String::with_capacity(4096),
+            block: Arc::from(""),
+            at: 0,
+            not_utf8: VecDeque::new(),
             line: 0,
             recent: Recent::default(),
         }
@@ -89,36 +104,116 @@ impl<R: BufRead> MessageReader<R> {
         self.line
     }
 
+    /// Whether lines already read from the input wait here (the next call
+    /// returns without reading the input, when the input has more).
+    pub fn has_buffered(&self) -> bool {
+        self.at < self.block.len()
+    }
+
     /// Reads the next non-blank line as raw text (no parsing), for callers
     /// that want to parse on another thread. Returns the line number and text.
     pub fn next_line(&mut self) -> Option<Result<(usize, &str), ReadError>> {
+        self.next_range()
+            .map(|r| r.map(|(line, range)| (line, &self.block[range])))
+    }
+
+    /// The next non-blank line's number and place in `block`.
+    fn next_range(&mut self) -> Option<Result<(usize, Range<usize>), ReadError>> {
         loop {
-            self.buf.clear();
-            match self.input.read_line(&mut self.buf) {
-                Ok(0) => return None,
-                Ok(_) => {
-                    self.line += 1;
-                    if !self.buf.trim().is_empty() {
-                        return Some(Ok((self.line, self.buf.trim_end_matches(['\n', '\r']))));
+            if self.at == self.block.len() {
+                match self.read_block() {
+                    Ok(true) => {}
+                    Ok(false) => return None,
+                    Err(e) => {
+                        self.line += 1;
+                        return Some(Err(ReadError {
+                            line: self.line,
+                            stream: None,
+                            kind: ReadErrorKind::Io(e),
+                        }));
                     }
                 }
-                Err(e) => {
-                    self.line += 1;
-                    let kind = if e.kind() == io::ErrorKind::InvalidData {
-                        ReadErrorKind::Message(MessageError::NotJson(
-                            "the line is not valid UTF-8".into(),
-                        ))
-                    } else {
-                        ReadErrorKind::Io(e)
-                    };
-                    return Some(Err(ReadError {
-                        line: self.line,
-                        stream: None,
-                        kind,
-                    }));
+            }
+            let rest = &self.block[self.at..];
+            let len = memchr::memchr(b'\n', rest.as_bytes()).map_or(rest.len(), |i| i + 1);
+            let start = self.at;
+            self.at += len;
+            self.line += 1;
+            if self.not_utf8.front() == Some(&start) {
+                self.not_utf8.pop_front();
+                return Some(Err(ReadError {
+                    line: self.line,
+                    stream: None,
+                    kind: ReadErrorKind::Message(MessageError::NotJson(
+                        "the line is not valid UTF-8".into(),
+                    )),
+                }));
+            }
+            let text = &rest[..len];
+            if !text.trim().is_empty() {
+                let end = start + text.trim_end_matches(['\n', '\r']).len();
+                return Some(Ok((self.line, start..end)));
+            }
+        }
+    }
+
+    /// Reads the next block of whole lines (the last line may lack its
+    /// newline). `false` at the end of the input.
+    fn read_block(&mut self) -> io::Result<bool> {
+        let mut bytes: Vec<u8> = Vec::new();
+        loop {
+            let buf = match self.input.fill_buf() {
+                Ok(buf) => buf,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if buf.is_empty() {
+                break;
+            }
+            // Up to the last newline that keeps the block within its size,
+            // else up to the first one (a long line).
+            let room = BLOCK_BYTES.saturating_sub(bytes.len()).min(buf.len());
+            let cut = memchr::memrchr(b'\n', &buf[..room])
+                .or_else(|| memchr::memchr(b'\n', &buf[room..]).map(|i| room + i));
+            match cut {
+                Some(i) => {
+                    bytes.extend_from_slice(&buf[..=i]);
+                    self.input.consume(i + 1);
+                    break;
+                }
+                None => {
+                    let n = buf.len();
+                    bytes.extend_from_slice(buf);
+                    self.input.consume(n);
                 }
             }
         }
+        if bytes.is_empty() {
+            return Ok(false);
+        }
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => self.valid_lines(e.into_bytes()),
+        };
+        self.block = Arc::from(text);
+        self.at = 0;
+        Ok(true)
+    }
+
+    /// The block's lines with each one that is not UTF-8 left empty and
+    /// noted (it is reported at its turn, and the lines after it still read).
+    fn valid_lines(&mut self, bytes: Vec<u8>) -> String {
+        let mut text = String::with_capacity(bytes.len());
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            match std::str::from_utf8(line) {
+                Ok(line) => text.push_str(line),
+                Err(_) => {
+                    self.not_utf8.push_back(text.len());
+                    text.push('\n');
+                }
+            }
+        }
+        text
     }
 }
 
@@ -126,20 +221,18 @@ impl<R: BufRead> Iterator for MessageReader<R> {
     type Item = Result<(usize, Message), ReadError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        // Out of `self` while the line borrows it.
-        let mut recent = std::mem::take(&mut self.recent);
-        let item = match self.next_line()? {
-            Ok((line, text)) => parse_message_sharing(text, &mut recent)
-                .map(|m| (line, m))
-                .map_err(|(e, stream)| ReadError {
-                    line,
-                    stream,
-                    kind: e.into(),
-                }),
+        Some(match self.next_range()? {
+            Ok((line, range)) => {
+                parse_message_sharing(&self.block[range], Some(&self.block), &mut self.recent)
+                    .map(|m| (line, m))
+                    .map_err(|(e, stream)| ReadError {
+                        line,
+                        stream,
+                        kind: e.into(),
+                    })
+            }
             Err(e) => Err(e),
-        };
-        self.recent = recent;
-        Some(item)
+        })
     }
 }
 
@@ -362,41 +455,6 @@ pub fn push_json_string(buf: &mut String, s: &str) {
     buf.push('"');
 }
 
-/// Whether JSON needs `b` escaped in a string.
-fn needs_escape(b: u8) -> bool {
-    b < 0x20 || b == b'"' || b == b'\\'
-}
-
-/// The index of the first byte at or after `from` that JSON needs escaped:
-/// eight bytes at a time (most strings have none).
-fn first_to_escape(bytes: &[u8], from: usize) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut i = from;
-    while i + 8 <= bytes.len() {
-        let w = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-        // The classic "some byte is zero" and "some byte is below n" tests:
-        // exact about whether any byte matches, not about which one.
-        let quote = w ^ (ONES * u64::from(b'"'));
-        let backslash = w ^ (ONES * u64::from(b'\\'));
-        let hits = ((w.wrapping_sub(ONES * 0x20) & !w)
-            | (quote.wrapping_sub(ONES) & !quote)
-            | (backslash.wrapping_sub(ONES) & !backslash))
-            & HIGH;
-        if hits != 0 {
-            return bytes[i..i + 8]
-                .iter()
-                .position(|&b| needs_escape(b))
-                .map(|k| i + k);
-        }
-        i += 8;
-    }
-    bytes[i..]
-        .iter()
-        .position(|&b| needs_escape(b))
-        .map(|k| i + k)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,6 +473,67 @@ mod tests {
             "input line 5: not valid JSON: expected ident at line 1 column 2"
         );
         assert!(r.next().is_none());
+    }
+
+    /// Blocks change nothing about lines: lines across the input's buffer,
+    /// longer than a block, blank, not UTF-8, or last without a newline.
+    #[test]
+    fn reader_reads_lines_across_blocks_and_buffers() {
+        let state = |n: usize| format!("{{\"type\":\"STATE\",\"value\":{n}}}");
+        let long = format!(
+            "{{\"type\":\"RECORD\",\"stream\":\"s\",\"record\":{{\"t\":\"{}\"}}}}",
+            "x".repeat(3 * BLOCK_BYTES)
+        );
+        let mut input: Vec<u8> = Vec::new();
+        let mut want = Vec::new();
+        for n in 0..5000 {
+            input.extend_from_slice(state(n).as_bytes());
+            input.extend_from_slice(if n % 7 == 0 { b"\r\n" } else { b"\n" });
+            want.push(Some(state(n)));
+            if n == 1000 {
+                input.extend_from_slice(b"\n  \t\n");
+                want.extend([None, None]);
+            }
+            if n == 2000 {
+                input.extend_from_slice(b"{\"type\":\"STATE\",\"value\":\"\xff\"}\n");
+                want.push(Some("BAD".into()));
+                input.extend_from_slice(long.as_bytes());
+                input.push(b'\n');
+                want.push(Some(long.clone()));
+            }
+        }
+        input.extend_from_slice(state(5000).as_bytes());
+        want.push(Some(state(5000)));
+        for capacity in [7, 4096, 1 << 20] {
+            let mut r = MessageReader::new(io::BufReader::with_capacity(capacity, &input[..]));
+            for (i, w) in want.iter().enumerate() {
+                let Some(w) = w else { continue };
+                match r.next().unwrap() {
+                    Ok((n, Message::State(s))) => {
+                        assert_eq!(
+                            (n, state(s.value.as_u64().unwrap() as usize)),
+                            (i + 1, w.clone())
+                        );
+                    }
+                    Ok((n, Message::Record(rec))) => {
+                        assert_eq!((n, rec.record.get()), (i + 1, &long[39..long.len() - 1]));
+                    }
+                    Err(e) => assert_eq!(
+                        (e.to_string(), w.as_str()),
+                        (
+                            format!(
+                                "input line {}: not valid JSON: the line is not valid UTF-8",
+                                i + 1
+                            ),
+                            "BAD"
+                        )
+                    ),
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert!(r.next().is_none());
+            assert!(!r.has_buffered());
+        }
     }
 
     #[test]

@@ -61,20 +61,46 @@ pub struct RecordMessage {
     pub members: Option<Members>,
 }
 
-/// A record's JSON object, as text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordText(Box<str>);
+/// A record's JSON object, as text: a slice of the block of lines the
+/// reader read it in (shared by that block's records, no copy per record).
+#[derive(Clone)]
+pub struct RecordText {
+    text: Arc<str>,
+    range: std::ops::Range<usize>,
+}
 
 impl RecordText {
+    #[inline]
     pub fn get(&self) -> &str {
-        &self.0
+        &self.text[self.range.clone()]
+    }
+
+    fn whole(text: &str) -> Self {
+        RecordText {
+            text: Arc::from(text),
+            range: 0..text.len(),
+        }
     }
 }
+
+impl std::fmt::Debug for RecordText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RecordText").field(&self.get()).finish()
+    }
+}
+
+impl PartialEq for RecordText {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for RecordText {}
 
 /// A record made or rewritten after parsing (already checked JSON).
 impl From<Box<RawValue>> for RecordText {
     fn from(raw: Box<RawValue>) -> Self {
-        RecordText(String::from(raw.get()).into_boxed_str())
+        RecordText::whole(raw.get())
     }
 }
 
@@ -82,15 +108,25 @@ impl From<Box<RawValue>> for RecordText {
 /// appears twice, as in the text): byte ranges of each name (without its
 /// quotes; never escaped) and of its raw JSON value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Members(Vec<[usize; 4]>);
+pub struct Members {
+    spans: Vec<[usize; 4]>,
+    plain: bool,
+}
 
 impl Members {
     /// `(name, raw JSON value)` of each member of `record`, the text these
     /// members were found in.
     pub fn iter<'r>(&'r self, record: &'r str) -> impl Iterator<Item = (&'r str, &'r str)> + 'r {
-        self.0
+        self.spans
             .iter()
             .map(move |&[k0, k1, v0, v1]| (&record[k0..k1], &record[v0..v1]))
+    }
+
+    /// Whether the reader saw that no string in the record (a name or a
+    /// value, at any depth) has an escape: each string's text is what is
+    /// between its quotes. `false` when unknown.
+    pub fn plain(&self) -> bool {
+        self.plain
     }
 }
 
@@ -169,11 +205,26 @@ impl Recent {
 /// Parses one line. On error the stream name is returned when the line named one,
 /// so that the caller can report it.
 pub fn parse_message(line: &str) -> Result<Message, (MessageError, Option<String>)> {
-    parse_message_sharing(line, &mut Recent::default())
+    parse_message_sharing(line, None, &mut Recent::default())
 }
 
+/// [`parse_message`], sharing with `recent`; a record's text is a slice of
+/// `block` (the text `line` is a slice of), or a copy without one.
 pub(crate) fn parse_message_sharing(
     line: &str,
+    block: Option<&Arc<str>>,
+    recent: &mut Recent,
+) -> Result<Message, (MessageError, Option<String>)> {
+    match plain_record(line, block, recent) {
+        Some(record) => Ok(Message::Record(record)),
+        None => parse_any(line, block, recent),
+    }
+}
+
+/// Any line, by serde.
+fn parse_any(
+    line: &str,
+    block: Option<&Arc<str>>,
     recent: &mut Recent,
 ) -> Result<Message, (MessageError, Option<String>)> {
     let raw: RawMessage<'_> = serde_json::from_str(line).map_err(|e| {
@@ -185,11 +236,12 @@ pub(crate) fn parse_message_sharing(
         (err, None)
     })?;
     let stream = raw.stream.as_deref().map(str::to_owned);
-    parse_raw(line, raw, recent).map_err(|e| (e, stream))
+    parse_raw(line, block, raw, recent).map_err(|e| (e, stream))
 }
 
 fn parse_raw(
     line: &str,
+    block: Option<&Arc<str>>,
     raw: RawMessage<'_>,
     recent: &mut Recent,
 ) -> Result<Message, MessageError> {
@@ -215,7 +267,7 @@ fn parse_raw(
                 problem: "must be a JSON object".into(),
             });
         };
-        let (record, members) = record_text(line, members, escaped);
+        let (record, members) = record_text(line, block, members, escaped, false);
         Ok(Message::Record(RecordMessage {
             stream,
             record,
@@ -272,6 +324,192 @@ fn parse_raw(
         Err(MessageError::BatchNotSupported)
     } else {
         Err(MessageError::UnknownType(kind.into_owned()))
+    }
+}
+
+/// The RECORD line a tap like ours writes (no whitespace around the
+/// envelope's members, which come in this order, nothing escaped in names
+/// or strings), read in one scan: the message the general parse gives, or
+/// `None` (for anything else) to leave the line to it. What it accepts is
+/// valid JSON of the shape `RawMessage` takes, so nothing is read
+/// differently.
+fn plain_record(
+    line: &str,
+    block: Option<&Arc<str>>,
+    recent: &mut Recent,
+) -> Option<RecordMessage> {
+    let mut s = Scan {
+        b: line.as_bytes(),
+        at: 0,
+    };
+    s.eat(br#"{"type":"RECORD","stream":"#)?;
+    let (a, z) = s.plain_string()?;
+    let stream = line.get(a..z).filter(|t| !t.is_empty())?;
+    s.eat(br#","record":{"#)?;
+    let mut members = Vec::with_capacity(16);
+    let base = line.as_ptr() as usize;
+    s.ws();
+    if s.eat(b"}").is_none() {
+        loop {
+            let (k0, k1) = s.plain_string()?;
+            s.ws();
+            s.eat(b":")?;
+            s.ws();
+            let v0 = s.at;
+            s.value(MAX_DEPTH)?;
+            members.push([base + k0, k1 - k0, base + v0, s.at - v0]);
+            s.ws();
+            if s.eat(b",").is_some() {
+                s.ws();
+            } else {
+                s.eat(b"}")?;
+                break;
+            }
+        }
+    }
+    let mut version = None;
+    if s.eat(br#","version":"#).is_some() {
+        let v0 = s.at;
+        s.number()?;
+        version = Some(line[v0..s.at].parse::<i64>().ok()?);
+    }
+    let mut time_extracted = None;
+    if s.eat(br#","time_extracted":"#).is_some() {
+        let (a, z) = s.plain_string()?;
+        time_extracted = Some(Recent::share(&mut recent.extracted, &line[a..z]));
+    }
+    s.eat(b"}")?;
+    if s.at != line.len() {
+        return None;
+    }
+    // The scan took no string with an escape.
+    let (record, members) = record_text(line, block, members, false, true);
+    Some(RecordMessage {
+        stream: Recent::share(&mut recent.stream, stream),
+        record,
+        version,
+        time_extracted,
+        members,
+    })
+}
+
+/// Nesting [`plain_record`] reads below a record's members (serde_json's
+/// own limit is 128 for the whole line; deeper goes to it).
+const MAX_DEPTH: u32 = 100;
+
+/// A cursor over JSON text for [`plain_record`]: each step reads one
+/// valid piece or gives `None`.
+struct Scan<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl Scan<'_> {
+    fn eat(&mut self, lit: &[u8]) -> Option<()> {
+        if self.b[self.at..].starts_with(lit) {
+            self.at += lit.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    /// JSON's whitespace.
+    fn ws(&mut self) {
+        while matches!(self.b.get(self.at), Some(b' ' | b'\n' | b'\t' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    /// A string with nothing escaped (nor a control character): where its
+    /// text is, without the quotes.
+    fn plain_string(&mut self) -> Option<(usize, usize)> {
+        if self.b.get(self.at) != Some(&b'"') {
+            return None;
+        }
+        let start = self.at + 1;
+        let end = first_to_escape(self.b, start)?;
+        if self.b[end] != b'"' {
+            return None;
+        }
+        self.at = end + 1;
+        Some((start, end))
+    }
+
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+    fn number(&mut self) -> Option<()> {
+        let b = self.b;
+        let mut i = self.at;
+        let digits = |mut i: usize| {
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            i
+        };
+        if b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        match b.get(i) {
+            Some(b'0') => i += 1,
+            Some(b'1'..=b'9') => i = digits(i + 1),
+            _ => return None,
+        }
+        if b.get(i) == Some(&b'.') {
+            let end = digits(i + 1);
+            if end == i + 1 {
+                return None;
+            }
+            i = end;
+        }
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(b.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            let end = digits(i);
+            if end == i {
+                return None;
+            }
+            i = end;
+        }
+        self.at = i;
+        Some(())
+    }
+
+    /// Any JSON value, nested at most `depth` deep.
+    fn value(&mut self, depth: u32) -> Option<()> {
+        match *self.b.get(self.at)? {
+            b'"' => self.plain_string().map(|_| ()),
+            b'-' | b'0'..=b'9' => self.number(),
+            b't' => self.eat(b"true"),
+            b'f' => self.eat(b"false"),
+            b'n' => self.eat(b"null"),
+            open @ (b'{' | b'[') => {
+                let close = if open == b'{' { b'}' } else { b']' };
+                let depth = depth.checked_sub(1)?;
+                self.at += 1;
+                self.ws();
+                if self.eat(&[close]).is_some() {
+                    return Some(());
+                }
+                loop {
+                    if open == b'{' {
+                        self.plain_string()?;
+                        self.ws();
+                        self.eat(b":")?;
+                        self.ws();
+                    }
+                    self.value(depth)?;
+                    self.ws();
+                    if self.eat(b",").is_some() {
+                        self.ws();
+                    } else {
+                        return self.eat(&[close]);
+                    }
+                }
+            }
+            _ => None,
+        }
     }
 }
 
@@ -376,8 +614,10 @@ impl<'de: 'a, 'a> serde::de::Visitor<'de> for NameVisitor<'a> {
 /// is then found by a second parse, without members.
 fn record_text(
     line: &str,
+    block: Option<&Arc<str>>,
     mut members: Vec<[usize; 4]>,
     escaped: bool,
+    plain: bool,
 ) -> (RecordText, Option<Members>) {
     let base = line.as_ptr() as usize;
     let bytes = line.as_bytes();
@@ -387,7 +627,7 @@ fn record_text(
         if escaped {
             return (reparse_record(line), None);
         }
-        return (RecordText("{}".into()), Some(Members::default()));
+        return (RecordText::whole("{}"), Some(Members::default()));
     };
     // Before the first name's opening quote: whitespace back to `{`.
     let mut start = first - base - 1;
@@ -404,7 +644,24 @@ fn record_text(
         let [k, kl, v, vl] = *m;
         *m = [k - origin, k - origin + kl, v - origin, v - origin + vl];
     }
-    (RecordText(line[start..=end].into()), Some(Members(members)))
+    let record = match block {
+        Some(block) => {
+            let at = base - block.as_ptr() as usize;
+            debug_assert!(at + line.len() <= block.len());
+            RecordText {
+                text: Arc::clone(block),
+                range: at + start..at + end + 1,
+            }
+        }
+        None => RecordText::whole(&line[start..=end]),
+    };
+    (
+        record,
+        Some(Members {
+            spans: members,
+            plain,
+        }),
+    )
 }
 
 /// The `record` of a line already parsed once, as raw text (the rare path).
@@ -419,6 +676,40 @@ fn reparse_record(line: &str) -> RecordText {
         .record
         .to_owned()
         .into()
+}
+
+/// Whether JSON needs `b` escaped in a string.
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// The index of the first byte at or after `from` that JSON needs escaped:
+/// eight bytes at a time (most strings have none).
+pub(crate) fn first_to_escape(bytes: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut i = from;
+    while i + 8 <= bytes.len() {
+        let w = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        // The classic "some byte is zero" and "some byte is below n" tests
+        // (each byte's high bit, read little-endian).
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        let hits = ((w.wrapping_sub(ONES * 0x20) & !w)
+            | (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash))
+            & HIGH;
+        if hits != 0 {
+            // A borrow only flags bytes above a real match, so the lowest
+            // flag is the first match.
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    bytes[i..]
+        .iter()
+        .position(|&b| needs_escape(b))
+        .map(|k| i + k)
 }
 
 /// A JSON string's text when it has nothing to unescape.
@@ -685,5 +976,99 @@ mod tests {
         }
         let (e, _) = parse_message(r#"{"type":"RECORD","stream":"s","record":null}"#).unwrap_err();
         assert_eq!(e.to_string(), "RECORD message has no `record`");
+    }
+
+    /// The one-scan reading of a RECORD gives what serde's reading gives,
+    /// for the lines it takes: lines near ours, with each byte deleted,
+    /// replaced or preceded by one of JSON's special characters.
+    #[test]
+    fn plain_records_read_as_serde_reads_them() {
+        let bases = [
+            r#"{"type":"RECORD","stream":"public-t","record":{"id":1,"n":-1.5e+3,"s":"x y","b":true,"z":null,"j":{"k": [1, {"a":"b"}], "e":{}},"a":[]},"version":1796176698847,"time_extracted":"2026-12-02T01:58:18.846928+00:00"}"#,
+            r#"{"type":"RECORD","stream":"s","record":{ "a" : 0 , "a":[ 0.5 ,"é"] },"version":-7}"#,
+            r#"{"type":"RECORD","stream":"s","record":{},"time_extracted":""}"#,
+            r#"{"type":"RECORD","stream":"s","record":{"":"","x":1E5}}"#,
+        ];
+        let specials = [
+            "\"", "\\", ",", ":", "{", "}", "[", "]", " ", "\t", "0", "1", "e", "E", "-", "+", ".",
+            "\u{1}", "n", "é",
+        ];
+        let mut lines: Vec<String> = Vec::new();
+        for base in bases {
+            lines.push(base.to_string());
+            let chars: Vec<(usize, char)> = base.char_indices().collect();
+            for &(i, c) in &chars {
+                let (head, tail) = (&base[..i], &base[i + c.len_utf8()..]);
+                lines.push(format!("{head}{tail}"));
+                for sp in specials {
+                    lines.push(format!("{head}{sp}{tail}"));
+                    lines.push(format!("{head}{sp}{c}{tail}"));
+                }
+            }
+        }
+        let mut taken = 0;
+        for line in &lines {
+            let block: Arc<str> = Arc::from(format!("x\n{line}\n"));
+            let in_block = &block[2..2 + line.len()];
+            let Some(fast) = plain_record(in_block, Some(&block), &mut Recent::default()) else {
+                continue;
+            };
+            taken += 1;
+            let Ok(Message::Record(slow)) = parse_any(line, None, &mut Recent::default()) else {
+                panic!("taken, but serde refuses or differs: {line}");
+            };
+            let spans = |r: &RecordMessage| -> Vec<(String, String)> {
+                r.members
+                    .as_ref()
+                    .expect("members")
+                    .iter(r.record.get())
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect()
+            };
+            assert_eq!(
+                (
+                    &fast.stream,
+                    fast.record.get(),
+                    fast.version,
+                    &fast.time_extracted,
+                    spans(&fast)
+                ),
+                (
+                    &slow.stream,
+                    slow.record.get(),
+                    slow.version,
+                    &slow.time_extracted,
+                    spans(&slow)
+                ),
+                "{line}"
+            );
+            // Plain as noted (an empty record is left unknown): no escape
+            // anywhere in the record.
+            let plain = fast.members.as_ref().is_some_and(Members::plain);
+            assert!(plain || spans(&fast).is_empty(), "{line}");
+            assert!(!fast.record.get().contains('\\'), "{line}");
+        }
+        // The bases and many near ones go the fast way.
+        assert!(taken > 1000, "{taken} of {}", lines.len());
+    }
+
+    /// The first byte JSON escapes, at every place, after ASCII or not.
+    #[test]
+    fn first_to_escape_finds_the_first() {
+        for fill in ["a", "é", "\u{7f}", "漢"] {
+            for special in (0u8..0x20).chain([b'"', b'\\']) {
+                for at in 0..24 {
+                    let mut text: Vec<u8> = fill.repeat(24).into_bytes();
+                    text.truncate(at);
+                    text.push(special);
+                    text.extend_from_slice(fill.repeat(3).as_bytes());
+                    text.push(b'"');
+                    let naive = text.iter().position(|&b| needs_escape(b));
+                    assert_eq!(first_to_escape(&text, 0), naive, "{fill} {special} {at}");
+                }
+            }
+            let plain = fill.repeat(20);
+            assert_eq!(first_to_escape(plain.as_bytes(), 0), None);
+        }
     }
 }

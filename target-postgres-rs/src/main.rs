@@ -139,7 +139,9 @@ fn read_messages(input: TapInput, drained: &AtomicBool, tx: mpsc::SyncSender<Vec
     let mut chunk = Vec::with_capacity(CHUNK);
     while let Some(item) = reader.next() {
         chunk.push(item);
-        if chunk.len() == CHUNK || drained.load(Ordering::Relaxed) {
+        // Nothing more buffered: neither lines read nor bytes behind them.
+        let idle = !reader.has_buffered() && drained.load(Ordering::Relaxed);
+        if chunk.len() == CHUNK || idle {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
             if tx.send(full).is_err() {
                 // The loader stopped: drain without parsing.

@@ -9,9 +9,9 @@ use std::io::Write;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
-use singer_core::RecordMessage;
+use singer_core::{Members, RecordMessage};
 
-use crate::binary::{self, BinError, BinKind, Fallback};
+use crate::binary::{self, BinError, BinKind, Fallback, Strings};
 use crate::encode::{copy_escape, encode_value, EncodeError, TextKind};
 use crate::stream::{Column, Source, StreamShape, DELETED_AT};
 
@@ -65,7 +65,7 @@ pub trait RowFormat {
         out: &mut Vec<u8>,
         raw: &str,
         kind: Self::Kind,
-        strip_nul: bool,
+        strings: Strings,
     ) -> Result<(), FieldError>;
     /// A timestamp the tap sent (`time_extracted`).
     fn sent_timestamp(out: &mut Vec<u8>, text: &str) -> Result<(), Fallback>;
@@ -97,8 +97,10 @@ impl RowFormat for Text {
         out: &mut Vec<u8>,
         raw: &str,
         kind: TextKind,
-        strip_nul: bool,
+        strings: Strings,
     ) -> Result<(), FieldError> {
+        // Text COPY (the rarer path) looks for escapes itself.
+        let strip_nul = strings == Strings::Escaped { strip_nul: true };
         encode_value(out, raw, kind, strip_nul).map_err(FieldError::Invalid)
     }
     fn sent_timestamp(out: &mut Vec<u8>, text: &str) -> Result<(), Fallback> {
@@ -136,9 +138,9 @@ impl RowFormat for Binary {
         out: &mut Vec<u8>,
         raw: &str,
         kind: BinKind,
-        strip_nul: bool,
+        strings: Strings,
     ) -> Result<(), FieldError> {
-        binary::encode_field(out, raw, kind, strip_nul).map_err(|e| match e {
+        binary::encode_field(out, raw, kind, strings).map_err(|e| match e {
             BinError::Fallback => FieldError::Fallback,
             BinError::Nul => FieldError::Invalid(EncodeError::Nul),
         })
@@ -214,6 +216,13 @@ pub fn append_row<F: RowFormat>(
         &mut on_heap
     };
     fill_slots(shape, record, slots).map_err(RowFailure::Row)?;
+    let strings = if record.members.as_ref().is_some_and(Members::plain) {
+        Strings::Plain
+    } else {
+        Strings::Escaped {
+            strip_nul: ctx.strip_nul,
+        }
+    };
     let row_start = out.len();
     F::row_start(out, shape.columns.len());
     let mut deleted = false;
@@ -230,7 +239,7 @@ pub fn append_row<F: RowFormat>(
                 Some(v) if ctx.grows[i] && beyond_bigint(v) => Err(RowFailure::Widen(i)),
                 Some(v) => {
                     deleted |= col.name == DELETED_AT && v != "null";
-                    F::field(out, v, kinds[i], ctx.strip_nul).map_err(|e| match e {
+                    F::field(out, v, kinds[i], strings).map_err(|e| match e {
                         FieldError::Fallback => RowFailure::Fallback,
                         FieldError::Invalid(source) => RowFailure::Row(RowError::Value {
                             field: field_name(shape, i),
