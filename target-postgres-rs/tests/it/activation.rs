@@ -3,9 +3,7 @@
 //! does not re-send are marked once, and the final table is the one an
 //! immediate activation leaves, however the input ends.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::Stdio;
-use std::sync::mpsc;
+use std::io::Write;
 use std::time::Duration;
 
 use crate::common::*;
@@ -194,20 +192,11 @@ fn a_state_before_the_closing_activation_leaves_old_rows_live() {
     each_parallelism(|db, settings| {
         populated(db, settings);
         let cfg = config(db, settings.clone());
-        let mut child = target(cfg.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, printed) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines() {
-                let _ = tx.send(l.unwrap());
-            }
-        });
+        let Live {
+            mut child,
+            mut stdin,
+            printed,
+        } = live_target(cfg.path());
         let mut send = |messages: &[Value]| {
             stdin.write_all(&lines(messages)).unwrap();
             stdin.flush().unwrap();
@@ -267,20 +256,11 @@ fn a_state_right_after_an_activation_without_records_applies_it_first() {
     each_parallelism(|db, settings| {
         populated(db, settings);
         let cfg = config(db, settings.clone());
-        let mut child = target(cfg.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, printed) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines() {
-                let _ = tx.send(l.unwrap());
-            }
-        });
+        let Live {
+            mut child,
+            mut stdin,
+            printed,
+        } = live_target(cfg.path());
         let other = |id: i64| json!({"type": "RECORD", "stream": "other", "record": {"id": id}});
         let mut send = |messages: &[Value]| {
             stdin.write_all(&lines(messages)).unwrap();

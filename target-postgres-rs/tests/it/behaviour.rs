@@ -1,9 +1,8 @@
 //! What users rely on: state after commit, crash convergence, schema
 //! evolution, deletes and versions, names, exact values, NOTIFY, grants.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::common::*;
@@ -32,20 +31,11 @@ fn states_are_emitted_only_after_their_data_is_committed() {
         &db,
         json!({"default_target_schema": "t", "batch_size_rows": 2}),
     );
-    let mut child = target(cfg.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines() {
-            let _ = tx.send(l.unwrap());
-        }
-    });
+    let Live {
+        mut child,
+        mut stdin,
+        printed: rx,
+    } = live_target(cfg.path());
     let input =
         std::fs::read_to_string(vectors().join("singer-sdk/multiple_state_messages.singer"))
             .unwrap();

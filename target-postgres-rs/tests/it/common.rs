@@ -48,3 +48,36 @@ pub fn run(db: &TestDb, extra: Value, input: &[u8]) -> Run {
 pub fn run_file(db: &TestDb, extra: Value, file: &Path) -> Run {
     run(db, extra, &std::fs::read(file).unwrap())
 }
+
+/// The target running with piped stdin, its stdout lines arriving on a
+/// channel as it prints them (stderr dropped): for tests that watch what it
+/// prints while feeding it.
+pub struct Live {
+    pub child: std::process::Child,
+    pub stdin: std::process::ChildStdin,
+    pub printed: std::sync::mpsc::Receiver<String>,
+}
+
+pub fn live_target(config: &Path) -> Live {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = target(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout).lines() {
+            let _ = tx.send(l.unwrap());
+        }
+    });
+    Live {
+        child,
+        stdin,
+        printed,
+    }
+}
