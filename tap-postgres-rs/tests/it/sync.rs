@@ -177,30 +177,44 @@ fn full_table_killed_halfway_resumes_from_its_last_state() {
     client
         .batch_execute("DELETE FROM big WHERE id <= 300")
         .unwrap();
-    // INDEX_CLEANUP ON: with so few dead rows VACUUM would otherwise skip its
-    // second heap pass, and the freed pages would not reach the FSM.
-    client
-        .batch_execute("VACUUM (INDEX_CLEANUP ON) big")
-        .unwrap();
     // A new version too big for the free space of its page and of the last,
     // half-full page (PLAIN storage: not compressed or toasted): only the
-    // pages emptied above can take it.
-    db.client()
-        .batch_execute(
-            "UPDATE big SET v = repeat('y', 5000) WHERE id = 40000; INSERT INTO big VALUES (100000, 'new');",
-        )
-        .unwrap();
-    let moved_before: bool = client
-        .query_one(
-            "SELECT ctid < $1::text::tid FROM big WHERE id = 40000",
-            &[&ctid],
-        )
-        .unwrap()
-        .get(0);
-    assert!(
-        moved_before,
-        "the update did not move the row before {ctid}"
-    );
+    // pages emptied above can take it. VACUUM frees them only once no
+    // snapshot anywhere in the cluster can see the deleted rows (another
+    // test's transaction or a logical slot being created holds that back for
+    // a while): until the row moves, roll back and retry.
+    let mut writer = db.client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        // INDEX_CLEANUP ON: with so few dead rows VACUUM would otherwise skip
+        // its second heap pass, and the freed pages would not reach the FSM.
+        client
+            .batch_execute("VACUUM (INDEX_CLEANUP ON) big")
+            .unwrap();
+        writer
+            .batch_execute(
+                "BEGIN; UPDATE big SET v = repeat('y', 5000) WHERE id = 40000; \
+                 INSERT INTO big VALUES (100000, 'new');",
+            )
+            .unwrap();
+        let moved_before: bool = writer
+            .query_one(
+                "SELECT ctid < $1::text::tid FROM big WHERE id = 40000",
+                &[&ctid],
+            )
+            .unwrap()
+            .get(0);
+        if moved_before {
+            writer.batch_execute("COMMIT").unwrap();
+            break;
+        }
+        writer.batch_execute("ROLLBACK").unwrap();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the update did not move the row before {ctid} in 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     println!(
         "resuming after {ctid}; {} rows were sent before the kill",
         first_ids.len()
