@@ -6,7 +6,9 @@
 //! last row sent. A resumed run reads `ctid > bookmark OR <xmin not older than
 //! the first run's snapshot's xmin>` (see [`unseen_by`]): still one
 //! sequential pass, and rows that snapshot could not see are read again
-//! wherever an INSERT or UPDATE put them.
+//! wherever an INSERT or UPDATE put them. Once a resumed run has read past
+//! the bookmark, its own snapshot takes the first one's place, so a later
+//! resume re-reads only what changed since.
 //! A changed heap file (VACUUM FULL, CLUSTER, REFRESH, TRUNCATE) restarts the
 //! stream.
 
@@ -72,6 +74,12 @@ fn full_table<W: Write>(
             }
         }
     };
+    // A resumed run's own snapshot: once it has read past the bookmark,
+    // every row before its position that this snapshot could see was sent.
+    let this_run = match &resume {
+        Some(_) => Some(current_snapshot(client, id)?),
+        None => None,
+    };
     let mut query = format!("SELECT {}", ctx.select_list());
     if with_ctid {
         // A table without columns reads its ctid alone.
@@ -85,11 +93,7 @@ fn full_table<W: Write>(
     let mut conditions: Vec<String> = ctx.p.row_filter.iter().cloned().collect();
     if let Some(r) = &resume {
         tracing::info!(stream = id, ctid = %r.ctid, "resuming after the bookmark");
-        conditions.push(format!(
-            "(ctid > {}::tid OR {})",
-            quote_literal(&r.ctid),
-            unseen_by(r.snapshot_xmax, &r.snapshot_xip)
-        ));
+        conditions.push(resume_condition(r));
     } else {
         // Only a stream's first copy opens with ACTIVATE_VERSION, so that its
         // rows show at once. A later copy must not: the target would delete
@@ -103,11 +107,18 @@ fn full_table<W: Write>(
         }
     }
 
-    query.push_str(&where_clause(&conditions));
     // Without ctids a limited copy is a whole (smaller) version; with them,
-    // it stops as if interrupted.
-    let limit = ctx.limit();
-    query.push_str(&ctx.limit_clause());
+    // it stops as if interrupted. A resumed one first re-reads the rows
+    // changed before its bookmark, which do not count: were they as many
+    // as the limit, it would stop before the bookmark every time.
+    let limit = match (ctx.limit(), &resume) {
+        (Some(n), Some(r)) => Some(n + changed_before(client, ctx, &conditions, r)?),
+        (limit, _) => limit,
+    };
+    query.push_str(&where_clause(&conditions));
+    if let Some(n) = limit {
+        query.push_str(&format!(" LIMIT {n}"));
+    }
     let ordered_scan = with_ctid && ctx.p.row_filter.is_some();
 
     let version = progress.version;
@@ -125,8 +136,13 @@ fn full_table<W: Write>(
             // Without ctids (views, partitioned parents, foreign tables) an
             // interrupted sync starts over; the STATE still lets targets flush.
             if with_ctid {
-                progress.ctid.clear();
-                progress.ctid.push_str(&tracker.position);
+                match (&resume, &this_run) {
+                    (Some(r), Some(run)) => advance(&mut progress, r, &tracker.position, run),
+                    _ => {
+                        progress.ctid.clear();
+                        progress.ctid.push_str(&tracker.position);
+                    }
+                }
                 bookmarks::set_full_table_progress(state, id, &progress);
             }
             out.write_state(&state.to_value())?;
@@ -145,6 +161,67 @@ fn full_table<W: Write>(
     bookmarks::finish_full_table(state, id, version);
     out.write_activate_version(&ctx.p.name, version)?;
     Ok(count)
+}
+
+/// A resumed copy's condition: rows after the bookmark, and those before it
+/// that the snapshot in the bookmark could not see.
+fn resume_condition(r: &FullTableResume) -> String {
+    format!(
+        "(ctid > {}::tid OR {})",
+        quote_literal(&r.ctid),
+        unseen_by(r.snapshot_xmax, &r.snapshot_xip)
+    )
+}
+
+/// How many rows a resumed copy (`conditions` its WHERE) reads before its
+/// bookmark `r`.
+fn changed_before(
+    client: &mut Client,
+    ctx: &StreamCtx<'_>,
+    conditions: &[String],
+    r: &FullTableResume,
+) -> Result<u64, SyncError> {
+    let mut before = conditions.to_vec();
+    before.push(format!("ctid <= {}::tid", quote_literal(&r.ctid)));
+    let sql = format!(
+        "SELECT count(*) FROM {}{}",
+        ctx.read_from(),
+        where_clause(&before)
+    );
+    let count: i64 = client
+        .query_one(sql.as_str(), &[])
+        .map_err(query_failed(&ctx.p.id, StreamError::Copy))?
+        .get(0);
+    Ok(count.max(0) as u64)
+}
+
+/// A resumed run (bookmark `r`, own snapshot `run`) has sent the rows up to
+/// `position`, in ctid order. Before the bookmark its position means
+/// nothing yet: the rows after it that the bookmark's snapshot could not
+/// see are still to come, so the bookmark stays. Past it, every row up to
+/// `position` that `run` could see has been sent: `run` replaces the
+/// bookmark's snapshot, and the next resume re-reads only rows changed
+/// since this run began.
+fn advance(
+    progress: &mut FullTableResume,
+    r: &FullTableResume,
+    position: &str,
+    run: &(u32, Vec<u32>),
+) {
+    let past = match (
+        bookmarks::parse_ctid(position),
+        bookmarks::parse_ctid(&r.ctid),
+    ) {
+        (Some(at), Some(bookmark)) => at > bookmark,
+        _ => false,
+    };
+    if past {
+        progress.ctid = position.to_owned();
+        progress.snapshot_xmax = run.0;
+        progress.snapshot_xip.clone_from(&run.1);
+    } else {
+        progress.clone_from(r);
+    }
 }
 
 /// The snapshot in force on `client` (32-bit xids): its xmax and the xids

@@ -3,10 +3,11 @@
 //! "replication_key_value", "lsn", "last_replication_method", ...}}}`.
 //!
 //! FULL_TABLE resumption adds `ctid` (last row read), `relfilenode` (the heap
-//! file those ctids belong to), and the first run's snapshot as
-//! `snapshot_xmax` and `snapshot_xip` (32-bit xids): row versions written by
-//! transactions that snapshot could not see are re-read on resume, wherever
-//! an INSERT or UPDATE put them. The resume reads every xid from the
+//! file those ctids belong to), and as `snapshot_xmax` and `snapshot_xip`
+//! (32-bit xids) the snapshot of the run that read up to `ctid` (the first
+//! run's, or that of a resumed run once it read past the bookmark it
+//! started from): row versions written by transactions that snapshot could
+//! not see are re-read on resume, wherever an INSERT or UPDATE put them. The resume reads every xid from the
 //! snapshot's xmin (the oldest `snapshot_xip`, else `snapshot_xmax`) on,
 //! because `snapshot_xip` lists no subtransactions (SAVEPOINTs) of the
 //! transactions in it.
@@ -41,7 +42,7 @@ pub struct FullTableResume {
     /// `(page,item)` of the last row emitted.
     pub ctid: String,
     pub relfilenode: u32,
-    /// The first run's snapshot: xids from `snapshot_xmax` on, those in
+    /// The snapshot rows up to `ctid` were read in: xids from `snapshot_xmax` on, those in
     /// `snapshot_xip` (in progress then) and their subtransactions' (not
     /// listed, but newer than their parents) were invisible to it.
     pub snapshot_xmax: u32,
@@ -64,7 +65,7 @@ pub fn full_table_resume(state: &State, stream: &str) -> Option<FullTableResume>
 
 /// `(page, item)` of a `(digits,digits)` ctid: only that shape is used in
 /// SQL, so nothing else can reach it.
-fn parse_ctid(ctid: &str) -> Option<(u32, u16)> {
+pub(crate) fn parse_ctid(ctid: &str) -> Option<(u32, u16)> {
     let inner = ctid.strip_prefix('(')?.strip_suffix(')')?;
     let (page, item) = inner.split_once(',')?;
     Some((page.parse().ok()?, item.parse().ok()?))

@@ -154,6 +154,119 @@ fn max_record_count_stops_and_the_next_run_goes_on() {
     assert_eq!(ids(&next), [4, 6], "from the bookmark, inclusive");
 }
 
+/// Limited FULL_TABLE runs over a table whose rows before the bookmark keep
+/// changing between runs: each resumed run re-sends exactly the rows changed
+/// since the run before it (its snapshot handed on with the bookmark, not
+/// the first run's, which would bring every row changed since) and then
+/// `max_record_count` new ones. Re-sent rows do
+/// not count against the limit: were they as many as the limit, every run
+/// would stop before its bookmark and never finish.
+#[test]
+fn limited_runs_go_on_while_rows_before_the_bookmark_change() {
+    const LIMIT: usize = 40;
+    const ROWS: usize = 300;
+    let db = cluster().create_database("limit_progress");
+    let mut c = db.client();
+    // Pages a third full: an UPDATE keeps the new version in its page
+    // (before the bookmark) rather than moving it to the end.
+    c.batch_execute(&format!(
+        "CREATE TABLE t (id int PRIMARY KEY, updated int NOT NULL, pad text NOT NULL) \
+           WITH (fillfactor = 30);
+         INSERT INTO t SELECT i, 0, repeat('x', 100) FROM generate_series(1, {ROWS}) i;"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = json!({"max_record_count": LIMIT});
+    let mut latest = std::collections::BTreeMap::new();
+    let mut state: Option<Value> = None;
+    let mut expected: Option<Vec<i64>> = None;
+    // The rows a run read after its bookmark (all, in the first run).
+    let mut fresh: Option<Vec<i32>> = None;
+    for run in 1.. {
+        assert!(
+            run <= ROWS / LIMIT + 2,
+            "not done after {run} runs: {state:?}"
+        );
+        wait_for_older_transactions(&mut c);
+        let r = sync(
+            &db,
+            dir.path(),
+            extra.clone(),
+            "FULL_TABLE",
+            None,
+            state.as_ref(),
+        );
+        assert!(r.ok, "{}", r.stderr);
+        let mut sent = Vec::new();
+        for m in r.stdout_json().iter().filter(|m| m["type"] == "RECORD") {
+            let id = m["record"]["id"].as_i64().unwrap();
+            latest.insert(id, m["record"]["updated"].as_i64().unwrap());
+            sent.push(id);
+        }
+        if let Some(expected) = expected.take() {
+            sent.sort_unstable();
+            assert_eq!(sent, expected, "run {run}");
+        }
+        let s = last_state(&r);
+        let Some(bookmark) = s["bookmarks"]["public-t"]["ctid"]
+            .as_str()
+            .map(str::to_owned)
+        else {
+            break;
+        };
+        state = Some(s);
+        // Change the rows this run read after its bookmark, then work out
+        // what the next run must send: those now at or before the new
+        // bookmark, and the first LIMIT rows after it.
+        let changed = fresh
+            .take()
+            .unwrap_or_else(|| sent.iter().map(|&id| id as i32).collect());
+        c.execute(
+            "UPDATE t SET updated = $1 WHERE id = ANY($2)",
+            &[&(run as i32), &changed],
+        )
+        .unwrap();
+        let resent = c
+            .query(
+                "SELECT id FROM t WHERE id = ANY($1) AND ctid <= $2::text::tid",
+                &[&changed, &bookmark],
+            )
+            .unwrap();
+        let next = c
+            .query(
+                "SELECT id FROM (SELECT id, ctid FROM t WHERE ctid > $1::text::tid \
+                   ORDER BY ctid LIMIT $2) n",
+                &[&bookmark, &(LIMIT as i64)],
+            )
+            .unwrap();
+        assert!(
+            resent.len() >= LIMIT / 2,
+            "only {} rows stayed before {bookmark}",
+            resent.len()
+        );
+        fresh = Some(next.iter().map(|row| row.get(0)).collect());
+        let mut ids: Vec<i64> = resent
+            .iter()
+            .chain(&next)
+            .map(|row| i64::from(row.get::<_, i32>(0)))
+            .collect();
+        ids.sort_unstable();
+        expected = Some(ids);
+    }
+    let source: std::collections::BTreeMap<i64, i64> = c
+        .query("SELECT id, updated FROM t", &[])
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                i64::from(row.get::<_, i32>(0)),
+                i64::from(row.get::<_, i32>(1)),
+            )
+        })
+        .collect();
+    assert_eq!(latest, source, "the latest version of every row was sent");
+}
+
 #[test]
 fn a_clause_that_is_not_one_condition_is_refused_before_anything_runs() {
     let db = source("filter_injection");
