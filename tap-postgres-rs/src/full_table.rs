@@ -4,7 +4,7 @@
 //! The first run is a plain sequential scan (synchronized scans and parallel
 //! workers off, so rows arrive in ctid order) and bookmarks the ctid of the
 //! last row sent. A resumed run reads `ctid > bookmark OR <xmin not older than
-//! the first run's snapshot's xmin>` (see [`unseen_by`]): still one
+//! the bookmark's snapshot's xmin>` (see [`unseen_by`]): still one
 //! sequential pass, and rows that snapshot could not see are read again
 //! wherever an INSERT or UPDATE put them. Once a resumed run has read past
 //! the bookmark, its own snapshot takes the first one's place, so a later
