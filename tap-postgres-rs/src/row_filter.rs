@@ -26,26 +26,91 @@ pub fn check_clause(clause: &str) -> Result<(), String> {
     if clause.trim().is_empty() {
         return Err("is empty: write a SQL condition such as \"id > 0\"".into());
     }
-    let b = clause.as_bytes();
-    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
     let mut depth: usize = 0;
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        let prev = i.checked_sub(1).map(|p| b[p]);
-        match c {
-            b'(' => depth += 1,
-            b')' => {
-                depth = depth
-                    .checked_sub(1)
-                    .ok_or("has a `)` without its `(`: a clause must be one whole condition")?;
-            }
-            b';' => {
-                return Err(
+    let mut problem = None;
+    let lexed = lex(clause, |piece| {
+        if problem.is_some() {
+            return;
+        }
+        match piece {
+            Piece::Code(b'(') => depth += 1,
+            Piece::Code(b')') => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => {
+                    problem = Some(
+                        "has a `)` without its `(`: a clause must be one whole condition".into(),
+                    )
+                }
+            },
+            Piece::Code(b';') => {
+                problem = Some(
                     "contains `;`: a clause is one SQL condition, not statements (quote a literal `;` as ';')"
                         .into(),
                 )
             }
+            _ => {}
+        }
+    });
+    // The first problem in the text: lexing stops at an unterminated quote
+    // or comment, after any problem found before it.
+    if let Some(problem) = problem {
+        return Err(problem);
+    }
+    lexed?;
+    if depth > 0 {
+        return Err("has a `(` without its `)`: a clause must be one whole condition".into());
+    }
+    Ok(())
+}
+
+/// A condition as written, without what cannot change its meaning: its
+/// comments, runs of whitespace (one space left, none just inside
+/// parentheses or at the ends). Quoted text stays as it is. Two
+/// conditions with one canonical form read the same rows.
+pub fn canonical(condition: &str) -> String {
+    let mut out: Vec<u8> = Vec::with_capacity(condition.len());
+    let mut space = false;
+    // A pending space survives only between two pieces, and not inside
+    // parentheses.
+    let push = |out: &mut Vec<u8>, bytes: &[u8], space: &mut bool| {
+        let inside = out.last() == Some(&b'(') || bytes.first() == Some(&b')');
+        if std::mem::take(space) && !out.is_empty() && !inside {
+            out.push(b' ');
+        }
+        out.extend_from_slice(bytes);
+    };
+    // An unbalanced condition is refused before any comparison; its form
+    // here only needs to be deterministic.
+    let _ = lex(condition, |piece| match piece {
+        Piece::Code(c) if c.is_ascii_whitespace() => space = true,
+        Piece::Comment => space = true,
+        Piece::Code(c) => push(&mut out, &[c], &mut space),
+        Piece::Quoted(q) => push(&mut out, q.as_bytes(), &mut space),
+    });
+    // Only whole UTF-8 sequences were dropped (ASCII whitespace, comments).
+    String::from_utf8(out).unwrap_or_else(|_| condition.trim().to_owned())
+}
+
+/// A part of a condition, as [`lex`] sees it.
+enum Piece<'a> {
+    /// One byte outside quotes and comments.
+    Code(u8),
+    /// A string, quoted identifier or dollar-quoted string, quotes included.
+    Quoted(&'a str),
+    /// A `--` or (nested) block comment.
+    Comment,
+}
+
+/// Splits `clause` into pieces, or says what is left unterminated.
+fn lex<'a>(clause: &'a str, mut each: impl FnMut(Piece<'a>)) -> Result<(), String> {
+    let b = clause.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let prev = i.checked_sub(1).map(|p| b[p]);
+        let start = i;
+        match c {
             b'\'' => {
                 // E'...' takes backslash escapes; other strings only ''.
                 let escapes = matches!(prev, Some(b'e' | b'E'))
@@ -61,6 +126,7 @@ pub fn check_clause(clause: &str) -> Result<(), String> {
                     }
                     i += 1;
                 }
+                each(Piece::Quoted(&clause[start..=i]));
             }
             b'"' => {
                 i += 1;
@@ -75,6 +141,7 @@ pub fn check_clause(clause: &str) -> Result<(), String> {
                     }
                     i += 1;
                 }
+                each(Piece::Quoted(&clause[start..=i]));
             }
             b'$' if !prev.is_some_and(ident) => {
                 // $tag$...$tag$ (or $$...$$); $1 is a parameter.
@@ -90,11 +157,20 @@ pub fn check_clause(clause: &str) -> Result<(), String> {
                         .find(delimiter)
                         .ok_or_else(|| format!("has an unterminated dollar quote ({delimiter})"))?;
                     i = body + close + delimiter.len() - 1;
+                    each(Piece::Quoted(&clause[start..=i]));
+                } else {
+                    each(Piece::Code(c));
                 }
             }
             b'-' if b.get(i + 1) == Some(&b'-') => {
                 // To the end of the line; the wrapping puts a newline after the clause.
-                i = b[i..].iter().position(|c| *c == b'\n').map_or(b.len(), |n| i + n);
+                i = b[i..]
+                    .iter()
+                    .position(|c| *c == b'\n')
+                    .map_or(b.len(), |n| i + n);
+                each(Piece::Comment);
+                // The newline itself is whitespace.
+                continue;
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
                 // Block comments nest.
@@ -117,13 +193,11 @@ pub fn check_clause(clause: &str) -> Result<(), String> {
                     }
                     i += 1;
                 }
+                each(Piece::Comment);
             }
-            _ => {}
+            _ => each(Piece::Code(c)),
         }
         i += 1;
-    }
-    if depth > 0 {
-        return Err("has a `(` without its `)`: a clause must be one whole condition".into());
     }
     Ok(())
 }
@@ -249,6 +323,32 @@ mod tests {
             "has an unterminated comment (/* ...)"
         );
         assert!(refused("  ").starts_with("is empty"));
+    }
+
+    #[test]
+    fn canonical_forms_drop_comments_and_spacing_only() {
+        for (written, form) in [
+            ("id  >\n\t2 -- why\n", "id > 2"),
+            ("(id > 2\n) AND (b -- note\n)", "(id > 2) AND (b)"),
+            ("a/* x /* y */ */b", "a b"),
+            ("a - -1", "a - -1"),
+            (
+                "name = 'a  b' AND \"odd  col\" = $t$x  -- y$t$",
+                "name = 'a  b' AND \"odd  col\" = $t$x  -- y$t$",
+            ),
+            ("x = E'\\'  '", "x = E'\\'  '"),
+        ] {
+            assert_eq!(canonical(written), form, "{written:?}");
+        }
+        let combined = |c: &[&str]| {
+            let clauses: Vec<String> = c.iter().map(|c| (*c).to_owned()).collect();
+            canonical(&combine(&clauses).unwrap())
+        };
+        assert_eq!(
+            combined(&["region = 'eu'", "id > 2 -- recent"]),
+            combined(&[" region =  'eu' ", "id >\n 2"])
+        );
+        assert_ne!(combined(&["region = 'eu'"]), combined(&["region = 'eu '"]));
     }
 
     #[test]

@@ -171,7 +171,9 @@ impl Selection {
     /// Why destination rows sent under `old` can be missing, stale or
     /// incomplete under this selection, if they can.
     pub fn recopy_reason(&self, old: &Selection) -> Option<String> {
-        if self.row_filter != old.row_filter {
+        // Comments and spacing do not change which rows a filter reads.
+        let form = |f: &Option<String>| f.as_deref().map(crate::row_filter::canonical);
+        if form(&self.row_filter) != form(&old.row_filter) {
             let shown = |f: &Option<String>| f.as_ref().map_or("none".into(), |f| format!("{f:?}"));
             return Some(format!(
                 "the row filter (custom_where_clauses) changed from {} to {}",
@@ -249,6 +251,11 @@ mod tests {
             selection(Some("(id > 2)"), &["secret", "note", "added"]).recopy_reason(&old),
             None,
             "a column deselected (or added deselected)"
+        );
+        assert_eq!(
+            selection(Some("(id  >\n 2 -- recent\n)"), &["secret", "note"]).recopy_reason(&old),
+            None,
+            "only comments and spacing changed"
         );
         assert_eq!(
             selection(Some("(id > 3)"), &["secret", "note"])
