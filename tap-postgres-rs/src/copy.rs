@@ -89,16 +89,31 @@ impl<'a> StreamCtx<'a> {
         list
     }
 
-    /// The most records this stream may send in this run.
-    pub fn limit(&self) -> Option<u64> {
-        self.limit
-    }
-
-    /// ` LIMIT n` when the stream has a limit.
-    pub fn limit_clause(&self) -> String {
-        self.limit
-            .map(|n| format!(" LIMIT {n}"))
-            .unwrap_or_default()
+    /// The LIMIT of a limited read (`conditions` its WHERE) that resends
+    /// first the rows matching `again`, sent by an earlier run: those do not
+    /// count against `max_record_count`, or as many of them would stop
+    /// every run where it began. `None` without a limit.
+    pub fn limit_past(
+        &self,
+        client: &mut Client,
+        conditions: &[String],
+        again: Option<String>,
+    ) -> Result<Option<u64>, SyncError> {
+        let (Some(limit), Some(again)) = (self.limit, again) else {
+            return Ok(self.limit);
+        };
+        let mut resent = conditions.to_vec();
+        resent.push(again);
+        let sql = format!(
+            "SELECT count(*) FROM {}{}",
+            self.read_from(),
+            where_clause(&resent)
+        );
+        let count: i64 = client
+            .query_one(sql.as_str(), &[])
+            .map_err(query_failed(&self.p.id, StreamError::Copy))?
+            .get(0);
+        Ok(Some(limit + count.max(0) as u64))
     }
 
     /// What the SELECT reads `FROM`: a table's own rows only (`ONLY`: an
@@ -111,6 +126,11 @@ impl<'a> StreamCtx<'a> {
             _ => table,
         }
     }
+}
+
+/// ` LIMIT n`, or nothing.
+pub fn limit_clause(limit: Option<u64>) -> String {
+    limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default()
 }
 
 /// ` WHERE a AND b` (each condition already parenthesized where it needs to

@@ -18,7 +18,7 @@ use pg_connect::quote_literal;
 use postgres::Client;
 use singer_core::{MessageWriter, State};
 
-use crate::copy::{emit_rows, where_clause, CopyQuery, StreamCtx};
+use crate::copy::{emit_rows, limit_clause, where_clause, CopyQuery, StreamCtx};
 use crate::error::{query_failed, StreamError, SyncError};
 use crate::plan::Prepared;
 use crate::settings::TapSettings;
@@ -111,14 +111,12 @@ fn full_table<W: Write>(
     // it stops as if interrupted. A resumed one first re-reads the rows
     // changed before its bookmark, which do not count: were they as many
     // as the limit, it would stop before the bookmark every time.
-    let limit = match (ctx.limit(), &resume) {
-        (Some(n), Some(r)) => Some(n + changed_before(client, ctx, &conditions, r)?),
-        (limit, _) => limit,
-    };
+    let before_bookmark = resume
+        .as_ref()
+        .map(|r| format!("ctid <= {}::tid", quote_literal(&r.ctid)));
+    let limit = ctx.limit_past(client, &conditions, before_bookmark)?;
     query.push_str(&where_clause(&conditions));
-    if let Some(n) = limit {
-        query.push_str(&format!(" LIMIT {n}"));
-    }
+    query.push_str(&limit_clause(limit));
     let ordered_scan = with_ctid && ctx.p.row_filter.is_some();
 
     let version = progress.version;
@@ -171,28 +169,6 @@ fn resume_condition(r: &FullTableResume) -> String {
         quote_literal(&r.ctid),
         unseen_by(r.snapshot_xmax, &r.snapshot_xip)
     )
-}
-
-/// How many rows a resumed copy (`conditions` its WHERE) reads before its
-/// bookmark `r`.
-fn changed_before(
-    client: &mut Client,
-    ctx: &StreamCtx<'_>,
-    conditions: &[String],
-    r: &FullTableResume,
-) -> Result<u64, SyncError> {
-    let mut before = conditions.to_vec();
-    before.push(format!("ctid <= {}::tid", quote_literal(&r.ctid)));
-    let sql = format!(
-        "SELECT count(*) FROM {}{}",
-        ctx.read_from(),
-        where_clause(&before)
-    );
-    let count: i64 = client
-        .query_one(sql.as_str(), &[])
-        .map_err(query_failed(&ctx.p.id, StreamError::Copy))?
-        .get(0);
-    Ok(count.max(0) as u64)
 }
 
 /// A resumed run (bookmark `r`, own snapshot `run`) has sent the rows up to

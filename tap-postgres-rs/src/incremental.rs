@@ -24,7 +24,7 @@ use postgres::Client;
 use serde_json::{json, Value};
 use singer_core::{MessageWriter, State};
 
-use crate::copy::{emit_rows, where_clause, CopyQuery, StreamCtx};
+use crate::copy::{emit_rows, limit_clause, where_clause, CopyQuery, StreamCtx};
 use crate::error::query_failed;
 use crate::error::{StreamError, SyncError};
 use crate::plan::{Prepared, XMIN_KEY};
@@ -66,23 +66,23 @@ fn incremental<W: Write>(
     let key_col = &ctx.p.columns[key_index];
     let mut query = format!("SELECT {} FROM {}", ctx.select_list(), ctx.read_from());
     let mut conditions: Vec<String> = ctx.p.row_filter.iter().cloned().collect();
+    let mut at_bookmark = None;
     if let Some(value) = bookmarks::incremental_bookmark(state, id, key) {
         let text = match value {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
             other => return Err(StreamError::BadBookmark(other.clone()).at(id)),
         };
-        conditions.push(format!(
-            "{} >= {}::{}",
-            quote_ident(key),
-            quote_literal(&text),
-            key_col.sql_datatype
-        ));
+        let bookmark = format!("{}::{}", quote_literal(&text), key_col.sql_datatype);
+        conditions.push(format!("{} >= {bookmark}", quote_ident(key)));
+        // The bookmark is inclusive: the rows at it were sent already.
+        at_bookmark = Some(format!("{} = {bookmark}", quote_ident(key)));
     }
+    let limit = ctx.limit_past(client, &conditions, at_bookmark)?;
     query.push_str(&where_clause(&conditions));
     query.push_str(&format!(" ORDER BY {}", quote_ident(key)));
     // Rows in key order: the bookmark after the last one is where the next run goes on.
-    query.push_str(&ctx.limit_clause());
+    query.push_str(&limit_clause(limit));
 
     let copy = CopyQuery {
         sql: &query,
@@ -171,16 +171,19 @@ fn by_xmin<W: Write>(
     if let Some(b) = since {
         conditions.push(format!("{full} >= {b}"));
     }
+    // The bookmark is inclusive: the rows at it were sent already (one
+    // transaction's rows share one xmin).
+    let limit = ctx.limit_past(client, &conditions, since.map(|b| format!("{full} = {b}")))?;
     query.push_str(&where_clause(&conditions));
     query.push_str(&format!(" ORDER BY {full}"));
-    query.push_str(&ctx.limit_clause());
+    query.push_str(&limit_clause(limit));
     let copy = CopyQuery {
         sql: &query,
         version: None,
         with_position: true,
         key_index: None,
         // A limited read may stop short: its last row is where the next run goes on.
-        final_checkpoint: ctx.limit().is_some(),
+        final_checkpoint: limit.is_some(),
     };
     let count = emit_rows(client, ctx, &copy, out, |tracker, out| {
         // Rows are in xmin order: every row below the last one sent is out,
@@ -196,7 +199,7 @@ fn by_xmin<W: Write>(
         .map_err(query_failed(id, StreamError::XminSnapshot))?;
     // Cut short by `max_record_count`: the checkpoint above is where the next
     // run goes on; only a read to the end may move the bookmark to the snapshot.
-    if ctx.limit() != Some(count) {
+    if limit != Some(count) {
         bookmarks::set_incremental(state, id, XMIN_KEY, json!(snapshot_xmin));
     }
     Ok(count)

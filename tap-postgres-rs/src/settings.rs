@@ -77,7 +77,7 @@ const STREAM_OPTIONS: Setting = Setting::new(
 const MAX_RECORD_COUNT: Setting = Setting::new(
     "max_record_count",
     SettingKind::Integer,
-    "For trial runs: each stream stops after this many RECORDs. FULL_TABLE and INCREMENTAL stop as if interrupted, so the next run goes on from the bookmark (rows a resumed FULL_TABLE run re-sends, changed before its bookmark, do not count); LOG_BASED stops reading the log at the first transaction boundary after a stream reached it (its initial copy is never cut short). Default: no limit.",
+    "For trial runs: each stream stops after this many RECORDs. FULL_TABLE and INCREMENTAL stop as if interrupted, so the next run goes on from the bookmark (the rows it sends again, those changed before a FULL_TABLE bookmark or at an INCREMENTAL one, do not count); LOG_BASED stops reading the log at the first transaction boundary after a stream reached it (its initial copy is never cut short). Default: no limit.",
 );
 const USE_SECONDARY: Setting = Setting::new(
     "use_secondary",

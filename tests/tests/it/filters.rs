@@ -151,7 +151,57 @@ fn max_record_count_stops_and_the_next_run_goes_on() {
         Some("updated"),
         Some(&last_state(&inc)),
     );
-    assert_eq!(ids(&next), [4, 6], "from the bookmark, inclusive");
+    assert_eq!(
+        ids(&next),
+        [4, 6, 8],
+        "from the bookmark, inclusive (4 again, not counted), then two more"
+    );
+}
+
+/// INCREMENTAL with `max_record_count` below the number of rows sharing one
+/// key value: the run stops among them, and the next sends them all again
+/// (not counted against the limit) and goes on; counted, every run would
+/// stop at the same rows.
+#[test]
+fn limited_incremental_runs_go_on_past_a_key_value_many_rows_share() {
+    let db = cluster().create_database("limit_ties");
+    db.client()
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, region text NOT NULL, updated int NOT NULL);
+             INSERT INTO t SELECT i, 'eu', CASE WHEN i <= 5 THEN 1 ELSE i END
+               FROM generate_series(1, 10) i;",
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = json!({"max_record_count": 2});
+    let mut state: Option<Value> = None;
+    let mut sent = Vec::new();
+    for _ in 0..4 {
+        let r = sync(
+            &db,
+            dir.path(),
+            extra.clone(),
+            "INCREMENTAL",
+            Some("updated"),
+            state.as_ref(),
+        );
+        assert!(r.ok, "{}", r.stderr);
+        let mut run = ids(&r);
+        run.sort_unstable();
+        sent.push(run);
+        state = Some(last_state(&r));
+    }
+    assert!(
+        sent[0].len() == 2 && sent[0].iter().all(|id| *id <= 5),
+        "two of the five rows at 1: {sent:?}"
+    );
+    assert_eq!(sent[1], [1, 2, 3, 4, 5, 6, 7], "{sent:?}");
+    assert_eq!(sent[2], [7, 8, 9], "{sent:?}");
+    assert_eq!(sent[3], [9, 10], "{sent:?}");
+    assert_eq!(
+        state.unwrap()["bookmarks"]["public-t"]["replication_key_value"],
+        10
+    );
 }
 
 /// Limited FULL_TABLE runs over a table whose rows before the bookmark keep

@@ -228,13 +228,49 @@ fn xmin_incremental_with_a_row_filter_and_a_limit() {
     assert_eq!(records(&first), vec![(2, "v1".into()), (4, "v1".into())]);
     let state = of_type(&first, "STATE").last().unwrap()["value"].clone();
     let state_file = write_json(dir.path(), "state.json", &state);
-    // Goes on from the last row sent (a tie: 4 again), never past 6 and 8.
+    // Goes on from the last row sent (inclusive: 4 again, not counted
+    // against the limit), then two more.
     let (second, _) = sync(&config, &catalog, Some(&state_file));
-    assert_eq!(records(&second), vec![(4, "v1".into()), (6, "v1".into())]);
+    assert_eq!(
+        records(&second),
+        vec![(4, "v1".into()), (6, "v1".into()), (8, "v1".into())]
+    );
     let state = of_type(&second, "STATE").last().unwrap()["value"].clone();
     let state_file = write_json(dir.path(), "state2.json", &state);
     let (third, _) = sync(&config, &catalog, Some(&state_file));
-    assert_eq!(records(&third), vec![(6, "v1".into()), (8, "v1".into())]);
+    assert_eq!(records(&third), vec![(8, "v1".into())]);
+
+    // Rows of one transaction share one xmin: a limit smaller than their
+    // number stops inside them, and the next run sends them all again and
+    // goes on (were they counted, every run would stop at the same rows).
+    client
+        .execute("INSERT INTO notes VALUES (10, 'v1')", &[])
+        .unwrap();
+    client
+        .batch_execute("INSERT INTO notes SELECT i, 'v1' FROM generate_series(11, 20) i")
+        .unwrap();
+    for i in [22, 24] {
+        client
+            .execute("INSERT INTO notes VALUES ($1, 'v1')", &[&i])
+            .unwrap();
+    }
+    let mut state = of_type(&third, "STATE").last().unwrap()["value"].clone();
+    let mut sent_ids = Vec::new();
+    for run in 0..3 {
+        let state_file = write_json(dir.path(), &format!("tie{run}.json"), &state);
+        let (out, _) = sync(&config, &catalog, Some(&state_file));
+        let mut ids: Vec<i64> = records(&out).into_iter().map(|(id, _)| id).collect();
+        ids.sort_unstable();
+        sent_ids.push(ids);
+        state = of_type(&out, "STATE").last().unwrap()["value"].clone();
+    }
+    let tie = |ids: &[i64]| ids.iter().all(|id| (12..=20).contains(id));
+    assert!(
+        sent_ids[0].len() == 3 && sent_ids[0][0] == 10 && tie(&sent_ids[0][1..]),
+        "10 again, then two of the transaction's five: {sent_ids:?}"
+    );
+    assert_eq!(sent_ids[1], [12, 14, 16, 18, 20, 22, 24], "{sent_ids:?}");
+    assert_eq!(sent_ids[2], [24], "{sent_ids:?}");
 }
 
 /// INCREMENTAL by `xmin`, on a cluster of its own: the bookmark is the oldest
