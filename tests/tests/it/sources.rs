@@ -265,9 +265,11 @@ fn xmin_incremental_with_a_row_filter_and_a_limit() {
         state = of_type(&out, "STATE").last().unwrap()["value"].clone();
     }
     let tie = |ids: &[i64]| ids.iter().all(|id| (12..=20).contains(id));
+    // 10 (again, when the bookmark is its xmin), then one or two of the
+    // transaction's five: the run stops among them.
     assert!(
-        sent_ids[0].len() == 3 && sent_ids[0][0] == 10 && tie(&sent_ids[0][1..]),
-        "10 again, then two of the transaction's five: {sent_ids:?}"
+        (2..=3).contains(&sent_ids[0].len()) && sent_ids[0][0] == 10 && tie(&sent_ids[0][1..]),
+        "10, then some of the transaction's five: {sent_ids:?}"
     );
     assert_eq!(sent_ids[1], [12, 14, 16, 18, 20, 22, 24], "{sent_ids:?}");
     assert_eq!(sent_ids[2], [24], "{sent_ids:?}");
