@@ -390,19 +390,12 @@ fn keyless_lines(from: u64, to: u64, version: Option<i64>) -> Vec<String> {
 /// (its session waits for the client: idle, or in a COPY waiting for rows), kills it with SIGKILL; returns
 /// the last STATE it printed.
 fn kill_after(db: &TestDb, cfg: &std::path::Path, lines: &[String], upto: usize) -> Option<Value> {
-    use std::io::{Read, Write};
-    use std::process::Stdio;
-    let mut child = target(cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    use std::io::Write;
+    let mut live = live_target(cfg);
     let mut data = lines[..upto].join("\n");
     data.push('\n');
-    stdin.write_all(data.as_bytes()).unwrap();
-    stdin.flush().unwrap();
+    live.stdin.write_all(data.as_bytes()).unwrap();
+    live.stdin.flush().unwrap();
     let mut c = db.client();
     let mut idle_polls = 0;
     let waiting = pg_testkit::TestDb::wait_for(std::time::Duration::from_secs(30), || {
@@ -421,16 +414,13 @@ fn kill_after(db: &TestDb, cfg: &std::path::Path, lines: &[String], upto: usize)
         waiting,
         "the target never waited for input (after {upto} lines)"
     );
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    out.lines().last().map(|l| serde_json::from_str(l).unwrap())
+    live.child.kill().unwrap(); // SIGKILL
+    live.child.wait().unwrap();
+    // The reader ends at the closed pipe: every line printed before the kill.
+    live.printed
+        .iter()
+        .last()
+        .map(|l| serde_json::from_str(&l).unwrap())
 }
 
 #[test]
